@@ -1,0 +1,1 @@
+"""The p2pmesh command line: talks only to the local daemon's control socket."""

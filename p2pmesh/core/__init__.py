@@ -1,0 +1,1 @@
+"""The protocol core: pure, synchronous state machines. No I/O, clocks or randomness here."""

@@ -1,0 +1,86 @@
+"""Canonical msgpack: the one byte encoding that is signed and sent (docs/PROTOCOL.md §2).
+
+Canonical form: maps with text keys in ascending UTF-8 byte order, no duplicate keys, the
+shortest integer encoding, ``bin`` for bytes and ``str`` for text, no floats, no extension
+types. ``decode`` accepts only bytes that re-encode to themselves, so one value has exactly one
+encoding and a signature over it cannot be replayed under a second spelling.
+
+Invariant (fuzzed in tests): on any input, ``decode`` returns a value or raises ``DecodeError``;
+it never raises anything else and runs in time linear in the input.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from p2pmesh.errors import DecodeError
+
+# A capability record is ~1 KiB; bids and awards are smaller. 64 KiB leaves room for offers with
+# many inputs while keeping a hostile peer from making us buffer much.
+MAX_MESSAGE_BYTES = 64 * 1024
+MAX_DEPTH = 8
+MAX_CONTAINER_LEN = 1024
+MAX_STR_BYTES = 16 * 1024
+MAX_BIN_BYTES = 32 * 1024
+
+
+def _canonical(value: Any, depth: int = 0) -> Any:
+    if depth > MAX_DEPTH:
+        raise DecodeError(f"nesting deeper than {MAX_DEPTH}")
+    if isinstance(value, dict):
+        for key in value:
+            if not isinstance(key, str):
+                raise DecodeError("map keys must be text")
+        return {k: _canonical(value[k], depth + 1) for k in sorted(value, key=_key_bytes)}
+    if isinstance(value, list | tuple):
+        return [_canonical(v, depth + 1) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, int | str | bytes):
+        return value
+    raise DecodeError(f"type {type(value).__name__} has no canonical encoding")
+
+
+def _key_bytes(key: str) -> bytes:
+    return key.encode("utf-8")
+
+
+def encode(value: Any) -> bytes:
+    """Encode ``value`` canonically. Raises ``DecodeError`` for values outside the canonical set."""
+    data: bytes = msgpack.packb(_canonical(value), use_bin_type=True)
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise DecodeError(f"encoded value is {len(data)} bytes, limit {MAX_MESSAGE_BYTES}")
+    return data
+
+
+def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
+    """Decode canonical bytes from an untrusted source, within size, length and depth limits."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise DecodeError("expected bytes")
+    data = bytes(data)
+    if len(data) > max_bytes:
+        raise DecodeError(f"message is {len(data)} bytes, limit {max_bytes}")
+    try:
+        value = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            max_buffer_size=max_bytes,
+            max_str_len=MAX_STR_BYTES,
+            max_bin_len=MAX_BIN_BYTES,
+            max_array_len=MAX_CONTAINER_LEN,
+            max_map_len=MAX_CONTAINER_LEN,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises a zoo of types on hostile bytes
+        raise DecodeError(f"not msgpack: {type(exc).__name__}") from None
+    try:
+        again = encode(value)
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise DecodeError(f"not canonical: {type(exc).__name__}") from None
+    if again != data:
+        raise DecodeError("not in canonical form")
+    return value

@@ -1,0 +1,1 @@
+"""Discrete-event simulations that drive the real protocol core at scale."""

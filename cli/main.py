@@ -1,6 +1,174 @@
+"""``p2pmesh``: the command line. Every command except ``up`` talks only to the local daemon.
+
+Exit codes: 0 success; 1 a failure with a one-line reason on stderr; 2 bad usage or input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
 import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from p2pmesh.cli import client, views
+from rich.console import Console
+
+from p2pmesh import __version__
+from p2pmesh.daemon.home import resolve_home
+from p2pmesh.errors import ConfigError, DaemonNotRunning, MeshError
 
 
-def main() -> int:
-    print("p2pmesh: CLI not built yet", file=sys.stderr)
-    return 1
+def _add_home(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--home", help="node home (default: $P2PMESH_HOME or ~/.p2pmesh)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="p2pmesh", description="A peer-to-peer compute mesh with no central server."
+    )
+    parser.add_argument("--version", action="version", version=f"p2pmesh {__version__}")
+    _add_home(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    up = sub.add_parser("up", help="run this node in the foreground")
+    _add_home(up)
+    up.add_argument("--listen", action="append", metavar="MULTIADDR", help="repeatable")
+    up.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help="repeatable")
+    up.add_argument("--no-mdns", action="store_true", help="no local-network discovery")
+    up.add_argument("--no-tui", action="store_true", help="JSON log lines instead of the live view")
+    up.add_argument(
+        "--no-shipped-bootstrap",
+        action="store_true",
+        help="ignore the bootstrap list shipped with p2pmesh",
+    )
+    up.add_argument(
+        "--check",
+        action="store_true",
+        help="print the hardware profile and what is missing, then exit",
+    )
+    up.add_argument("--price", type=int, help="credits asked per job (config: price)")
+    up.add_argument("--max-jobs", type=int, help="concurrent jobs (config: max_jobs)")
+    up.add_argument(
+        "--allow-image",
+        action="append",
+        metavar="GLOB",
+        help="image pattern this node will run, repeatable (config: allow_image)",
+    )
+    up.add_argument("--no-work", action="store_true", help="never run jobs (config: work)")
+    up.add_argument(
+        "--record-ttl",
+        type=int,
+        metavar="S",
+        help="capability record lifetime in seconds (config: record_ttl_s)",
+    )
+
+    idp = sub.add_parser("id", help="this node's peer ID, public key and addresses")
+    _add_home(idp)
+    idp.add_argument("--json", action="store_true")
+
+    peers = sub.add_parser("peers", help="the peers this node knows, from their signed records")
+    _add_home(peers)
+    peers.add_argument("--json", action="store_true")
+    peers.add_argument("--watch", action="store_true", help="update live until Ctrl-C")
+
+    status = sub.add_parser("status", help="this node's state, peers and recent events")
+    _add_home(status)
+    status.add_argument("--json", action="store_true")
+    return parser
+
+
+def _home(args: argparse.Namespace) -> Path:
+    return resolve_home(getattr(args, "home", None))
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from p2pmesh.cli.up import run_up
+
+    return run_up(args, _home(args))
+
+
+def cmd_id(args: argparse.Namespace) -> int:
+    result = client.request(_home(args), "id")
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"peer ID     {result['peer_id']}")
+        print(f"public key  {result['public_key']}")
+        for a in result["addrs"]:
+            print(f"address     {a}")
+    return 0
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    home = _home(args)
+    if args.json:
+        _print_json(client.request(home, "peers"))
+        return 0
+    console = Console()
+    if not args.watch:
+        console.print(views.peers_table(client.request(home, "peers"), time.time()))
+        return 0
+    from rich.live import Live
+
+    with Live(console=console, refresh_per_second=2, screen=False) as live:
+        try:
+            while True:
+                live.update(views.peers_table(client.request(home, "peers"), time.time()))
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    snap = client.request(_home(args), "status")
+    if args.json:
+        _print_json(snap)
+    else:
+        Console().print(views.dashboard(snap, time.time()))
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "up": cmd_up,
+    "id": cmd_id,
+    "peers": cmd_peers,
+    "status": cmd_status,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    try:
+        return COMMANDS[args.command](args)
+    except DaemonNotRunning as exc:
+        print(f"p2pmesh: {exc}", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        hint = f" ({exc.hint})" if exc.hint else ""
+        print(f"p2pmesh: {exc}{hint}", file=sys.stderr)
+        return 2
+    except MeshError as exc:
+        print(f"p2pmesh: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # Output piped into `head` and closed: not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

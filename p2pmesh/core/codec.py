@@ -45,11 +45,11 @@ def _key_bytes(key: str) -> bytes:
     return key.encode("utf-8")
 
 
-def encode(value: Any) -> bytes:
+def encode(value: Any, *, max_bytes: int = MAX_MESSAGE_BYTES) -> bytes:
     """Encode ``value`` canonically. Raises ``DecodeError`` for values outside the canonical set."""
     data: bytes = msgpack.packb(_canonical(value), use_bin_type=True)
-    if len(data) > MAX_MESSAGE_BYTES:
-        raise DecodeError(f"encoded value is {len(data)} bytes, limit {MAX_MESSAGE_BYTES}")
+    if len(data) > max_bytes:
+        raise DecodeError(f"encoded value is {len(data)} bytes, limit {max_bytes}")
     return data
 
 
@@ -66,7 +66,6 @@ def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
             raw=False,
             strict_map_key=True,
             use_list=True,
-            max_buffer_size=max_bytes,
             max_str_len=MAX_STR_BYTES,
             max_bin_len=MAX_BIN_BYTES,
             max_array_len=MAX_CONTAINER_LEN,
@@ -76,7 +75,7 @@ def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
     except Exception as exc:  # msgpack raises a zoo of types on hostile bytes
         raise DecodeError(f"not msgpack: {type(exc).__name__}") from None
     try:
-        again = encode(value)
+        again = encode(value, max_bytes=max_bytes)
     except DecodeError:
         raise
     except Exception as exc:

@@ -49,7 +49,7 @@ def peer_id_from_public_key(public_key: bytes) -> str:
 
 
 def public_key_from_peer_id(peer_id: str) -> bytes:
-    """The Ed25519 public key inside an identity-multihash peer ID; ``ValidationError`` otherwise."""
+    """The Ed25519 key inside an identity-multihash peer ID; ``ValidationError`` otherwise."""
     if not isinstance(peer_id, str) or not 1 <= len(peer_id) <= MAX_PEER_ID_CHARS:
         raise ValidationError("peer ID must be 1..64 characters")
     raw = b58decode(peer_id)

@@ -1,0 +1,83 @@
+"""``p2pmesh up``: run the daemon in the foreground, with a live view on a terminal."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import trio
+from p2pmesh.cli import views
+from rich.console import Console
+
+from p2pmesh.adapters import hardware
+from p2pmesh.daemon.home import ensure_home
+from p2pmesh.daemon.settings import build_settings
+
+TUI_REFRESH_S = 1.0
+
+
+def run_check(home: Path, work: bool) -> int:
+    ensure_home(home)
+    prof = hardware.profile(home, check_docker=work)
+    problems = hardware.readiness(prof, work_enabled=work)
+    if sys.stdout.isatty():
+        Console().print(views.profile_table(hardware.profile_to_dict(prof), problems))
+    else:
+        doc = {
+            "profile": hardware.profile_to_dict(prof),
+            "problems": problems,
+            "ready": not problems,
+        }
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    return 1 if problems else 0
+
+
+def run_up(args: argparse.Namespace, home: Path) -> int:
+    flags = {
+        "listen": args.listen,
+        "bootstrap": args.bootstrap,
+        "no_mdns": args.no_mdns,
+        "no_tui": args.no_tui,
+        "no_shipped_bootstrap": args.no_shipped_bootstrap,
+        "price": args.price,
+        "max_jobs": args.max_jobs,
+        "allow_image": args.allow_image,
+        "no_work": args.no_work,
+        "record_ttl": args.record_ttl,
+    }
+    ensure_home(home)
+    settings = build_settings(home, flags)
+    if args.check:
+        return run_check(home, settings.work)
+
+    # Import late: libp2p costs ~0.7 s of CPU to import, which `p2pmesh peers` need not pay.
+    from p2pmesh.daemon.runner import Daemon, EventLog, quiet_libp2p_logging, run_until_signal
+
+    quiet_libp2p_logging()
+    tui = settings.tui and sys.stdout.isatty()
+    log = EventLog(json_lines=not tui)
+    daemon = Daemon(settings, log)
+
+    if not tui:
+        trio.run(run_until_signal, daemon, None)
+        return 0
+
+    from rich.live import Live
+
+    console = Console()
+
+    def start_tui(d: Daemon) -> None:
+        async def loop() -> None:
+            with Live(console=console, refresh_per_second=2, screen=False, transient=False) as live:
+                while True:
+                    live.update(views.dashboard(d.snapshot(), time.time()))
+                    await trio.sleep(TUI_REFRESH_S)
+
+        assert d.nursery is not None
+        d.nursery.start_soon(loop)
+
+    trio.run(run_until_signal, daemon, start_tui)
+    return 0

@@ -1,0 +1,458 @@
+"""Pure views: snapshot dicts in, rich renderables out.
+
+Used by ``p2pmesh peers``, the live TUI of ``p2pmesh up``, ``p2pmesh id`` and
+``p2pmesh up --check``. Nothing here does I/O or reads a clock: the caller passes ``now`` (unix
+seconds), so a view renders the same text for the same input and tests can pin it.
+
+Every string in a snapshot may come from another peer (addresses, GPU names, executor names) and so
+is hostile. It is therefore always wrapped in :class:`rich.text.Text`, never handed to rich as a
+markup string, so ``"[red]"`` shows literally; control and format characters (ESC sequences, bidi
+overrides, newlines) are replaced so they cannot repaint the terminal or break a table row; long
+strings are cut. Fields may be missing or of the wrong type: views show "—" rather than crash.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from rich import box
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+__all__ = [
+    "THEME",
+    "dashboard",
+    "events_panel",
+    "node_panel",
+    "peers_table",
+    "profile_table",
+]
+
+# Every style the views use. Kept to plain colour names so a 16-colour terminal looks right too.
+THEME: dict[str, str] = {
+    "title": "bold",
+    "border": "blue",
+    "label": "bold",
+    "peer_id": "cyan",
+    "addr": "",
+    "muted": "dim",
+    "connected": "green",
+    "disconnected": "dim",
+    "good": "green",
+    "fair": "yellow",
+    "poor": "red",
+    "info": "",
+    "warning": "yellow",
+    "error": "bold red",
+    "time": "dim",
+    "ready": "bold green",
+    "not_ready": "bold red",
+}
+
+NONE = "—"
+
+# Reputation bands for colour only; the auction uses the number itself.
+GOOD_REPUTATION = 0.8
+FAIR_REPUTATION = 0.5
+
+# Caps on text from peers: a record is size-limited on the wire, but one 4 kB "GPU name" would still
+# push every other column off the screen.
+_MAX_FIELD = 48
+_MAX_MESSAGE = 300
+
+SHORT_ID_CHARS = 8
+
+EMPTY_PEERS_CAPTION = (
+    "No peers yet. Peers are found through bootstrap peers (--bootstrap, the config file, "
+    "the bootstrap/ list) and mDNS on the local network (unless --no-mdns)."
+)
+
+
+# --- sanitising and formatting helpers ------------------------------------------------------
+
+
+def _safe(value: Any, limit: int = _MAX_FIELD) -> str:
+    """Printable one-line text from anything; control/format characters become U+FFFD."""
+    text = value if isinstance(value, str) else str(value)
+    out = "".join(
+        "\ufffd" if unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") else ch for ch in text
+    )
+    return out if len(out) <= limit else out[: limit - 1] + "…"
+
+
+def _text(value: Any, style: str = "", limit: int = _MAX_FIELD) -> Text:
+    if value is None or value == "":
+        return Text(NONE, style=THEME["muted"])
+    return Text(_safe(value, limit), style=style)
+
+
+def _map(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, list | tuple) else []
+
+
+def _num(value: Any) -> float | None:
+    # bool is an int subclass; a True "cpus" is garbage, not 1.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if value != value or value in (float("inf"), float("-inf")):
+        return None
+    return float(value)
+
+
+def _int(value: Any) -> int | None:
+    n = _num(value)
+    return None if n is None else int(n)
+
+
+def short_id(peer_id: Any) -> str:
+    """``…`` and the last 8 characters: the tail of a base58 peer ID is the distinctive part."""
+    pid = _safe(peer_id or "", limit=1000)
+    return pid if len(pid) <= SHORT_ID_CHARS else "…" + pid[-SHORT_ID_CHARS:]
+
+
+def compact_addr(addr: Any) -> str:
+    """``/ip4/1.2.3.4/tcp/4001/p2p/…`` → ``1.2.3.4:4001``; anything else is shown as given."""
+    raw = _safe(addr, limit=1000)
+    parts = raw.split("/")
+    if len(parts) >= 5 and parts[0] == "" and parts[3] in ("tcp", "udp"):
+        proto, host, port = parts[1], parts[2], parts[4]
+        if proto == "ip6":
+            host = f"[{host}]"
+        if proto in ("ip4", "ip6", "dns", "dns4", "dns6") and port.isdigit():
+            suffix = "" if parts[3] == "tcp" else "/udp"
+            return _safe(f"{host}:{port}{suffix}")
+    return _safe(raw)
+
+
+def _addrs_cell(addrs: Any) -> Text:
+    items = [a for a in _list(addrs) if a]
+    if not items:
+        return Text(NONE, style=THEME["muted"])
+    cell = Text(compact_addr(items[0]), style=THEME["addr"])
+    if len(items) > 1:
+        cell.append(f" +{len(items) - 1}", style=THEME["muted"])
+    return cell
+
+
+def _gb(value: float) -> str:
+    # Big numbers read better whole ("80 GB"); small ones keep a decimal ("7.5 GB").
+    if value >= 10:
+        return f"{round(value):d} GB"
+    return f"{value:.1f} GB"
+
+
+def _ram(value: Any) -> str:
+    n = _num(value)
+    return NONE if n is None else f"{n:.1f} GB"
+
+
+def _gpu_name(name: Any) -> str:
+    text = _safe(name or "GPU")
+    # Every GPU NVML reports is NVIDIA's; the prefix only costs width.
+    return text.removeprefix("NVIDIA ").strip() or "GPU"
+
+
+def gpus_summary(gpus: Any) -> str:
+    """``2× H100 (80 GB)``, groups joined by ``, ``; ``—`` when there are none."""
+    groups: dict[tuple[str, str], int] = {}
+    for gpu in _list(gpus):
+        g = _map(gpu)
+        if not g:
+            continue
+        mem = _num(g.get("memory_gb"))
+        key = (_gpu_name(g.get("name")), "" if mem is None else f" ({_gb(mem)})")
+        groups[key] = groups.get(key, 0) + 1
+    if not groups:
+        return NONE
+    return ", ".join(f"{n}× {name}{mem}" for (name, mem), n in groups.items())
+
+
+def _executors(value: Any) -> str:
+    names = [_safe(x, 16) for x in _list(value) if x]
+    return ", ".join(names) if names else NONE
+
+
+def _price(value: Any) -> str:
+    n = _int(value)
+    return NONE if n is None else f"{n} cr"
+
+
+def _reputation_cell(value: Any) -> Text:
+    r = _num(value)
+    if r is None:
+        return Text(NONE, style=THEME["muted"])
+    r = min(1.0, max(0.0, r))
+    if r >= GOOD_REPUTATION:
+        style = THEME["good"]
+    elif r >= FAIR_REPUTATION:
+        style = THEME["fair"]
+    else:
+        style = THEME["poor"]
+    return Text(f"{r:.2f}", style=style)
+
+
+def ago(then: Any, now: float) -> str:
+    """``2s ago``, ``3m ago``, ``5h ago``, ``2d ago``; ``—`` when unknown."""
+    t = _num(then)
+    if t is None:
+        return NONE
+    # A peer's clock may run ahead of ours; "in the future" would only confuse.
+    age = max(0, int(now - t))
+    if age < 60:
+        return f"{age}s ago"
+    if age < 3600:
+        return f"{age // 60}m ago"
+    if age < 86400:
+        return f"{age // 3600}h ago"
+    return f"{age // 86400}d ago"
+
+
+def duration(seconds: Any) -> str:
+    """``45s``, ``3m 05s``, ``2h 03m``, ``4d 01h``."""
+    s = _num(seconds)
+    if s is None:
+        return NONE
+    total = max(0, int(s))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours:02d}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def _clock(ts: Any) -> str:
+    t = _num(ts)
+    if t is None:
+        return "--:--:--"
+    try:
+        return datetime.fromtimestamp(t, tz=UTC).strftime("%H:%M:%S")
+    except (OverflowError, OSError, ValueError):
+        return "--:--:--"
+
+
+def capability_summary(caps: Any) -> str:
+    """One line: ``8 CPUs · 15.6 GB RAM · 1× H100 (80 GB) · docker · 3 cr/job``."""
+    c = _map(caps)
+    cpus = _int(c.get("cpus"))
+    parts = [
+        f"{NONE if cpus is None else cpus} CPUs",
+        f"{_ram(c.get('ram_gb'))} RAM",
+        f"GPUs {gpus_summary(c.get('gpus'))}",
+        f"executors {_executors(c.get('executors'))}",
+        f"{_price(c.get('price'))}/job",
+    ]
+    return " · ".join(parts)
+
+
+# --- views ----------------------------------------------------------------------------------
+
+
+def _sort_key(peer: Mapping[str, Any]) -> tuple[float, str]:
+    r = _num(peer.get("reputation"))
+    # Best first; a peer with no reputation yet sorts after every scored one.
+    return (-(r if r is not None else -1.0), str(peer.get("peer_id", "")))
+
+
+def peers_table(peers: list[dict], now: float) -> Table:
+    """The peer list: one row per peer, best reputation first, then by peer ID.
+
+    Args:
+        peers: dicts as ``p2pmesh peers --json`` prints them (DESIGN.md §5).
+        now: unix seconds, for "last seen".
+    """
+    rows = sorted((p for p in _list(peers) if isinstance(p, Mapping)), key=_sort_key)
+    connected = sum(1 for p in rows if p.get("connected") is True)
+    table = Table(
+        title=Text(f"Peers ({len(rows)}, {connected} connected)", style=THEME["title"]),
+        box=box.SIMPLE_HEAD,
+        header_style=THEME["label"],
+        expand=False,
+    )
+    table.add_column("Peer", no_wrap=True)
+    table.add_column("Address", no_wrap=True, overflow="ellipsis", max_width=30)
+    table.add_column("CPUs", justify="right")
+    table.add_column("RAM", justify="right", no_wrap=True)
+    table.add_column("GPUs", overflow="fold", max_width=28)
+    table.add_column("Executors", overflow="fold", max_width=16)
+    table.add_column("Price", justify="right", no_wrap=True)
+    table.add_column("Rep.", justify="right")
+    table.add_column("Last seen", justify="right", no_wrap=True)
+    if not rows:
+        table.caption = Text(EMPTY_PEERS_CAPTION, style=THEME["muted"])
+        return table
+    for p in rows:
+        caps = _map(p.get("capabilities"))
+        is_on = p.get("connected") is True
+        peer = Text("● " if is_on else "○ ", style=THEME["connected" if is_on else "disconnected"])
+        peer.append(short_id(p.get("peer_id")), style=THEME["peer_id"])
+        cpus = _int(caps.get("cpus"))
+        table.add_row(
+            peer,
+            _addrs_cell(p.get("addrs")),
+            Text(NONE if cpus is None else str(cpus)),
+            Text(_ram(caps.get("ram_gb"))),
+            Text(gpus_summary(caps.get("gpus"))),
+            Text(_executors(caps.get("executors"))),
+            Text(_price(caps.get("price"))),
+            _reputation_cell(p.get("reputation")),
+            Text(ago(p.get("last_seen"), now), style=THEME["time"]),
+        )
+    return table
+
+
+def _kv_grid(rows: Iterable[tuple[str, RenderableType]]) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style=THEME["label"], no_wrap=True)
+    grid.add_column(overflow="fold")
+    for label, value in rows:
+        grid.add_row(Text(label), value)
+    return grid
+
+
+def node_panel(node: dict, now: float) -> Panel:
+    """This node: full peer ID, listen addresses, uptime, peers and capability summary."""
+    n = _map(node)
+    addrs = [_safe(a, 200) for a in _list(n.get("addrs")) if a]
+    started = _num(n.get("started_at"))
+    uptime = NONE if started is None else duration(now - started)
+    connected, known = _int(n.get("peers_connected")), _int(n.get("peers_known"))
+    peers = f"{NONE if connected is None else connected} connected, "
+    peers += f"{NONE if known is None else known} known"
+    work = n.get("work")
+    seq = _int(n.get("record_seq"))
+    grid = _kv_grid(
+        [
+            ("Peer ID", _text(n.get("peer_id"), THEME["peer_id"], 200)),
+            ("Addresses", Text("\n".join(addrs)) if addrs else _text(None)),
+            ("Uptime", Text(uptime)),
+            ("Peers", Text(peers)),
+            ("Capabilities", Text(capability_summary(n.get("capabilities")))),
+            ("Work", Text("on" if work is True else "off" if work is False else NONE)),
+            ("Record seq", Text(NONE if seq is None else str(seq))),
+        ]
+    )
+    return Panel(
+        grid,
+        title=Text("p2pmesh node", style=THEME["title"]),
+        title_align="left",
+        border_style=THEME["border"],
+    )
+
+
+def events_panel(events: list[dict], limit: int = 10) -> Panel:
+    """The last ``limit`` events, oldest first and newest last, times in UTC."""
+    items = [e for e in _list(events) if isinstance(e, Mapping)]
+    # Stable sort: events with equal timestamps keep the order the daemon logged them in.
+    items.sort(key=lambda e: _num(e.get("ts")) or 0.0)
+    items = items[-limit:] if limit > 0 else []
+    if not items:
+        body: RenderableType = Text("no events yet", style=THEME["muted"])
+    else:
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(no_wrap=True)
+        grid.add_column(no_wrap=True)
+        grid.add_column(overflow="fold")
+        for e in items:
+            level = e.get("level") if e.get("level") in ("info", "warning", "error") else "info"
+            grid.add_row(
+                Text(_clock(e.get("ts")), style=THEME["time"]),
+                Text(f"{level:<7}", style=THEME[level]),
+                Text(_safe(e.get("msg", ""), _MAX_MESSAGE), style=THEME[level]),
+            )
+        body = grid
+    return Panel(
+        body,
+        title=Text("Events (UTC)", style=THEME["title"]),
+        title_align="left",
+        border_style=THEME["border"],
+    )
+
+
+def dashboard(snapshot: dict, now: float) -> Group:
+    """The live view of ``p2pmesh up``: node panel, peers table, recent events."""
+    s = _map(snapshot)
+    return Group(
+        node_panel(dict(_map(s.get("node"))), now),
+        peers_table(_list(s.get("peers")), now),
+        events_panel(_list(s.get("events"))),
+    )
+
+
+def _mb(value: Any) -> str:
+    n = _num(value)
+    return NONE if n is None else f"{n / 1024:.1f} GB"
+
+
+def profile_table(profile_dict: dict, problems: list[str]) -> Group:
+    """``p2pmesh up --check``: the hardware profile, then either "ready" or what is missing.
+
+    Args:
+        profile_dict: ``adapters.hardware.profile_to_dict()`` output.
+        problems: ``adapters.hardware.readiness()`` output; empty means ready.
+    """
+    p = _map(profile_dict)
+    logical, physical = _int(p.get("cpus_logical")), _int(p.get("cpus_physical"))
+    load = _num(p.get("load_1m"))
+    gpu_lines: list[str] = []
+    for gpu in _list(p.get("gpus")):
+        g = _map(gpu)
+        mem = _num(g.get("memory_mb"))
+        gpu_lines.append(
+            f"{_int(g.get('index'))}: {_safe(g.get('name') or 'GPU')}, "
+            f"{NONE if mem is None else _gb(mem / 1024)}, "
+            f"compute {_safe(g.get('compute_capability') or NONE)}, "
+            f"driver {_safe(g.get('driver') or NONE)}"
+        )
+    gpu_note = _safe(p.get("gpu_note") or "", _MAX_MESSAGE)
+    gpus = Text("\n".join(gpu_lines)) if gpu_lines else Text(f"none ({gpu_note or 'no reason'})")
+    executors = _executors(p.get("executors"))
+    exec_text = Text(executors)
+    for problem in _list(p.get("executor_problems")):
+        exec_text.append("\n" + _safe(problem, _MAX_MESSAGE), style=THEME["warning"])
+    platform = " ".join(_safe(p.get(k) or "?") for k in ("os", "arch"))
+    table = Table(
+        title=Text("Hardware profile", style=THEME["title"]),
+        box=box.SIMPLE,
+        show_header=False,
+        title_justify="left",
+    )
+    table.add_column(style=THEME["label"], no_wrap=True)
+    table.add_column(overflow="fold")
+    for label, value in [
+        (
+            "CPUs",
+            Text(
+                f"{logical if logical is not None else NONE} logical, "
+                f"{physical if physical is not None else NONE} physical"
+            ),
+        ),
+        ("RAM", Text(f"{_mb(p.get('ram_mb'))} total, {_mb(p.get('ram_available_mb'))} available")),
+        ("Disk free (home)", Text(_mb(p.get("disk_free_mb")))),
+        ("Load (1 min)", Text(NONE if load is None else f"{load:.2f}")),
+        ("GPUs", gpus),
+        ("Executors", exec_text),
+        ("Platform", Text(f"{platform}, Python {_safe(p.get('python') or '?')}")),
+    ]:
+        table.add_row(Text(label), value)
+    lines = [_safe(x, _MAX_MESSAGE) for x in _list(problems)]
+    if lines:
+        verdict = Text("Not ready to do work:", style=THEME["not_ready"])
+        for line in lines:
+            verdict.append(f"\n  • {line}", style=THEME["error"])
+    else:
+        verdict = Text("Ready to do work.", style=THEME["ready"])
+    return Group(table, verdict)

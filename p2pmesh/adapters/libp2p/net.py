@@ -1,0 +1,343 @@
+"""The libp2p side of a node: host, GossipSub, Kademlia DHT, mDNS, and our stream protocols.
+
+Thin on purpose: it turns libp2p happenings into core events (sent on a memory channel) and
+core effects into libp2p calls. Every libp2p call that may hang gets a deadline; every failure
+becomes a ``TransportError`` or an event, never a crash of the node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.records.validator import Validator
+from libp2p.tools.anyio_service import background_trio_service
+
+from p2pmesh.adapters.libp2p import patches
+from p2pmesh.adapters.libp2p.streams import read_frame, write_frame
+from p2pmesh.core import capability, codec
+from p2pmesh.core.events import DialFailed, PeerConnected, PeerDisconnected, RecordReceived
+from p2pmesh.errors import DecodeError, TransportError, ValidationError
+
+log = logging.getLogger("p2pmesh.net")
+
+GOSSIPSUB_ID = "/meshsub/1.1.0"
+DHT_PREFIX = "/p2pmesh"  # -> /p2pmesh/kad/1.0.0: a private DHT, never the public IPFS one
+PEX_PROTOCOL = "/p2pmesh/pex/1.0.0"
+MAX_PEX_RECORDS = 256
+MAX_PEX_BYTES = MAX_PEX_RECORDS * capability.MAX_RECORD_BYTES
+DHT_TIMEOUT_S = 10.0
+DIAL_TIMEOUT_S = 10.0
+STREAM_TIMEOUT_S = 10.0
+
+
+class _CapabilityValidator(Validator):
+    """DHT namespace validator: the record must verify and be keyed by its own peer ID."""
+
+    def validate(self, key: str, value: bytes) -> None:
+        try:
+            rec = capability.check_record(value, now=time.time(), known_seq=None)
+        except (DecodeError, ValidationError) as exc:
+            raise ValueError(str(exc)) from None
+        if key != capability.dht_key(rec.peer_id):
+            raise ValueError("record stored under another peer's key")
+
+    def select(self, key: str, values: list[bytes]) -> int:
+        return capability.select_newest(values)
+
+
+class _Notifee:
+    def __init__(self, send: Callable[[Any], None]) -> None:
+        self._send = send
+
+    async def connected(self, network: Any, conn: Any) -> None:
+        self._send(PeerConnected(str(conn.muxed_conn.peer_id)))
+
+    async def disconnected(self, network: Any, conn: Any) -> None:
+        peer = conn.muxed_conn.peer_id
+        # Several connections to one peer may exist; only the last one closing matters.
+        if not network.get_connections(peer):
+            self._send(PeerDisconnected(str(peer)))
+
+    async def opened_stream(self, network: Any, stream: Any) -> None:
+        return None
+
+    async def closed_stream(self, network: Any, stream: Any) -> None:
+        return None
+
+    async def listen(self, network: Any, maddr: Any) -> None:
+        return None
+
+    async def listen_close(self, network: Any, maddr: Any) -> None:
+        return None
+
+
+@dataclass(slots=True)
+class NetStats:
+    events_dropped: int = 0
+    gossip_received: int = 0
+    gossip_invalid: int = 0
+    published: int = 0
+    publish_failed: int = 0
+    dht_put_ok: int = 0
+    dht_put_failed: int = 0
+    dht_get_ok: int = 0
+    dht_get_failed: int = 0
+    dials_ok: int = 0
+    dials_failed: int = 0
+
+
+class MeshNet:
+    def __init__(
+        self,
+        seed: bytes,
+        events: trio.MemorySendChannel[Any],
+        *,
+        check_record: Callable[[bytes], bool],
+        local_records: Callable[[], list[bytes]],
+    ) -> None:
+        patches.apply()
+        self._events = events
+        self._check_record = check_record
+        self._local_records = local_records
+        self.key_pair = create_new_key_pair(seed)
+        self.host = new_host(key_pair=self.key_pair)
+        self.peer_id = self.host.get_id().pretty()
+        self.gossipsub = GossipSub(
+            protocols=[GOSSIPSUB_ID],
+            degree=6,
+            degree_low=4,
+            degree_high=12,
+            heartbeat_interval=1,
+            # Our topic validators already refuse anything unsigned, stale or oversized; the
+            # library's per-peer limit of 10 msg/s dropped start-up bursts silently.
+            spam_protection_enabled=True,
+            max_messages_per_topic_per_second=500.0,
+            # Loopback and LAN meshes have one IP; diversity rules would starve the mesh.
+            eclipse_protection_enabled=False,
+        )
+        self.pubsub = Pubsub(self.host, self.gossipsub)
+        self.dht = KadDHT(self.host, DHTMode.SERVER, protocol_prefix=DHT_PREFIX)
+        self.dht.register_validator(capability.DHT_NAMESPACE, _CapabilityValidator())
+        self.stats = NetStats()
+        self._handlers: dict[str, Callable[[Any], Awaitable[None]]] = {}
+        self._mdns: Any = None
+        self._mdns_found: list[PeerInfo] = []
+
+    # -- events into the core --------------------------------------------------------------
+    def emit(self, event: Any) -> None:
+        try:
+            self._events.send_nowait(event)
+        except trio.WouldBlock:
+            self.stats.events_dropped += 1
+            log.warning("event queue full, dropped %s", type(event).__name__)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    def listen_addrs(self) -> list[str]:
+        """Addresses without the /p2p suffix (what a capability record carries)."""
+        out = []
+        for a in self.host.get_addrs():
+            s = str(a)
+            cut = s.find("/p2p/")
+            out.append(s[:cut] if cut >= 0 else s)
+        return sorted(set(out))
+
+    def set_stream_handler(self, protocol: str, handler: Callable[[Any], Awaitable[None]]) -> None:
+        self.host.set_stream_handler(protocol, handler)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def running(self, listen: list[str], *, mdns: bool) -> AsyncIterator[MeshNet]:
+        maddrs = [multiaddr.Multiaddr(a) for a in listen]
+        async with self.host.run(maddrs):
+            self.host.get_network().register_notifee(_Notifee(self.emit))
+            self.host.set_stream_handler(PEX_PROTOCOL, self._serve_pex)
+            async with (
+                background_trio_service(self.pubsub),
+                background_trio_service(self.gossipsub),
+                background_trio_service(self.dht),
+            ):
+                await self.pubsub.wait_until_ready()
+                self.pubsub.set_topic_validator(
+                    "p2pmesh/capabilities/1", self._validate_record_msg, False
+                )
+                if mdns:
+                    self._start_mdns()
+                try:
+                    yield self
+                finally:
+                    self._stop_mdns()
+
+    def _start_mdns(self) -> None:
+        try:
+            from libp2p.discovery.events.peerDiscovery import peerDiscovery
+            from libp2p.discovery.mdns.mdns import create_mdns_discovery
+
+            addrs = [str(a) for a in self.host.get_addrs()]
+            port = int(addrs[0].split("/tcp/")[1].split("/")[0]) if addrs else 4001
+            self._mdns = create_mdns_discovery(
+                self.host.get_network(),
+                port=port,
+                listen_addrs=addrs,
+                private_network_fingerprint="p2pmesh-v1",
+                host=self.host,
+            )
+            peerDiscovery.register_peer_discovered_handler(self._on_mdns_peer)
+            self._mdns.start()
+        except Exception as exc:  # mDNS is best effort: no multicast must not stop the node
+            log.warning("mDNS unavailable: %s", exc)
+            self._mdns = None
+
+    def _stop_mdns(self) -> None:
+        if self._mdns is None:
+            return
+        try:
+            from libp2p.discovery.events.peerDiscovery import peerDiscovery
+
+            peerDiscovery.unregister_peer_discovered_handler(self._on_mdns_peer)
+            self._mdns.stop()
+        except Exception as exc:
+            log.debug("mDNS stop: %s", exc)
+
+    def _on_mdns_peer(self, info: PeerInfo) -> None:
+        self._mdns_found.append(info)
+
+    def take_mdns_peers(self) -> list[tuple[str, tuple[str, ...]]]:
+        found, self._mdns_found = self._mdns_found, []
+        return [
+            (str(i.peer_id), tuple(f"{a}/p2p/{i.peer_id}" for a in i.addrs))
+            for i in found
+            if str(i.peer_id) != self.peer_id
+        ]
+
+    # -- gossip ------------------------------------------------------------------------------
+    def _validate_record_msg(self, forwarder: ID, msg: Any) -> bool:
+        ok = self._check_record(bytes(msg.data))
+        if not ok:
+            self.stats.gossip_invalid += 1
+        return ok
+
+    async def subscribe_loop(self, topic: str, make_event: Callable[[bytes, str], Any]) -> None:
+        sub = await self.pubsub.subscribe(topic)
+        while True:
+            msg = await sub.get()
+            self.stats.gossip_received += 1
+            sender = ID(msg.from_id).pretty() if msg.from_id else ""
+            if sender == self.peer_id:
+                continue
+            self.emit(make_event(bytes(msg.data), sender))
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        try:
+            await self.pubsub.publish(topic, data)
+            self.stats.published += 1
+        except Exception as exc:
+            self.stats.publish_failed += 1
+            log.debug("publish on %s failed: %s", topic, exc)
+
+    # -- DHT ---------------------------------------------------------------------------------
+    async def dht_put(self, key: str, value: bytes) -> bool:
+        with trio.move_on_after(DHT_TIMEOUT_S):
+            try:
+                await self.dht.put_value(key, value)
+                self.stats.dht_put_ok += 1
+                return True
+            except Exception as exc:
+                log.debug("DHT put %s failed: %s", key, exc)
+        self.stats.dht_put_failed += 1
+        return False
+
+    async def dht_get(self, key: str) -> bytes | None:
+        with trio.move_on_after(DHT_TIMEOUT_S):
+            try:
+                value = await self.dht.get_value(key)
+                if value is not None:
+                    self.stats.dht_get_ok += 1
+                    return bytes(value)
+            except Exception as exc:
+                log.debug("DHT get %s failed: %s", key, exc)
+        self.stats.dht_get_failed += 1
+        return None
+
+    # -- dialling ------------------------------------------------------------------------------
+    async def dial(self, peer_id: str, addrs: tuple[str, ...]) -> None:
+        last = "no address"
+        for addr in addrs:
+            try:
+                info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+            except Exception as exc:
+                last = f"bad address {addr!r}: {exc}"
+                continue
+            if str(info.peer_id) != peer_id:
+                last = "address names another peer"
+                continue
+            with trio.move_on_after(DIAL_TIMEOUT_S):
+                try:
+                    await self.host.connect(info)
+                    try:
+                        await self.dht.add_peer(info.peer_id)
+                    except Exception as exc:
+                        log.debug("routing table add failed: %s", exc)
+                    self.stats.dials_ok += 1
+                    # The notifee reports the connection too; this covers an existing one.
+                    self.emit(PeerConnected(peer_id))
+                    return
+                except Exception as exc:
+                    last = f"{type(exc).__name__}: {exc}"[:200]
+                    continue
+            last = "timed out"
+        self.stats.dials_failed += 1
+        self.emit(DialFailed(peer_id, last))
+
+    def connected_peers(self) -> list[str]:
+        return [p.pretty() for p in self.host.get_connected_peers()]
+
+    # -- peer exchange -------------------------------------------------------------------------
+    async def _serve_pex(self, stream: Any) -> None:
+        try:
+            await read_frame(stream, max_bytes=16, timeout_s=STREAM_TIMEOUT_S)
+            records = self._local_records()[:MAX_PEX_RECORDS]
+            payload = codec.encode({"records": records}, max_bytes=MAX_PEX_BYTES)
+            await write_frame(stream, payload, timeout_s=STREAM_TIMEOUT_S)
+        except (TransportError, DecodeError) as exc:
+            log.debug("pex serve: %s", exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.close()
+
+    async def exchange_peers(self, peer_id: str) -> None:
+        try:
+            with trio.fail_after(STREAM_TIMEOUT_S):
+                stream = await self.host.new_stream(ID.from_base58(peer_id), [PEX_PROTOCOL])
+            try:
+                await write_frame(stream, b"", timeout_s=STREAM_TIMEOUT_S)
+                data = await read_frame(stream, max_bytes=MAX_PEX_BYTES, timeout_s=STREAM_TIMEOUT_S)
+            finally:
+                with contextlib.suppress(Exception):
+                    await stream.close()
+            value = codec.decode(data, max_bytes=MAX_PEX_BYTES)
+        except (TransportError, DecodeError, trio.TooSlowError) as exc:
+            log.debug("pex with %s failed: %s", peer_id, exc)
+            return
+        except Exception as exc:
+            log.debug("pex with %s failed: %s", peer_id, exc)
+            return
+        if not isinstance(value, dict) or not isinstance(value.get("records"), list):
+            return
+        for raw in value["records"][:MAX_PEX_RECORDS]:
+            if isinstance(raw, bytes):
+                self.emit(RecordReceived(raw, "pex", peer_id))

@@ -1,0 +1,162 @@
+"""The node's SQLite file: WAL mode, forward-only migrations, one writer on one worker thread.
+
+All access goes through ``Store`` (synchronous, used from exactly one thread at a time) and
+``TrioStore``, which runs every call on a single dedicated Trio worker thread: sqlite3
+connections are not safe to share across threads, and one writer avoids ``database is locked``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import trio
+
+from p2pmesh.errors import StoreError
+
+T = TypeVar("T")
+
+# Each entry upgrades the schema by one version. Never edit an entry once released: append.
+MIGRATIONS: list[str] = [
+    # 1: node metadata, peer records as received (signed bytes), events for the TUI.
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE peers (
+        peer_id TEXT PRIMARY KEY,
+        record BLOB NOT NULL,
+        updated_at REAL NOT NULL
+    );
+    """,
+    # 2: jobs on both sides and the per-job event log.
+    """
+    CREATE TABLE jobs (
+        job_id TEXT NOT NULL,
+        role TEXT NOT NULL,              -- 'requester' | 'worker'
+        state TEXT NOT NULL,
+        doc TEXT NOT NULL,               -- JSON: the state machine's own snapshot
+        updated_at REAL NOT NULL,
+        PRIMARY KEY (job_id, role)
+    );
+    CREATE TABLE blobs (
+        digest TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        added_at REAL NOT NULL
+    );
+    """,
+]
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open database {path.name}: {exc}") from exc
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StoreError(
+                f"database schema version {version} is newer than this p2pmesh "
+                f"({len(MIGRATIONS)}); upgrade p2pmesh"
+            )
+        for i in range(version, len(MIGRATIONS)):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for stmt in MIGRATIONS[i].split(";"):
+                    if stmt.strip():
+                        self._db.execute(stmt)
+                self._db.execute(f"PRAGMA user_version = {i + 1}")
+                self._db.execute("COMMIT")
+            except sqlite3.Error:
+                self._db.execute("ROLLBACK")
+                raise
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- meta --------------------------------------------------------------------------------
+    def get_meta(self, key: str, default: Any = None) -> Any:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    def set_meta(self, key: str, value: Any) -> None:
+        self._db.execute(
+            "INSERT INTO meta(key, value) VALUES(?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, json.dumps(value)),
+        )
+
+    # -- peers -------------------------------------------------------------------------------
+    def put_peer(self, peer_id: str, record: bytes | None, now: float) -> None:
+        if record is None:
+            self._db.execute("DELETE FROM peers WHERE peer_id = ?", (peer_id,))
+        else:
+            self._db.execute(
+                "INSERT INTO peers(peer_id, record, updated_at) VALUES(?, ?, ?) "
+                "ON CONFLICT(peer_id) DO UPDATE SET record = excluded.record, "
+                "updated_at = excluded.updated_at",
+                (peer_id, record, now),
+            )
+
+    def peer_records(self) -> list[bytes]:
+        return [bytes(r[0]) for r in self._db.execute("SELECT record FROM peers")]
+
+    # -- jobs --------------------------------------------------------------------------------
+    def put_job(self, job_id: str, role: str, state: str, doc: dict[str, Any], now: float) -> None:
+        self._db.execute(
+            "INSERT INTO jobs(job_id, role, state, doc, updated_at) VALUES(?, ?, ?, ?, ?) "
+            "ON CONFLICT(job_id, role) DO UPDATE SET state = excluded.state, "
+            "doc = excluded.doc, updated_at = excluded.updated_at",
+            (job_id, role, state, json.dumps(doc, sort_keys=True), now),
+        )
+
+    def jobs(self, role: str | None = None) -> list[dict[str, Any]]:
+        q = "SELECT job_id, role, state, doc, updated_at FROM jobs"
+        args: tuple[Any, ...] = ()
+        if role is not None:
+            q += " WHERE role = ?"
+            args = (role,)
+        return [
+            {"job_id": j, "role": r, "state": s, "doc": json.loads(d), "updated_at": u}
+            for j, r, s, d, u in self._db.execute(q + " ORDER BY updated_at", args)
+        ]
+
+    def put_blob(self, digest: str, size: int, kind: str, now: float) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO blobs(digest, size, kind, added_at) VALUES(?, ?, ?, ?)",
+            (digest, size, kind, now),
+        )
+
+
+class TrioStore:
+    """Runs every ``Store`` call on one dedicated worker thread, in submission order."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._limiter = trio.CapacityLimiter(1)
+        self._lock = threading.Lock()
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        def run() -> T:
+            with self._lock:
+                try:
+                    return fn(*args)
+                except sqlite3.Error as exc:
+                    raise StoreError(str(exc)) from exc
+
+        return await trio.to_thread.run_sync(run, limiter=self._limiter)

@@ -1,0 +1,57 @@
+"""Outputs of the core: what a driver (daemon or simulator) must do. Imperative names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    topic: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DhtPut:
+    key: str
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DhtGet:
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dial:
+    """Connect to a peer; ``addrs`` are full multiaddrs ending in ``/p2p/<peer_id>``."""
+
+    peer_id: str
+    addrs: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangePeers:
+    """Ask ``peer_id`` for the signed records it holds (PROTOCOL.md §5, peer exchange)."""
+
+    peer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    """Write ``value`` under (``table``, ``key``); ``value`` None deletes."""
+
+    table: str
+    key: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    level: str
+    msg: str
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+Effect = Publish | DhtPut | DhtGet | Dial | ExchangePeers | Persist | Log

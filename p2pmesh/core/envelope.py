@@ -1,0 +1,60 @@
+"""Signed envelopes: the one framing for every signed object (docs/PROTOCOL.md §3).
+
+An envelope is the canonical msgpack map ``{"t": type, "v": 1, "pk": 32-byte key, "body": map,
+"sig": 64 bytes}``. The signature covers ``signing_input(type, encode({"t", "v", "pk", "body"}))``,
+so the type is bound twice: in the domain tag and inside the signed bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from p2pmesh.core import codec
+from p2pmesh.core.crypto import PURPOSES, Signer, verify
+from p2pmesh.core.ids import peer_id_from_public_key
+from p2pmesh.errors import DecodeError, ValidationError
+
+ENVELOPE_VERSION = 1
+_FIELDS = frozenset({"t", "v", "pk", "body", "sig"})
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A verified envelope: who signed it, what type, the body, and the exact signed bytes."""
+
+    type: str
+    signer: str
+    public_key: bytes
+    body: dict[str, Any]
+    raw: bytes
+
+
+def seal(signer: Signer, type_: str, body: dict[str, Any]) -> bytes:
+    unsigned = {"t": type_, "v": ENVELOPE_VERSION, "pk": signer.public_key, "body": body}
+    sig = signer.sign(type_, codec.encode(unsigned))
+    return codec.encode({**unsigned, "sig": sig})
+
+
+def open_envelope(
+    data: bytes, expected_type: str, *, max_bytes: int = codec.MAX_MESSAGE_BYTES
+) -> Opened:
+    """Decode and verify; raises ``DecodeError`` or ``ValidationError`` on anything else."""
+    value = codec.decode(data, max_bytes=max_bytes)
+    if not isinstance(value, dict) or set(value) != _FIELDS:
+        raise DecodeError("envelope must be a map with exactly t, v, pk, body, sig")
+    type_, version, pk, body, sig = (value[k] for k in ("t", "v", "pk", "body", "sig"))
+    if type_ != expected_type or type_ not in PURPOSES:
+        raise ValidationError(f"expected a {expected_type!r} envelope, got {type_!r}")
+    if version != ENVELOPE_VERSION:
+        raise ValidationError(f"unsupported envelope version {version!r}")
+    if not isinstance(pk, bytes) or len(pk) != 32:
+        raise ValidationError("pk must be 32 bytes")
+    if not isinstance(sig, bytes) or len(sig) != 64:
+        raise ValidationError("sig must be 64 bytes")
+    if not isinstance(body, dict):
+        raise ValidationError("body must be a map")
+    unsigned = {"t": type_, "v": version, "pk": pk, "body": body}
+    if not verify(pk, type_, codec.encode(unsigned), sig):
+        raise ValidationError("bad signature")
+    return Opened(type_, peer_id_from_public_key(pk), pk, body, bytes(data))

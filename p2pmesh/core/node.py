@@ -1,0 +1,280 @@
+"""The node's composition root: routes events to sub-machines and returns their effects.
+
+Theory of operation (issue: node). Each ``Ticked`` the node (1) drops peers whose records expired,
+(2) re-signs and re-announces its own record when it is half-way to expiry or the profile changed
+materially, and (3) when it has no connection at all, dials the bootstrap peers with exponential
+backoff, so a node that started while its bootstrap was down joins once it is back. A record
+received from anywhere (gossip, DHT, peer exchange) is checked by ``PeerTable`` and, if new,
+persisted; an unknown peer's addresses are dialled so the mesh does not hang on one bootstrap node.
+A newly connected peer is asked for its peer table (peer exchange) and looked up in the DHT.
+
+Nothing here reads a clock or does I/O: ``now`` is unix seconds passed in by the driver.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from p2pmesh.core import capability, reputation
+from p2pmesh.core.capability import Capabilities, CapabilityRecord
+from p2pmesh.core.crypto import Signer
+from p2pmesh.core.effects import DhtGet, DhtPut, Dial, Effect, ExchangePeers, Log, Persist, Publish
+from p2pmesh.core.events import (
+    DialFailed,
+    Event,
+    PeerConnected,
+    PeerDisconnected,
+    PeerDiscovered,
+    ProfileChanged,
+    RecordReceived,
+    Ticked,
+)
+from p2pmesh.core.peers import PeerTable
+from p2pmesh.errors import DecodeError, ValidationError
+
+TOPIC_CAPABILITIES = "p2pmesh/capabilities/1"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    record_ttl_s: int = 300
+    # Dial peers we learn about until we hold this many connections: enough that the mesh
+    # survives losing its bootstrap node, few enough that gossip fan-out stays cheap.
+    target_connections: int = 8
+    redial_after_s: float = 30.0
+    bootstrap: tuple[str, ...] = ()  # full multiaddrs with /p2p/<id>
+    bootstrap_backoff_min_s: float = 1.0
+    bootstrap_backoff_max_s: float = 30.0
+    min_republish_interval_s: float = 1.0
+
+    def validate(self) -> None:
+        if not 10 <= self.record_ttl_s <= capability.MAX_TTL_S:
+            raise ValueError(f"record_ttl_s must be in [10, {capability.MAX_TTL_S}]")
+        if self.target_connections < 1:
+            raise ValueError("target_connections must be >= 1")
+
+
+def _material(c: Capabilities) -> Capabilities:
+    # Load and free disk move all the time; they ride along with timed refreshes only.
+    return replace(c, load_milli=0, disk_free_mb=0)
+
+
+def peer_id_of_addr(addr: str) -> str | None:
+    parts = addr.rstrip("/").split("/")
+    if len(parts) >= 2 and parts[-2] == "p2p":
+        return parts[-1]
+    return None
+
+
+@dataclass(slots=True)
+class _Stats:
+    records_accepted: int = 0
+    records_refused: int = 0
+    refused_reasons: dict[str, int] = field(default_factory=dict)
+    published: int = 0
+
+
+class Node:
+    def __init__(
+        self,
+        config: NodeConfig,
+        signer: Signer,
+        caps: Capabilities,
+        *,
+        last_seq: int = 0,
+        started_at: float = 0.0,
+    ) -> None:
+        config.validate()
+        self.config = config
+        self.signer = signer
+        self.peer_id = signer.peer_id
+        self.caps = caps
+        self.peers = PeerTable(self.peer_id)
+        self.evidence: dict[str, reputation.Evidence] = {}
+        self.own: CapabilityRecord | None = None
+        self.started_at = started_at
+        self._last_seq = last_seq
+        self._dirty = True
+        self._last_publish = float("-inf")
+        self._dialled: dict[str, float] = {}
+        self._boot_next = 0.0
+        self._boot_backoff = config.bootstrap_backoff_min_s
+        self.stats = _Stats()
+
+    # -- the one entry point -------------------------------------------------------------
+    def handle(self, event: Event, now: float) -> list[Effect]:
+        if isinstance(event, Ticked):
+            return self._tick(now)
+        if isinstance(event, RecordReceived):
+            return self._record(event, now)
+        if isinstance(event, ProfileChanged):
+            if _material(event.caps) != _material(self.caps):
+                self._dirty = True
+            self.caps = event.caps
+            return self._tick(now)
+        if isinstance(event, PeerConnected):
+            return self._connected(event.peer_id, now)
+        if isinstance(event, PeerDisconnected):
+            self.peers.set_connected(event.peer_id, False, now)
+            return [Log("info", "peer disconnected", {"peer": event.peer_id})]
+        if isinstance(event, PeerDiscovered):
+            return self._discovered(event, now)
+        if isinstance(event, DialFailed):
+            return [Log("debug", "dial failed", {"peer": event.peer_id, "reason": event.reason})]
+        raise TypeError(f"unknown event {event!r}")
+
+    def check_gossip_record(self, data: bytes, now: float) -> bool:
+        """Topic validator: True only for a record we would accept (nothing is changed)."""
+        try:
+            self.peers.check(data, now)
+        except (DecodeError, ValidationError):
+            return False
+        return True
+
+    # -- handlers --------------------------------------------------------------------------
+    def _tick(self, now: float) -> list[Effect]:
+        out: list[Effect] = []
+        for pid in self.peers.expire(now):
+            out.append(Log("info", "peer aged out", {"peer": pid}))
+            out.append(Persist("peers", pid, None))
+        half_life = self.own is None or now >= (self.own.issued_at + self.own.expires_at) / 2
+        if (self._dirty or half_life) and now - self._last_publish >= (
+            self.config.min_republish_interval_s
+        ):
+            out.extend(self._publish_own(now))
+        out.extend(self._bootstrap(now))
+        return out
+
+    def _publish_own(self, now: float) -> list[Effect]:
+        # Millisecond clock as a floor keeps sequence numbers rising across restarts even if the
+        # stored counter was lost; +1 keeps them rising within one millisecond.
+        seq = max(self._last_seq + 1, int(now * 1000))
+        self._last_seq = seq
+        self.own = capability.build_record(
+            self.signer, self.caps, seq=seq, now=int(now), ttl_s=self.config.record_ttl_s
+        )
+        self._dirty = False
+        self._last_publish = now
+        self.stats.published += 1
+        raw = self.own.raw
+        return [
+            Persist("meta", "record_seq", seq),
+            Publish(TOPIC_CAPABILITIES, raw),
+            DhtPut(capability.dht_key(self.peer_id), raw),
+        ]
+
+    def _bootstrap(self, now: float) -> list[Effect]:
+        if self.peers.connected_count() > 0:
+            self._boot_backoff = self.config.bootstrap_backoff_min_s
+            return []
+        if not self.config.bootstrap or now < self._boot_next:
+            return []
+        self._boot_next = now + self._boot_backoff
+        self._boot_backoff = min(self._boot_backoff * 2, self.config.bootstrap_backoff_max_s)
+        out: list[Effect] = []
+        for addr in self.config.bootstrap:
+            pid = peer_id_of_addr(addr)
+            if pid and pid != self.peer_id:
+                out.append(Dial(pid, (addr,)))
+        return out
+
+    def _record(self, ev: RecordReceived, now: float) -> list[Effect]:
+        try:
+            rec = self.peers.offer(ev.data, now)
+        except (DecodeError, ValidationError) as exc:
+            reason = str(exc)
+            self.stats.records_refused += 1
+            key = reason.split(" (")[0][:60]
+            self.stats.refused_reasons[key] = self.stats.refused_reasons.get(key, 0) + 1
+            return [
+                Log(
+                    "debug",
+                    "record refused",
+                    {"source": ev.source, "from": ev.from_peer, "reason": reason},
+                )
+            ]
+        if rec.peer_id == self.peer_id:
+            return []
+        self.stats.records_accepted += 1
+        out: list[Effect] = [Persist("peers", rec.peer_id, rec.raw)]
+        if not self.peers.is_connected(rec.peer_id) and rec.caps.addrs:
+            last = self._dialled.get(rec.peer_id, float("-inf"))
+            if (
+                self.peers.connected_count() < self.config.target_connections
+                and now - last >= self.config.redial_after_s
+            ):
+                self._dialled[rec.peer_id] = now
+                full = tuple(f"{a}/p2p/{rec.peer_id}" for a in rec.caps.addrs)
+                out.append(Dial(rec.peer_id, full))
+        return out
+
+    def _discovered(self, ev: PeerDiscovered, now: float) -> list[Effect]:
+        if ev.peer_id == self.peer_id or self.peers.is_connected(ev.peer_id) or not ev.addrs:
+            return []
+        if now - self._dialled.get(ev.peer_id, float("-inf")) < self.config.redial_after_s:
+            return []
+        self._dialled[ev.peer_id] = now
+        return [Dial(ev.peer_id, ev.addrs)]
+
+    def _connected(self, peer_id: str, now: float) -> list[Effect]:
+        first = not self.peers.is_connected(peer_id)
+        self.peers.set_connected(peer_id, True, now)
+        if not first:
+            return []
+        out: list[Effect] = [
+            Log("info", "peer connected", {"peer": peer_id}),
+            ExchangePeers(peer_id),
+        ]
+        if self.peers.get(peer_id) is None:
+            out.append(DhtGet(capability.dht_key(peer_id)))
+        return out
+
+    # -- read-only views -------------------------------------------------------------------
+    def records(self) -> list[bytes]:
+        out = [e.record.raw for e in self.peers.entries()]
+        if self.own is not None:
+            out.append(self.own.raw)
+        return out
+
+    def reputation_of(self, peer_id: str, now: float) -> float:
+        return reputation.score(self.evidence.get(peer_id), now)
+
+    def peers_json(self, now: float) -> list[dict[str, Any]]:
+        out = []
+        for e in sorted(self.peers.entries(), key=lambda e: e.record.peer_id):
+            r = e.record
+            out.append(
+                {
+                    "peer_id": r.peer_id,
+                    "addrs": [f"{a}/p2p/{r.peer_id}" for a in r.caps.addrs],
+                    "capabilities": r.to_json(),
+                    "reputation": round(self.reputation_of(r.peer_id, now), 4),
+                    "last_seen": e.last_seen,
+                    "first_seen": e.first_seen,
+                    "connected": e.connected,
+                    "record_seq": r.seq,
+                    "record_expires_at": r.expires_at,
+                }
+            )
+        return out
+
+    def node_json(self, now: float) -> dict[str, Any]:
+        own = self.own
+        return {
+            "peer_id": self.peer_id,
+            "public_key": self.signer.public_key.hex(),
+            "addrs": [f"{a}/p2p/{self.peer_id}" for a in self.caps.addrs],
+            "capabilities": own.to_json() if own else {},
+            "started_at": self.started_at,
+            "peers_connected": self.peers.connected_count(),
+            "peers_known": len(self.peers),
+            "work": self.caps.work,
+            "record_seq": own.seq if own else 0,
+            "stats": {
+                "records_accepted": self.stats.records_accepted,
+                "records_refused": self.stats.records_refused,
+                "refused_reasons": dict(self.stats.refused_reasons),
+                "published": self.stats.published,
+            },
+        }

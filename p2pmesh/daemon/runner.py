@@ -1,0 +1,283 @@
+"""``run_node``: the Trio daemon. One task owns ``core.Node``; everything else feeds it events.
+
+Tasks in the node's nursery: the libp2p services (inside ``MeshNet.running``), the gossip
+subscription reader, a one-second ticker, a periodic hardware re-profile, the effect dispatcher
+(the only caller of ``Node.handle``), the SQLite writer, and the control socket server. A
+SIGINT/SIGTERM cancels the nursery; libp2p is shut down in order inside its context manager.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from p2pmesh import __version__
+from p2pmesh.adapters import hardware
+from p2pmesh.adapters.libp2p.net import MeshNet
+from p2pmesh.adapters.sqlite.store import Store, TrioStore
+from p2pmesh.bootstrap.peers import shipped_bootstrap
+from p2pmesh.core.capability import Capabilities, Gpu
+from p2pmesh.core.crypto import Ed25519Signer
+from p2pmesh.core.effects import DhtGet, DhtPut, Dial, Effect, ExchangePeers, Log, Persist, Publish
+from p2pmesh.core.events import PeerDiscovered, ProfileChanged, RecordReceived, Ticked
+from p2pmesh.core.node import TOPIC_CAPABILITIES, Node, NodeConfig
+from p2pmesh.daemon.control import open_control_listener, serve_control
+from p2pmesh.daemon.home import DB_FILE, NODE_JSON, SOCKET_FILE, ensure_home, load_or_create_key
+from p2pmesh.daemon.settings import Settings
+
+TICK_S = 1.0
+REPROFILE_S = 30.0
+MAX_EVENTS_KEPT = 200
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
+@dataclass
+class EventLog:
+    """Recent events for the TUI and ``p2pmesh`` status; JSON lines on stderr when no TUI."""
+
+    json_lines: bool
+    level: int = 20
+    recent: collections.deque[dict[str, Any]] = field(
+        default_factory=lambda: collections.deque(maxlen=MAX_EVENTS_KEPT)
+    )
+
+    def __call__(self, level: str, msg: str, **fields: Any) -> None:
+        if _LEVELS.get(level, 20) < self.level:
+            return
+        entry = {"ts": time.time(), "level": level, "msg": msg, **fields}
+        self.recent.append(entry)
+        if self.json_lines:
+            sys.stderr.write(json.dumps(entry, default=str) + "\n")
+            sys.stderr.flush()
+
+
+def caps_from_profile(p: hardware.HardwareProfile, addrs: list[str], s: Settings) -> Capabilities:
+    return Capabilities(
+        addrs=tuple(addrs[:16]),
+        cpus=p.cpus_logical,
+        cpus_physical=p.cpus_physical,
+        ram_mb=p.ram_mb,
+        disk_free_mb=p.disk_free_mb,
+        load_milli=int(p.load_1m * 1000),
+        gpus=tuple(
+            Gpu(g.name[:128], g.memory_mb, g.driver[:64], g.compute_capability[:16])
+            for g in p.gpus[:16]
+        ),
+        executors=tuple(p.executors) if s.work else (),
+        price=s.price,
+        max_jobs=s.max_jobs if s.work else 0,
+        work=s.work,
+        allow_images=tuple(s.allow_images[:64]),
+        agent=f"p2pmesh/{__version__}",
+    )
+
+
+class Daemon:
+    def __init__(self, settings: Settings, log: EventLog) -> None:
+        self.settings = settings
+        self.log = log
+        self.home = ensure_home(settings.home)
+        self.signer = Ed25519Signer(load_or_create_key(self.home))
+        self.store = Store(self.home / DB_FILE)
+        self.tstore = TrioStore(self.store)
+        bootstrap = list(settings.bootstrap)
+        if settings.use_shipped_bootstrap:
+            bootstrap += [b for b in shipped_bootstrap() if b not in bootstrap]
+        self.started_at = time.time()
+        self.profile = hardware.profile(self.home, check_docker=settings.work)
+        self.node = Node(
+            NodeConfig(record_ttl_s=settings.record_ttl_s, bootstrap=tuple(bootstrap)),
+            self.signer,
+            caps_from_profile(self.profile, [], settings),
+            last_seq=int(self.store.get_meta("record_seq", 0)),
+            started_at=self.started_at,
+        )
+        self.events_send, self.events_recv = trio.open_memory_channel[Any](4096)
+        self.persist_send, self.persist_recv = trio.open_memory_channel[Persist](4096)
+        self.net = MeshNet(
+            load_or_create_key(self.home),
+            self.events_send,
+            check_record=lambda data: self.node.check_gossip_record(data, time.time()),
+            local_records=self.node.records,
+        )
+        self._dialling: set[str] = set()
+        self._net_limiter = trio.CapacityLimiter(64)
+        self.nursery: trio.Nursery | None = None
+
+    # -- effects -------------------------------------------------------------------------------
+    def dispatch(self, effects: list[Effect]) -> None:
+        assert self.nursery is not None
+        for eff in effects:
+            if isinstance(eff, Log):
+                self.log(eff.level, eff.msg, **eff.fields)
+            elif isinstance(eff, Persist):
+                try:
+                    self.persist_send.send_nowait(eff)
+                except trio.WouldBlock:
+                    self.log("error", "persist queue full; write dropped", table=eff.table)
+            elif isinstance(eff, Publish):
+                self.nursery.start_soon(self._limited, self.net.publish, eff.topic, eff.data)
+            elif isinstance(eff, DhtPut):
+                self.nursery.start_soon(self._limited, self.net.dht_put, eff.key, eff.value)
+            elif isinstance(eff, DhtGet):
+                self.nursery.start_soon(self._limited, self._dht_get, eff.key)
+            elif isinstance(eff, Dial):
+                if eff.peer_id not in self._dialling:
+                    self._dialling.add(eff.peer_id)
+                    self.nursery.start_soon(self._dial, eff.peer_id, eff.addrs)
+            elif isinstance(eff, ExchangePeers):
+                self.nursery.start_soon(self._limited, self.net.exchange_peers, eff.peer_id)
+            else:
+                self.log("error", "unknown effect", effect=repr(eff))
+
+    async def _limited(self, fn: Callable[..., Any], *args: Any) -> None:
+        async with self._net_limiter:
+            await fn(*args)
+
+    async def _dht_get(self, key: str) -> None:
+        value = await self.net.dht_get(key)
+        if value is not None:
+            self.net.emit(RecordReceived(value, "dht"))
+
+    async def _dial(self, peer_id: str, addrs: tuple[str, ...]) -> None:
+        try:
+            await self.net.dial(peer_id, addrs)
+        finally:
+            self._dialling.discard(peer_id)
+
+    # -- tasks -----------------------------------------------------------------------------------
+    async def _owner(self) -> None:
+        async for event in self.events_recv:
+            self.dispatch(self.node.handle(event, time.time()))
+
+    async def _persister(self) -> None:
+        async for eff in self.persist_recv:
+            now = time.time()
+            if eff.table == "peers":
+                await self.tstore.call(self.store.put_peer, eff.key, eff.value, now)
+            elif eff.table == "meta":
+                await self.tstore.call(self.store.set_meta, eff.key, eff.value)
+            else:
+                self.log("error", "unknown persist table", table=eff.table)
+
+    async def _ticker(self) -> None:
+        while True:
+            await trio.sleep(TICK_S)
+            for pid, addrs in self.net.take_mdns_peers():
+                self.net.emit(PeerDiscovered(pid, addrs))
+            self.net.emit(Ticked())
+
+    async def _reprofiler(self) -> None:
+        while True:
+            await trio.sleep(REPROFILE_S)
+            self.profile = await trio.to_thread.run_sync(
+                lambda: hardware.profile(self.home, check_docker=self.settings.work)
+            )
+            caps = caps_from_profile(self.profile, self.net.listen_addrs(), self.settings)
+            self.net.emit(ProfileChanged(caps))
+
+    # -- control ---------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        now = time.time()
+        node = self.node.node_json(now)
+        node["net"] = vars(self.net.stats).copy()
+        node["pid"] = os.getpid()
+        return {"node": node, "peers": self.node.peers_json(now), "events": list(self.log.recent)}
+
+    def handlers(self) -> dict[str, Any]:
+        async def id_(args: dict[str, Any]) -> Any:
+            n = self.node.node_json(time.time())
+            return {"peer_id": n["peer_id"], "public_key": n["public_key"], "addrs": n["addrs"]}
+
+        async def peers(args: dict[str, Any]) -> Any:
+            return self.node.peers_json(time.time())
+
+        async def status(args: dict[str, Any]) -> Any:
+            return self.snapshot()
+
+        return {"id": id_, "peers": peers, "status": status}
+
+    def write_node_json(self) -> None:
+        doc = {
+            "peer_id": self.node.peer_id,
+            "addrs": [f"{a}/p2p/{self.node.peer_id}" for a in self.net.listen_addrs()],
+            "pid": os.getpid(),
+            "started_at": self.started_at,
+        }
+        tmp = self.home / (NODE_JSON + ".tmp")
+        tmp.write_text(json.dumps(doc, indent=2) + "\n")
+        tmp.replace(self.home / NODE_JSON)
+
+    # -- main ------------------------------------------------------------------------------------
+    async def run(self, *, on_ready: Callable[[Daemon], None] | None = None) -> None:
+        listener = await open_control_listener(self.home / SOCKET_FILE)
+        try:
+            async with self.net.running(list(self.settings.listen), mdns=self.settings.mdns):
+                for raw in await self.tstore.call(self.store.peer_records):
+                    self.net.emit(RecordReceived(raw, "store"))
+                caps = caps_from_profile(self.profile, self.net.listen_addrs(), self.settings)
+                self.net.emit(ProfileChanged(caps))
+                self.write_node_json()
+                self.log(
+                    "info",
+                    "node listening",
+                    peer_id=self.node.peer_id,
+                    addrs=[f"{a}/p2p/{self.node.peer_id}" for a in self.net.listen_addrs()],
+                )
+                async with trio.open_nursery() as nursery:
+                    self.nursery = nursery
+                    nursery.start_soon(self._owner)
+                    nursery.start_soon(self._persister)
+                    nursery.start_soon(self._ticker)
+                    nursery.start_soon(self._reprofiler)
+                    nursery.start_soon(
+                        self.net.subscribe_loop,
+                        TOPIC_CAPABILITIES,
+                        lambda data, sender: RecordReceived(data, "gossip", sender),
+                    )
+                    nursery.start_soon(serve_control, listener, self.handlers(), self.log)
+                    if on_ready is not None:
+                        on_ready(self)
+        finally:
+            self.nursery = None
+            for name in (SOCKET_FILE, NODE_JSON):
+                p = self.home / name
+                if p.exists():
+                    p.unlink()
+            self.store.close()
+
+
+async def run_until_signal(daemon: Daemon, on_ready: Callable[[Daemon], None] | None) -> None:
+    """Run the daemon; SIGINT/SIGTERM cancel it and we return normally (exit code 0)."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as outer:
+
+            async def watch() -> None:
+                async for signum in signals:
+                    daemon.log("info", "stopping", signal=signal.Signals(signum).name)
+                    outer.cancel_scope.cancel()
+                    return
+
+            outer.start_soon(watch)
+            await daemon.run(on_ready=on_ready)
+            outer.cancel_scope.cancel()
+
+
+def quiet_libp2p_logging() -> None:
+    # py-libp2p logs hundreds of warnings per run for routine DHT stream resets (LIBP2P-NOTES).
+    for name in ("libp2p", "multiaddr", "zeroconf", "async_service"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    logging.basicConfig(level=logging.CRITICAL)
+
+
+__all__ = ["Daemon", "EventLog", "caps_from_profile", "quiet_libp2p_logging", "run_until_signal"]

@@ -1,0 +1,113 @@
+"""Settings: command-line flags over ``config.toml`` over defaults. The only reader of config.
+
+Config keys (all optional) mirror the flags of ``p2pmesh up``::
+
+    listen = ["/ip4/0.0.0.0/tcp/4001"]
+    bootstrap = ["/ip4/…/tcp/4001/p2p/12D3KooW…"]
+    mdns = true
+    work = true
+    price = 1              # credits per job (integer)
+    max_jobs = 2           # concurrent jobs
+    allow_image = ["p2pmesh/*"]
+    record_ttl_s = 300
+    use_shipped_bootstrap = true
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from p2pmesh.daemon.home import CONFIG_FILE
+from p2pmesh.errors import ConfigError
+
+DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001",)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    home: Path
+    listen: tuple[str, ...] = DEFAULT_LISTEN
+    bootstrap: tuple[str, ...] = ()
+    mdns: bool = True
+    work: bool = True
+    price: int = 1
+    max_jobs: int = 2
+    allow_images: tuple[str, ...] = ()
+    record_ttl_s: int = 300
+    use_shipped_bootstrap: bool = True
+    tui: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_KEYS: dict[str, type | tuple[type, ...]] = {
+    "listen": list,
+    "bootstrap": list,
+    "mdns": bool,
+    "work": bool,
+    "price": int,
+    "max_jobs": int,
+    "allow_image": list,
+    "record_ttl_s": int,
+    "use_shipped_bootstrap": bool,
+}
+
+
+def read_config(home: Path) -> dict[str, Any]:
+    path = home / CONFIG_FILE
+    if not path.exists():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    for key, value in data.items():
+        want = _KEYS.get(key)
+        if want is None:
+            raise ConfigError(f"{path}: unknown key {key!r} (known: {', '.join(sorted(_KEYS))})")
+        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
+            raise ConfigError(f"{path}: {key} must be a {want.__name__}")  # type: ignore[union-attr]
+        if want is list and not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{path}: {key} must be a list of strings")
+    return data
+
+
+def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
+    """``flags`` holds only what was given on the command line (None/empty = not given)."""
+    cfg = read_config(home)
+
+    def pick(flag: str, key: str, default: Any) -> Any:
+        v = flags.get(flag)
+        if v not in (None, [], ()):
+            return v
+        return cfg.get(key, default)
+
+    s = Settings(
+        home=home,
+        listen=tuple(pick("listen", "listen", list(DEFAULT_LISTEN))),
+        bootstrap=tuple(pick("bootstrap", "bootstrap", [])),
+        mdns=bool(cfg.get("mdns", True)) and not flags.get("no_mdns", False),
+        work=bool(cfg.get("work", True)) and not flags.get("no_work", False),
+        price=int(pick("price", "price", 1)),
+        max_jobs=int(pick("max_jobs", "max_jobs", 2)),
+        allow_images=tuple(pick("allow_image", "allow_image", [])),
+        record_ttl_s=int(pick("record_ttl", "record_ttl_s", 300)),
+        use_shipped_bootstrap=bool(cfg.get("use_shipped_bootstrap", True))
+        and not flags.get("no_shipped_bootstrap", False),
+        tui=not flags.get("no_tui", False),
+    )
+    if s.price < 0:
+        raise ConfigError("price must be >= 0")
+    if s.max_jobs < 0:
+        raise ConfigError("max_jobs must be >= 0")
+    if not 10 <= s.record_ttl_s <= 3600:
+        raise ConfigError("record_ttl_s must be in [10, 3600]")
+    for a in (*s.listen, *s.bootstrap):
+        if not a.startswith("/"):
+            raise ConfigError(f"not a multiaddr: {a!r}")
+    for a in s.bootstrap:
+        if "/p2p/" not in a:
+            raise ConfigError(f"bootstrap address must end in /p2p/<peer id>: {a!r}")
+    return s

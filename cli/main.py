@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pmesh.cli import client, views
+from p2pmesh.cli import jobs as jobs_cli
 from rich.console import Console
 
 from p2pmesh import __version__
@@ -74,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_home(peers)
     peers.add_argument("--json", action="store_true")
     peers.add_argument("--watch", action="store_true", help="update live until Ctrl-C")
+
+    jobs_cli.add_parsers(sub, _add_home)
 
     status = sub.add_parser("status", help="this node's state, peers and recent events")
     _add_home(status)
@@ -141,6 +144,11 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "id": cmd_id,
     "peers": cmd_peers,
     "status": cmd_status,
+    "offer": lambda a: jobs_cli.cmd_offer(a, _home(a)),
+    "jobs": lambda a: jobs_cli.cmd_jobs(a, _home(a)),
+    "job": lambda a: jobs_cli.cmd_job(a, _home(a)),
+    "logs": lambda a: jobs_cli.cmd_logs(a, _home(a)),
+    "cancel": lambda a: jobs_cli.cmd_cancel(a, _home(a)),
 }
 
 

@@ -55,3 +55,47 @@ class Log:
 
 
 Effect = Publish | DhtPut | DhtGet | Dial | ExchangePeers | Persist | Log
+
+
+# -- jobs (PROTOCOL.md §7) ---------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class SendMessage:
+    """Deliver a signed job message to one peer over its stream protocol."""
+
+    peer_id: str
+    kind: str  # "bid" | "award" | "status" | "result" | "cancel"
+    data: bytes
+    job_id: str
+    addrs: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FetchInputs:
+    job_id: str
+    requester: str
+    addrs: tuple[str, ...]
+    refs: tuple[tuple[str, str, int, str], ...]  # (name, digest, size, kind)
+
+
+@dataclass(frozen=True, slots=True)
+class RunContainer:
+    job_id: str
+    job: Any  # jobspec.WireJob
+
+
+@dataclass(frozen=True, slots=True)
+class StopContainer:
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class FetchOutputs:
+    job_id: str
+    worker: str
+    output_digest: str
+    output_size: int
+    log_digest: str
+    log_size: int
+
+
+JobEffect = SendMessage | FetchInputs | RunContainer | StopContainer | FetchOutputs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from p2pmesh.core.capability import Capabilities
 
@@ -56,4 +57,84 @@ Event = (
     | PeerDisconnected
     | DialFailed
     | PeerDiscovered
+)
+
+
+# -- jobs (PROTOCOL.md §7) ---------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class JobSubmitted:
+    job_id: str
+    job: Any  # jobspec.WireJob
+    bid_window_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    """A job-protocol message from ``from_peer`` (authenticated by the libp2p connection)."""
+
+    kind: str  # "offer" | "bid" | "award" | "status" | "result" | "cancel"
+    data: bytes
+    from_peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendFailed:
+    job_id: str
+    peer_id: str
+    kind: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class MessageDelivered:
+    job_id: str
+    peer_id: str
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelRequested:
+    job_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class InputsFetched:
+    job_id: str
+    ok: bool
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerFinished:
+    job_id: str
+    status: str
+    exit_code: int | None
+    output_digest: str
+    output_size: int
+    log_digest: str
+    log_size: int
+    log_truncated: bool
+    run_ms: int
+    cpu_ms: int
+    max_memory_mb: int
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OutputsFetched:
+    job_id: str
+    worker: str
+    ok: bool
+    error: str = ""
+
+
+JobEvent = (
+    JobSubmitted
+    | MessageReceived
+    | SendFailed
+    | MessageDelivered
+    | CancelRequested
+    | InputsFetched
+    | ContainerFinished
+    | OutputsFetched
 )

@@ -127,9 +127,14 @@ _PLAIN_KEY_RE = re.compile(r"[A-Za-z0-9._/-]+", re.ASCII)
 _ALNUM = r"[a-z0-9]+"
 _PATH_COMPONENT = rf"{_ALNUM}(?:(?:[._]|__|-+){_ALNUM})*"
 _HOST_COMPONENT = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
-_HOST = rf"{_HOST_COMPONENT}(?:\.{_HOST_COMPONENT})*(?::[0-9]+)?"
+# As in Docker, a first component is a host only with a '.' or a port, or as "localhost":
+# "team/app" is a path on the default registry and "Team/app" is an error, not a host "Team".
+_HOST = (
+    rf"(?:localhost|{_HOST_COMPONENT}(?:\.{_HOST_COMPONENT})+)(?::[0-9]+)?"
+    rf"|{_HOST_COMPONENT}:[0-9]+"
+)
 _IMAGE_RE = re.compile(
-    rf"(?:{_HOST}/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
+    rf"(?:(?:{_HOST})/)?{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*"
     r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?",
     re.ASCII,
 )
@@ -271,14 +276,15 @@ def _show(value: object) -> str:
     if isinstance(value, str):
         shown = json.dumps(value[:40], ensure_ascii=True)
         return shown + ("…" if len(value) > 40 else "")
-    return {dict: "an object", list: "a list", tuple: "a list", bytes: "bytes"}.get(
-        type(value), type(value).__name__
-    )
+    if isinstance(value, list | tuple):
+        return f"a list of {len(value)} items" if value else "an empty list"
+    return {dict: "an object", bytes: "bytes"}.get(type(value), type(value).__name__)
 
 
-def _sub(parent: str, key: str) -> str:
+def field_path(parent: str, key: str) -> str:
     """Field path of ``parent``'s ``key``; odd keys are quoted so the message stays one line."""
-    if _PLAIN_KEY_RE.fullmatch(key) and len(key) <= 80:
+    plain = _PLAIN_KEY_RE.fullmatch(key) and not key.startswith(("/", ".")) and ".." not in key
+    if plain and len(key) <= 80:
         return f"{parent}.{key}" if parent else key
     return f"{parent}[{_show(key)}]"
 
@@ -290,6 +296,11 @@ class _Problems:
     def add(self, path: str, message: str) -> Any:
         self.items.append(f"{path}: {message}")
         return _BAD
+
+    def fail(self, path: str, message: str) -> bool:
+        """``add`` for loops that track an ``ok`` flag."""
+        self.add(path, message)
+        return False
 
     def raise_if_any(self) -> None:
         if self.items:
@@ -317,9 +328,7 @@ def _utf8_len(text: str) -> int | None:
         return None
 
 
-def _check_keys(
-    p: _Problems, doc: Mapping[Any, Any], path: str, allowed: tuple[str, ...]
-) -> None:
+def _check_keys(p: _Problems, doc: Mapping[Any, Any], path: str, allowed: tuple[str, ...]) -> None:
     for key in doc:
         if not isinstance(key, str):
             p.add(path or "job", f"field names must be text, got {_show(key)}")
@@ -328,7 +337,7 @@ def _check_keys(
             if len(key) <= MAX_NAME_CHARS:
                 close = difflib.get_close_matches(key, allowed, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
-            p.add(_sub(path, key), f"unknown field{hint}")
+            p.add(field_path(path, key), f"unknown field{hint}")
 
 
 def _int(p: _Problems, path: str, value: Any, lo: int, hi: int) -> Any:
@@ -370,7 +379,8 @@ def _check_schema_version(p: _Problems, value: Any) -> Any:
 def _check_name(p: _Problems, value: Any) -> Any:
     if not isinstance(value, str) or not _NAME_RE.fullmatch(value):
         return p.add(
-            "name", f"must be 1..{MAX_NAME_CHARS} characters of A-Z a-z 0-9 . _ -, got {_show(value)}"
+            "name",
+            f"must be 1..{MAX_NAME_CHARS} characters of A-Z a-z 0-9 . _ -, got {_show(value)}",
         )
     return value
 
@@ -397,7 +407,7 @@ def _check_command(p: _Problems, value: Any) -> Any:
         if _text(p, path, arg, "a string") is _BAD:
             ok = False
         elif len(arg) > MAX_ARG_CHARS:
-            ok = bool(p.add(path, f"is {len(arg)} characters, limit {MAX_ARG_CHARS}")) and False
+            ok = p.fail(path, f"is {len(arg)} characters, limit {MAX_ARG_CHARS}")
         else:
             total += _utf8_len(arg) or 0
     if ok and value[0] == "":
@@ -416,21 +426,22 @@ def _check_env(p: _Problems, value: Any) -> Any:
     total = 0
     for name, val in value.items():
         if not isinstance(name, str):
-            ok = bool(p.add("env", f"names must be text, got {_show(name)}")) and False
+            ok = p.fail("env", f"names must be text, got {_show(name)}")
             continue
-        path = _sub("env", name)
+        path = field_path("env", name)
         if not _ENV_NAME_RE.fullmatch(name) or len(name) > MAX_ENV_NAME_CHARS:
-            ok = bool(
-                p.add(path, f"is not a POSIX variable name ([A-Za-z_][A-Za-z0-9_]*, ≤ {MAX_ENV_NAME_CHARS})")
-            ) and False
+            ok = p.fail(
+                path,
+                f"is not a POSIX variable name ([A-Za-z_][A-Za-z0-9_]*, ≤ {MAX_ENV_NAME_CHARS})",
+            )
         elif name.startswith(RESERVED_ENV_PREFIX):
-            ok = bool(p.add(path, f"names starting {RESERVED_ENV_PREFIX} are reserved")) and False
+            ok = p.fail(path, f"names starting {RESERVED_ENV_PREFIX} are reserved")
         if _text(p, path, val, "a string") is _BAD:
             ok = False
             continue
         size = _utf8_len(val) or 0
         if size > MAX_ENV_VALUE_BYTES:
-            ok = bool(p.add(path, f"value is {size} bytes, limit {MAX_ENV_VALUE_BYTES}")) and False
+            ok = p.fail(path, f"value is {size} bytes, limit {MAX_ENV_VALUE_BYTES}")
         total += len(name) + 1 + size
     if ok and total > MAX_ENV_BYTES:
         return p.add("env", f"is {total} bytes in all, limit {MAX_ENV_BYTES}")
@@ -442,7 +453,9 @@ def _check_input_name(p: _Problems, path: str, name: str) -> bool:
         p.add(path, f"input names must be 1..{MAX_INPUT_NAME_CHARS} characters")
         return False
     if _utf8_len(name) is None or _CONTROL_RE.search(name) or "\\" in name:
-        p.add(path, "input names must not contain control characters, backslashes or lone surrogates")
+        p.add(
+            path, "input names must not contain control characters, backslashes or lone surrogates"
+        )
         return False
     if name.startswith("/"):
         p.add(path, "input names are relative to /in and must not start with '/'")
@@ -463,7 +476,7 @@ def _check_overlaps(p: _Problems, names: list[str]) -> bool:
         for i in range(1, len(parts)):
             parent = "/".join(parts[:i])
             if parent in present:
-                ok = bool(p.add(_sub("inputs", name), f"lies inside input {parent!r}")) and False
+                ok = p.fail(field_path("inputs", name), f"lies inside input {parent!r}")
                 break
     return ok
 
@@ -493,28 +506,13 @@ def _required(p: _Problems, path: str, value: Any) -> Any:
     return None
 
 
-def _check_money(p: _Problems, doc: Mapping[str, Any]) -> tuple[Any, Any, Any]:
-    max_price = doc.get("max_price", _MISSING)
-    max_price = _required(p, "max_price", max_price) or _int(
-        p, "max_price", max_price, 0, MAX_CREDITS
-    )
-    budget = doc.get("budget", _MISSING)
-    budget = _required(p, "budget", budget) or _int(p, "budget", budget, 0, MAX_CREDITS)
-    redundancy = doc.get("redundancy", _MISSING)
-    if redundancy is _MISSING:
-        redundancy = _MISSING if "schema_version" not in doc or _WIRE_MARK in doc else None
-    return max_price, budget, redundancy
-
-
-_WIRE_MARK = object()  # never a key; keeps _check_money's signature honest for both forms
-
-
 def _check_redundancy(p: _Problems, value: Any) -> Any:
     if value == "auto" and isinstance(value, str):
         return "auto"
     if not _is_int(value) or not 1 <= value <= MAX_REDUNDANCY:
         return p.add(
-            "redundancy", f'must be an integer from 1 to {MAX_REDUNDANCY} or "auto", got {_show(value)}'
+            "redundancy",
+            f'must be an integer from 1 to {MAX_REDUNDANCY} or "auto", got {_show(value)}',
         )
     return value
 
@@ -526,7 +524,9 @@ def _check_budget_covers(p: _Problems, max_price: Any, budget: Any, redundancy: 
         return budget
     replicas = 1 if redundancy == "auto" else redundancy
     if budget < max_price * replicas:
-        what = "max_price" if replicas == 1 else f"max_price × redundancy ({max_price} × {replicas})"
+        what = (
+            "max_price" if replicas == 1 else f"max_price × redundancy ({max_price} × {replicas})"
+        )
         return p.add("budget", f"must be ≥ {what} = {max_price * replicas}, got {budget}")
     return budget
 
@@ -545,21 +545,19 @@ def _check_labels(p: _Problems, value: Any) -> Any:
     ok = True
     for key, val in value.items():
         if not isinstance(key, str) or not _LABEL_KEY_RE.fullmatch(key):
-            ok = bool(
-                p.add(
-                    _sub("labels", key) if isinstance(key, str) else "labels",
-                    f"label keys must be 1..{MAX_LABEL_KEY_CHARS} characters of "
-                    "A-Z a-z 0-9 . _ / : - starting with a letter or digit",
-                )
-            ) and False
+            ok = p.fail(
+                field_path("labels", key) if isinstance(key, str) else "labels",
+                f"label keys must be 1..{MAX_LABEL_KEY_CHARS} characters of "
+                "A-Z a-z 0-9 . _ / : - starting with a letter or digit",
+            )
             continue
-        path = _sub("labels", key)
+        path = field_path("labels", key)
         if _text(p, path, val, "a string") is _BAD:
             ok = False
         elif len(val) > MAX_LABEL_VALUE_CHARS or _CONTROL_RE.search(val):
-            ok = bool(
-                p.add(path, f"must be ≤ {MAX_LABEL_VALUE_CHARS} characters without control characters")
-            ) and False
+            ok = p.fail(
+                path, f"must be ≤ {MAX_LABEL_VALUE_CHARS} characters without control characters"
+            )
     return dict(value) if ok else _BAD
 
 
@@ -578,13 +576,11 @@ def _check_globs(p: _Problems, value: Any) -> Any:
             or _CONTROL_RE.search(glob)
             or any(part in ("", ".", "..") for part in glob.split("/"))
         ):
-            ok = bool(
-                p.add(
-                    item,
-                    f"must be a relative glob under /out of 1..{MAX_GLOB_CHARS} characters "
-                    "without empty, '.' or '..' parts",
-                )
-            ) and False
+            ok = p.fail(
+                item,
+                f"must be a relative glob under /out of 1..{MAX_GLOB_CHARS} characters "
+                "without empty, '.' or '..' parts",
+            )
     return tuple(value) if ok else _BAD
 
 
@@ -597,16 +593,15 @@ def _check_tolerance(p: _Problems, path: str, value: Any, *, wire: bool) -> Any:
             or not _DECIMAL_RE.fullmatch(value)
         ):
             return p.add(path, f"must be a decimal string, got {_show(value)}")
-        number = float(value)
-        # repr() is the one spelling of a float, so one spec has one wire form (and one digest).
-        if repr(number) != value:
-            return p.add(path, f"must be written {repr(number)!r}, got {_show(value)}")
-    else:
-        if not _is_number(value) or abs(value) > 1e300:
-            return p.add(path, f"must be a number ≥ 0, got {_show(value)}")
-        number = float(value)
+    elif not _is_number(value) or abs(value) > 1e300:
+        return p.add(path, f"must be a number ≥ 0, got {_show(value)}")
+    # + 0.0 turns -0.0 into 0.0: equal specs must not differ in spelling (and digest).
+    number = float(value) + 0.0
     if not math.isfinite(number) or number < 0:
         return p.add(path, f"must be a number ≥ 0, got {_show(value)}")
+    # repr() is the one spelling of a float, so one spec has one wire form (and one digest).
+    if wire and repr(number) != value:
+        return p.add(path, f"must be written {repr(number)!r}, got {_show(value)}")
     return number
 
 
@@ -711,18 +706,21 @@ def _check_file_inputs(p: _Problems, value: Any) -> Any:
     if len(value) > MAX_INPUTS:
         return p.add("inputs", f"has {len(value)} inputs, limit {MAX_INPUTS}")
     ok = True
+    names: list[str] = []
     for name, source in value.items():
         if not isinstance(name, str):
-            ok = bool(p.add("inputs", f"names must be text, got {_show(name)}")) and False
+            ok = p.fail("inputs", f"names must be text, got {_show(name)}")
             continue
-        path = _sub("inputs", name)
-        ok = _check_input_name(p, path, name) and ok
+        path = field_path("inputs", name)
+        if _check_input_name(p, path, name):
+            names.append(name)
+        else:
+            ok = False
         if _text(p, path, source, "a path relative to the job file") is _BAD:
             ok = False
         elif not 0 < len(source) <= MAX_INPUT_PATH_CHARS:
-            ok = bool(p.add(path, f"the path must be 1..{MAX_INPUT_PATH_CHARS} characters")) and False
-    if ok:
-        ok = _check_overlaps(p, list(value))
+            ok = p.fail(path, f"the path must be 1..{MAX_INPUT_PATH_CHARS} characters")
+    ok = _check_overlaps(p, names) and ok
     return dict(value) if ok else _BAD
 
 
@@ -914,7 +912,9 @@ class _JsonReader:
             return self.number(match)
         if not ch:
             raise _JsonSyntax("unexpected end of text", pos)
-        raise _JsonSyntax(f"unexpected character {ch!r} (NaN, Infinity and comments are not JSON)", pos)
+        raise _JsonSyntax(
+            f"unexpected character {ch!r} (NaN, Infinity and comments are not JSON)", pos
+        )
 
     def number(self, match: re.Match[str]) -> int | float:
         token = match.group()
@@ -993,7 +993,7 @@ class _JsonReader:
             if self.text[key_pos : key_pos + 1] != '"':
                 raise _JsonSyntax('expected a "quoted" field name', key_pos)
             key = self.string()
-            sub = _sub(path, key)
+            sub = field_path(path, key)
             if key in result:
                 self.duplicates.append((sub, key_pos))
             self.expect(":", "':' after the field name")
@@ -1045,7 +1045,10 @@ def read_job_json(text: str) -> tuple[object, list[str]]:
         raise JobSpecError([f"json: {reader.where(exc.pos)}: {exc}"]) from None
     except RecursionError:  # unreachable with MAX_JSON_DEPTH; kept so no other error escapes
         raise JobSpecError(["json: nested too deeply"]) from None
-    dups = [f"{path or 'job'}: duplicate field at {reader.where(pos)}" for path, pos in reader.duplicates]
+    dups = [
+        f"{path or 'job'}: duplicate field at {reader.where(pos)}"
+        for path, pos in reader.duplicates
+    ]
     return doc, dups
 
 
@@ -1105,15 +1108,24 @@ def _check_wire_inputs(p: _Problems, value: Any) -> Any:
         if not isinstance(name, str):
             p.add("inputs", f"names must be text, got {_show(name)}")
             continue
-        path = _sub("inputs", name)
+        path = field_path("inputs", name)
         if not _check_input_name(p, path, name) or _object(p, path, ref) is _BAD:
             continue
         _check_keys(p, ref, path, _INPUT_REF_FIELDS)
         digest, size, kind = (ref.get(k, _MISSING) for k in _INPUT_REF_FIELDS)
-        if digest is _MISSING or not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
-            p.add(f"{path}.digest", f'must be "sha256:" and 64 lowercase hex digits, got {_show(digest)}')
-        size = _required(p, f"{path}.size", size) or _int(p, f"{path}.size", size, 0, MAX_INPUT_BYTES)
-        if kind not in ("file", "dir") or not isinstance(kind, str):
+        if digest is _MISSING:
+            p.add(f"{path}.digest", "required")
+        elif not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
+            p.add(
+                f"{path}.digest",
+                f'must be "sha256:" and 64 lowercase hex digits, got {_show(digest)}',
+            )
+        size = _required(p, f"{path}.size", size) or _int(
+            p, f"{path}.size", size, 0, MAX_INPUT_BYTES
+        )
+        if kind is _MISSING:
+            p.add(f"{path}.kind", "required")
+        elif kind not in ("file", "dir") or not isinstance(kind, str):
             p.add(f"{path}.kind", f'must be "file" or "dir", got {_show(kind)}')
         if len(p.items) == before:
             total += size
@@ -1191,12 +1203,14 @@ def job_to_wire(spec: JobSpec, input_refs: Mapping[str, InputRef] | None = None)
     p = _Problems()
     for name in spec.inputs:
         if name not in refs:
-            p.add(_sub("inputs", name), "has no content reference (digest, size, kind)")
+            p.add(field_path("inputs", name), "has no content reference (digest, size, kind)")
     for name, ref in refs.items():
         if name not in spec.inputs:
-            p.add(_sub("inputs", name), "has a content reference but is not an input of the job")
+            p.add(
+                field_path("inputs", name), "has a content reference but is not an input of the job"
+            )
         else:
-            _check_ref_value(p, _sub("inputs", name), ref)
+            _check_ref_value(p, field_path("inputs", name), ref)
     p.raise_if_any()
     wire = _wire(spec, refs)
     checked = job_from_wire(wire)
@@ -1226,7 +1240,10 @@ def job_from_wire(d: object) -> WireJob:
     p = _Problems()
     values = _check_fields(p, d, wire=True)
     if values is not None and not p.items:
-        size = len(codec.encode(_wire_from_values(values)))
+        try:
+            size = len(codec.encode(_wire_from_values(values)))
+        except DecodeError:  # over codec.MAX_MESSAGE_BYTES: a dict handed in, not decoded
+            size = codec.MAX_MESSAGE_BYTES + 1
         if size > MAX_WIRE_BYTES:
             p.add("job", f"encodes to {size} bytes, limit {MAX_WIRE_BYTES}")
     p.raise_if_any()

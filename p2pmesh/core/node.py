@@ -17,17 +17,29 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from p2pmesh.core import capability, reputation
+from p2pmesh.core.auction.messages import parse_offer
+from p2pmesh.core.auction.provider import Provider
+from p2pmesh.core.auction.requester import Requester
 from p2pmesh.core.capability import Capabilities, CapabilityRecord
 from p2pmesh.core.crypto import Signer
 from p2pmesh.core.effects import DhtGet, DhtPut, Dial, Effect, ExchangePeers, Log, Persist, Publish
 from p2pmesh.core.events import (
+    CancelRequested,
+    ContainerFinished,
     DialFailed,
     Event,
+    InputsFetched,
+    JobEvent,
+    JobSubmitted,
+    MessageDelivered,
+    MessageReceived,
+    OutputsFetched,
     PeerConnected,
     PeerDisconnected,
     PeerDiscovered,
     ProfileChanged,
     RecordReceived,
+    SendFailed,
     Ticked,
 )
 from p2pmesh.core.peers import PeerTable
@@ -47,6 +59,7 @@ class NodeConfig:
     bootstrap_backoff_min_s: float = 1.0
     bootstrap_backoff_max_s: float = 30.0
     min_republish_interval_s: float = 1.0
+    allow_network: bool = False  # may jobs that ask for network access run here?
 
     def validate(self) -> None:
         if not 10 <= self.record_ttl_s <= capability.MAX_TTL_S:
@@ -101,11 +114,28 @@ class Node:
         self._boot_next = 0.0
         self._boot_backoff = config.bootstrap_backoff_min_s
         self.stats = _Stats()
+        self.requester = Requester(signer, lambda pid: self.reputation_of(pid, self._now))
+        self.provider = Provider(signer, allow_network=config.allow_network)
+        self._now = started_at
 
     # -- the one entry point -------------------------------------------------------------
-    def handle(self, event: Event, now: float) -> list[Effect]:
+    def handle(self, event: Event | JobEvent, now: float) -> list[Effect]:
+        self._now = now
         if isinstance(event, Ticked):
-            return self._tick(now)
+            t = int(now)
+            return self._tick(now) + self.requester.tick(t) + self.provider.tick(t)
+        if isinstance(event, MessageReceived | JobSubmitted | SendFailed | MessageDelivered):
+            return self._job_message(event, int(now))
+        if isinstance(event, CancelRequested):
+            return self.requester.cancel(event.job_id, int(now))
+        if isinstance(event, InputsFetched):
+            return self.provider.on_inputs_fetched(event.job_id, event.ok, event.error, int(now))
+        if isinstance(event, ContainerFinished):
+            return self.provider.on_container_finished(event, int(now))
+        if isinstance(event, OutputsFetched):
+            return self.requester.on_outputs_fetched(
+                event.job_id, event.worker, event.ok, event.error, int(now)
+            )
         if isinstance(event, RecordReceived):
             return self._record(event, now)
         if isinstance(event, ProfileChanged):
@@ -123,6 +153,50 @@ class Node:
         if isinstance(event, DialFailed):
             return [Log("debug", "dial failed", {"peer": event.peer_id, "reason": event.reason})]
         raise TypeError(f"unknown event {event!r}")
+
+    def _job_message(
+        self, ev: MessageReceived | JobSubmitted | SendFailed | MessageDelivered, now: int
+    ) -> list[Effect]:
+        if isinstance(ev, JobSubmitted):
+            addrs = tuple(f"{a}/p2p/{self.peer_id}" for a in self.caps.addrs)
+            return self.requester.submit(
+                ev.job_id, ev.job, now=now, bid_window_s=ev.bid_window_s, addrs=addrs
+            )
+        if isinstance(ev, SendFailed):
+            return [
+                Log(
+                    "debug",
+                    "send failed",
+                    {"job": ev.job_id, "peer": ev.peer_id, "kind": ev.kind, "reason": ev.reason},
+                ),
+                *self.requester.on_send_failed(ev.job_id, ev.peer_id, ev.kind, ev.reason, now),
+            ]
+        if isinstance(ev, MessageDelivered):
+            if ev.kind == "result":
+                return self.provider.on_result_delivered(ev.job_id)
+            return []
+        kind, data, peer = ev.kind, ev.data, ev.from_peer
+        if kind == "offer":
+            return self.provider.on_offer(data, self.caps, now)
+        if kind == "bid":
+            return self.requester.on_bid(data, peer, now)
+        if kind == "award":
+            return self.provider.on_award(data, peer, self.caps, now)
+        if kind == "status":
+            return self.requester.on_status(data, peer, now)
+        if kind == "result":
+            return self.requester.on_result(data, peer, now)
+        if kind == "cancel":
+            return self.provider.on_cancel(data, peer, now)
+        return [Log("debug", "unknown message kind", {"kind": kind[:32], "from": peer})]
+
+    def check_offer(self, data: bytes, now: float) -> bool:
+        """Offers-topic validator: signed, well-formed, within its deadline."""
+        try:
+            offer = parse_offer(data)
+        except (DecodeError, ValidationError):
+            return False
+        return offer.created_at <= now + capability.MAX_CLOCK_SKEW_S and offer.deadline_at > now
 
     def check_gossip_record(self, data: bytes, now: float) -> bool:
         """Topic validator: True only for a record we would accept (nothing is changed)."""

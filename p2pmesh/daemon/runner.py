@@ -26,13 +26,38 @@ from p2pmesh.adapters import hardware
 from p2pmesh.adapters.libp2p.net import MeshNet
 from p2pmesh.adapters.sqlite.store import Store, TrioStore
 from p2pmesh.bootstrap.peers import shipped_bootstrap
+from p2pmesh.core.auction import provider as provider_mod
+from p2pmesh.core.auction import requester as requester_mod
+from p2pmesh.core.auction.messages import TOPIC_OFFERS
 from p2pmesh.core.capability import Capabilities, Gpu
 from p2pmesh.core.crypto import Ed25519Signer
-from p2pmesh.core.effects import DhtGet, DhtPut, Dial, Effect, ExchangePeers, Log, Persist, Publish
-from p2pmesh.core.events import PeerDiscovered, ProfileChanged, RecordReceived, Ticked
+from p2pmesh.core.effects import (
+    DhtGet,
+    DhtPut,
+    Dial,
+    Effect,
+    ExchangePeers,
+    FetchInputs,
+    FetchOutputs,
+    Log,
+    Persist,
+    Publish,
+    RunContainer,
+    SendMessage,
+    StopContainer,
+)
+from p2pmesh.core.events import (
+    CancelRequested,
+    MessageReceived,
+    PeerDiscovered,
+    ProfileChanged,
+    RecordReceived,
+    Ticked,
+)
 from p2pmesh.core.node import TOPIC_CAPABILITIES, Node, NodeConfig
 from p2pmesh.daemon.control import open_control_listener, serve_control
 from p2pmesh.daemon.home import DB_FILE, NODE_JSON, SOCKET_FILE, ensure_home, load_or_create_key
+from p2pmesh.daemon.jobs import DEFAULT_BID_WINDOW_S, JobRunner
 from p2pmesh.daemon.settings import Settings
 
 TICK_S = 1.0
@@ -113,6 +138,7 @@ class Daemon:
         self._dialling: set[str] = set()
         self._net_limiter = trio.CapacityLimiter(64)
         self.nursery: trio.Nursery | None = None
+        self.jobs: JobRunner | None = None
 
     # -- effects -------------------------------------------------------------------------------
     def dispatch(self, effects: list[Effect]) -> None:
@@ -137,6 +163,21 @@ class Daemon:
                     self.nursery.start_soon(self._dial, eff.peer_id, eff.addrs)
             elif isinstance(eff, ExchangePeers):
                 self.nursery.start_soon(self._limited, self.net.exchange_peers, eff.peer_id)
+            elif isinstance(eff, SendMessage):
+                assert self.jobs is not None
+                self.nursery.start_soon(self._limited, self.jobs.send_message, eff)
+            elif isinstance(eff, FetchInputs):
+                assert self.jobs is not None
+                self.nursery.start_soon(self.jobs.fetch_inputs, eff)
+            elif isinstance(eff, RunContainer):
+                assert self.jobs is not None
+                self.nursery.start_soon(self.jobs.run_container, eff)
+            elif isinstance(eff, StopContainer):
+                assert self.jobs is not None
+                self.jobs.stop_container(eff)
+            elif isinstance(eff, FetchOutputs):
+                assert self.jobs is not None
+                self.nursery.start_soon(self.jobs.fetch_outputs, eff)
             else:
                 self.log("error", "unknown effect", effect=repr(eff))
 
@@ -167,6 +208,10 @@ class Daemon:
                 await self.tstore.call(self.store.put_peer, eff.key, eff.value, now)
             elif eff.table == "meta":
                 await self.tstore.call(self.store.set_meta, eff.key, eff.value)
+            elif eff.table == "jobs":
+                role, _, job_id = eff.key.partition(":")
+                doc = eff.value
+                await self.tstore.call(self.store.put_job, job_id, role, doc["state"], doc, now)
             else:
                 self.log("error", "unknown persist table", table=eff.table)
 
@@ -185,6 +230,30 @@ class Daemon:
             )
             caps = caps_from_profile(self.profile, self.net.listen_addrs(), self.settings)
             self.net.emit(ProfileChanged(caps))
+
+    async def _restore_jobs(self) -> list[Effect]:
+        now = int(time.time())
+        effects: list[Effect] = []
+        if self.settings.work and "docker" in self.profile.executors:
+            assert self.jobs is not None
+            try:
+                removed = await trio.to_thread.run_sync(
+                    self.jobs.executor.remove_stale, f"p2pmesh.node={self.node.peer_id[-8:]}"
+                )
+                if removed:
+                    self.log("info", "removed containers left by a crash", count=removed)
+            except Exception as exc:
+                self.log("warning", "could not clean stale containers", error=str(exc))
+        for row in await self.tstore.call(self.store.jobs):
+            try:
+                if row["role"] == "requester":
+                    j = requester_mod.from_doc(row["doc"], self.node.peer_id, now)
+                    self.node.requester.jobs[j.job_id] = j
+                elif row["role"] == "worker" and row["state"] not in provider_mod.FINAL:
+                    effects += self.node.provider.restore(row["doc"], now)
+            except Exception as exc:
+                self.log("error", "could not restore job", job=row["job_id"], error=repr(exc))
+        return effects
 
     # -- control ---------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
@@ -205,7 +274,74 @@ class Daemon:
         async def status(args: dict[str, Any]) -> Any:
             return self.snapshot()
 
-        return {"id": id_, "peers": peers, "status": status}
+        async def submit(args: dict[str, Any]) -> Any:
+            assert self.jobs is not None
+            path = args.get("job_file")
+            if not isinstance(path, str):
+                raise ValueError("job_file must be a path")
+            window = int(args.get("bid_window_s") or DEFAULT_BID_WINDOW_S)
+            return await self.jobs.submit(path, max(1, min(window, 600)))
+
+        async def jobs(args: dict[str, Any]) -> Any:
+            out = [
+                {**requester_mod.job_view(j), "role": "requester"}
+                for j in self.node.requester.jobs.values()
+            ]
+            out += [
+                {**provider_mod.worker_view(w), "role": "worker"}
+                for w in self.node.provider.jobs.values()
+                if w.state != "bid"
+            ]
+            return sorted(out, key=lambda d: d.get("created_at") or 0)
+
+        async def job(args: dict[str, Any]) -> Any:
+            job_id = str(args.get("job_id", ""))
+            j = self.node.requester.jobs.get(job_id)
+            if j is not None:
+                return {**requester_mod.job_view(j), "role": "requester"}
+            w = self.node.provider.jobs.get(job_id)
+            if w is not None:
+                return {**provider_mod.worker_view(w), "role": "worker"}
+            matches = [k for k in self.node.requester.jobs if k.startswith(job_id)]
+            if job_id and len(matches) == 1:
+                return {
+                    **requester_mod.job_view(self.node.requester.jobs[matches[0]]),
+                    "role": "requester",
+                }
+            raise ValueError(f"no job {job_id!r} on this node")
+
+        async def cancel(args: dict[str, Any]) -> Any:
+            job_id = str(args.get("job_id", ""))
+            if job_id not in self.node.requester.jobs:
+                raise ValueError(f"no job {job_id!r} requested from this node")
+            self.net.emit(CancelRequested(job_id))
+            return {"job_id": job_id, "cancelling": True}
+
+        async def export(args: dict[str, Any]) -> Any:
+            assert self.jobs is not None
+            return await trio.to_thread.run_sync(
+                self.jobs.export, str(args.get("job_id", "")), str(args.get("dest", ""))
+            )
+
+        async def logs(args: dict[str, Any]) -> Any:
+            assert self.jobs is not None
+            job_id = str(args.get("job_id", ""))
+            j = self.node.requester.jobs.get(job_id)
+            if j is None:
+                raise ValueError(f"no job {job_id!r} requested from this node")
+            return {"job_id": job_id, "state": j.state, "log": self.jobs.logs(job_id)}
+
+        return {
+            "id": id_,
+            "peers": peers,
+            "status": status,
+            "submit": submit,
+            "jobs": jobs,
+            "job": job,
+            "cancel": cancel,
+            "export": export,
+            "logs": logs,
+        }
 
     def write_node_json(self) -> None:
         doc = {
@@ -225,6 +361,13 @@ class Daemon:
             async with self.net.running(list(self.settings.listen), mdns=self.settings.mdns):
                 for raw in await self.tstore.call(self.store.peer_records):
                     self.net.emit(RecordReceived(raw, "store"))
+                self.jobs = JobRunner(
+                    self.home, self.net, self.node, self.log, self.node.peer_id[-8:]
+                )
+                self.net.add_topic_validator(
+                    TOPIC_OFFERS, lambda data: self.node.check_offer(data, time.time())
+                )
+                resumed = await self._restore_jobs()
                 caps = caps_from_profile(self.profile, self.net.listen_addrs(), self.settings)
                 self.net.emit(ProfileChanged(caps))
                 self.write_node_json()
@@ -245,7 +388,13 @@ class Daemon:
                         TOPIC_CAPABILITIES,
                         lambda data, sender: RecordReceived(data, "gossip", sender),
                     )
+                    nursery.start_soon(
+                        self.net.subscribe_loop,
+                        TOPIC_OFFERS,
+                        lambda data, sender: MessageReceived("offer", data, sender),
+                    )
                     nursery.start_soon(serve_control, listener, self.handlers(), self.log)
+                    self.dispatch(resumed)
                     if on_ready is not None:
                         on_ready(self)
         finally:

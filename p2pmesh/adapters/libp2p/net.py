@@ -225,6 +225,15 @@ class MeshNet:
         ]
 
     # -- gossip ------------------------------------------------------------------------------
+    def add_topic_validator(self, topic: str, check: Callable[[bytes], bool]) -> None:
+        def validate(forwarder: ID, msg: Any) -> bool:
+            ok = check(bytes(msg.data))
+            if not ok:
+                self.stats.gossip_invalid += 1
+            return ok
+
+        self.pubsub.set_topic_validator(topic, validate, False)
+
     def _validate_record_msg(self, forwarder: ID, msg: Any) -> bool:
         ok = self._check_record(bytes(msg.data))
         if not ok:
@@ -341,3 +350,165 @@ class MeshNet:
         for raw in value["records"][:MAX_PEX_RECORDS]:
             if isinstance(raw, bytes):
                 self.emit(RecordReceived(raw, "pex", peer_id))
+
+
+# -- job protocol and blob transfer (PROTOCOL.md §7.5, §7.6) ------------------------------------
+JOB_PROTOCOL = "/p2pmesh/job/1.0.0"
+BLOB_PROTOCOL = "/p2pmesh/blob/1.0.0"
+JOB_KINDS = frozenset({"bid", "award", "status", "result", "cancel"})
+MAX_JOB_FRAME = 64 * 1024
+BLOB_CHUNK = 1 << 20
+BLOB_TIMEOUT_S = 30.0
+
+
+def remote_peer(stream: Any) -> str:
+    return str(stream.muxed_conn.peer_id)
+
+
+class JobWire:
+    """Direct streams for job messages and blobs, attached to a running ``MeshNet``."""
+
+    def __init__(
+        self,
+        net: MeshNet,
+        *,
+        may_fetch: Callable[[str, str], bool],
+        blob_path: Callable[[str], Any],
+    ) -> None:
+        self.net = net
+        self._may_fetch = may_fetch
+        self._blob_path = blob_path
+        net.set_stream_handler(JOB_PROTOCOL, self._serve_job)
+        net.set_stream_handler(BLOB_PROTOCOL, self._serve_blob)
+
+    async def _connect(self, peer_id: str, addrs: tuple[str, ...]) -> Any:
+        pid = ID.from_base58(peer_id)
+        if pid not in self.net.host.get_connected_peers() and addrs:
+            for addr in addrs:
+                try:
+                    info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+                except Exception:
+                    continue
+                if str(info.peer_id) != peer_id:
+                    continue
+                with trio.move_on_after(DIAL_TIMEOUT_S):
+                    try:
+                        await self.net.host.connect(info)
+                        break
+                    except Exception as exc:
+                        log.debug("connect %s failed: %s", addr, exc)
+        return pid
+
+    async def send(self, peer_id: str, addrs: tuple[str, ...], kind: str, data: bytes) -> None:
+        """Deliver one message; raises ``TransportError`` unless the peer acknowledged it."""
+        pid = await self._connect(peer_id, addrs)
+        try:
+            with trio.fail_after(STREAM_TIMEOUT_S):
+                stream = await self.net.host.new_stream(pid, [JOB_PROTOCOL])
+        except trio.TooSlowError:
+            raise TransportError("stream open timed out") from None
+        except Exception as exc:
+            raise TransportError(f"cannot open stream: {type(exc).__name__}: {exc}"[:200]) from exc
+        try:
+            await write_frame(
+                stream, codec.encode({"kind": kind, "data": data}), timeout_s=STREAM_TIMEOUT_S
+            )
+            reply = codec.decode(
+                await read_frame(stream, max_bytes=1024, timeout_s=STREAM_TIMEOUT_S)
+            )
+        except DecodeError as exc:
+            raise TransportError(f"bad acknowledgement: {exc}") from None
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.close()
+        if not isinstance(reply, dict) or reply.get("ok") is not True:
+            raise TransportError(f"peer refused the message: {reply!r}"[:200])
+
+    async def _serve_job(self, stream: Any) -> None:
+        try:
+            peer = remote_peer(stream)
+            frame = await read_frame(stream, max_bytes=MAX_JOB_FRAME, timeout_s=STREAM_TIMEOUT_S)
+            msg = codec.decode(frame, max_bytes=MAX_JOB_FRAME)
+            if (
+                not isinstance(msg, dict)
+                or set(msg) != {"kind", "data"}
+                or msg["kind"] not in JOB_KINDS
+                or not isinstance(msg["data"], bytes)
+            ):
+                await write_frame(stream, codec.encode({"ok": False}), timeout_s=STREAM_TIMEOUT_S)
+                return
+            from p2pmesh.core.events import MessageReceived
+
+            self.net.emit(MessageReceived(msg["kind"], msg["data"], peer))
+            await write_frame(stream, codec.encode({"ok": True}), timeout_s=STREAM_TIMEOUT_S)
+        except (TransportError, DecodeError) as exc:
+            log.debug("job stream: %s", exc)
+        except Exception as exc:
+            log.debug("job stream failed: %r", exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.close()
+
+    async def _serve_blob(self, stream: Any) -> None:
+        try:
+            peer = remote_peer(stream)
+            req = codec.decode(await read_frame(stream, max_bytes=256, timeout_s=STREAM_TIMEOUT_S))
+            digest = req.get("digest") if isinstance(req, dict) else None
+            if not isinstance(digest, str) or not self._may_fetch(peer, digest):
+                await write_frame(
+                    stream,
+                    codec.encode({"ok": False, "error": "not available to you"}),
+                    timeout_s=STREAM_TIMEOUT_S,
+                )
+                return
+            path = self._blob_path(digest)
+            size = path.stat().st_size
+            await write_frame(
+                stream, codec.encode({"ok": True, "size": size}), timeout_s=STREAM_TIMEOUT_S
+            )
+            with open(path, "rb") as f:
+                while chunk := f.read(BLOB_CHUNK):
+                    await write_frame(stream, chunk, timeout_s=BLOB_TIMEOUT_S)
+        except (TransportError, DecodeError, OSError) as exc:
+            log.debug("blob serve: %s", exc)
+        except Exception as exc:
+            log.debug("blob serve failed: %r", exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.close()
+
+    async def fetch(
+        self, peer_id: str, addrs: tuple[str, ...], digest: str, size: int, writer: Any
+    ) -> None:
+        """Stream a blob into ``writer`` (a ``BlobWriter``); raises ``TransportError``."""
+        pid = await self._connect(peer_id, addrs)
+        try:
+            with trio.fail_after(STREAM_TIMEOUT_S):
+                stream = await self.net.host.new_stream(pid, [BLOB_PROTOCOL])
+        except trio.TooSlowError:
+            raise TransportError("stream open timed out") from None
+        except Exception as exc:
+            raise TransportError(f"cannot open stream: {type(exc).__name__}"[:200]) from exc
+        try:
+            await write_frame(stream, codec.encode({"digest": digest}), timeout_s=STREAM_TIMEOUT_S)
+            head = codec.decode(
+                await read_frame(stream, max_bytes=1024, timeout_s=STREAM_TIMEOUT_S)
+            )
+            if not isinstance(head, dict) or head.get("ok") is not True:
+                raise TransportError(f"peer refused blob: {head!r}"[:200])
+            if head.get("size") != size:
+                raise TransportError("peer announced a different size")
+            got = 0
+            while got < size:
+                chunk = await read_frame(stream, max_bytes=BLOB_CHUNK, timeout_s=BLOB_TIMEOUT_S)
+                if not chunk:
+                    raise TransportError("empty chunk")
+                writer.write(chunk)
+                got += len(chunk)
+        except DecodeError as exc:
+            raise TransportError(f"bad blob header: {exc}") from None
+        except ValidationError as exc:
+            raise TransportError(str(exc)) from None
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.close()

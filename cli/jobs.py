@@ -1,0 +1,246 @@
+"""``p2pmesh offer | jobs | job | logs | cancel``: jobs from the requester's side."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from p2pmesh.cli import client
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from p2pmesh import packing
+from p2pmesh.core.jobspec import InputRef, job_digest, job_to_wire
+from p2pmesh.errors import JobSpecError
+from p2pmesh.jobfile import load_job_file
+
+FINAL = ("done", "failed", "timeout", "cancelled", "no-bids")
+POLL_S = 0.25
+STATE_STYLE = {
+    "done": "green",
+    "failed": "red",
+    "timeout": "red",
+    "cancelled": "yellow",
+    "no-bids": "red",
+    "bidding": "cyan",
+    "awarded": "cyan",
+    "running": "blue",
+    "fetching": "blue",
+}
+
+
+def _local_refs(paths: dict[str, Path]) -> dict[str, InputRef]:
+    refs = {}
+    for name, p in sorted(paths.items()):
+        if p.is_dir():
+            data = packing.pack_dir(p, max_bytes=1 << 30)
+            refs[name] = InputRef(packing.digest(data), len(data), "dir")
+        else:
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+            refs[name] = InputRef("sha256:" + h.hexdigest(), p.stat().st_size, "file")
+    return refs
+
+
+def progress_view(job: dict[str, Any], started: float) -> Group:
+    state = job.get("state", "?")
+    head = Text.assemble(
+        ("job ", "bold"),
+        (job.get("job_id", "")[:12], "bold"),
+        "  ",
+        (job.get("name", ""), ""),
+        "  ",
+        (state, STATE_STYLE.get(state, "")),
+        f"  {time.monotonic() - started:5.1f}s",
+    )
+    t = Table(box=None, pad_edge=False)
+    t.add_column("worker")
+    t.add_column("price", justify="right")
+    t.add_column("state")
+    t.add_column("run", justify="right")
+    for w in job.get("workers", []):
+        res = w.get("result") or {}
+        run = f"{res['run_s']:.2f}s" if res.get("run_s") is not None else ""
+        t.add_row("…" + w["peer_id"][-8:], str(w["price"]), w["state"], run)
+    info = Text(f"bids received: {job.get('bids_received', 0)}   round: {job.get('round', 0)}")
+    parts: list[Any] = [head, info]
+    if job.get("workers"):
+        parts.append(t)
+    if job.get("error"):
+        parts.append(Text(job["error"], style="red"))
+    return Group(*parts)
+
+
+def cmd_offer(args: argparse.Namespace, home: Path) -> int:
+    job_path = Path(args.job).absolute()
+    try:
+        spec, paths = load_job_file(job_path)
+    except JobSpecError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    if args.dry_run:
+        refs = _local_refs(paths)
+        doc = {"job_digest": job_digest(spec, refs), "job": job_to_wire(spec, refs)}
+        sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True, default=repr) + "\n")
+        return 0
+    sub = client.request(
+        home, "submit", {"job_file": str(job_path), "bid_window_s": args.bid_window}
+    )
+    job_id = sub["job_id"]
+    if not args.wait:
+        if args.json:
+            sys.stdout.write(json.dumps(sub, indent=2) + "\n")
+        else:
+            print(job_id)
+        return 0
+    console = Console(stderr=True)
+    started = time.monotonic()
+    job = client.request(home, "job", {"job_id": job_id})
+    show = console.is_terminal and not args.json
+    live = (
+        Live(progress_view(job, started), console=console, refresh_per_second=8, transient=False)
+        if show
+        else None
+    )
+    try:
+        if live:
+            live.start()
+        last_state = None
+        while job["state"] not in FINAL:
+            time.sleep(POLL_S)
+            job = client.request(home, "job", {"job_id": job_id})
+            if live:
+                live.update(progress_view(job, started))
+            elif job["state"] != last_state and not args.json:
+                print(f"{job_id[:12]} {job['state']}", file=sys.stderr)
+            last_state = job["state"]
+    except KeyboardInterrupt:
+        print(
+            f"stopped waiting; the job goes on. Follow it with: p2pmesh job {job_id}",
+            file=sys.stderr,
+        )
+        return 130
+    finally:
+        if live:
+            live.stop()
+    out_dir = Path(args.out) if args.out else Path("p2pmesh-results") / job_id
+    exported = None
+    if job.get("output_digest"):
+        exported = client.request(
+            home, "export", {"job_id": job_id, "dest": str(out_dir.absolute())}
+        )
+        job = exported["job"]
+    if args.json:
+        sys.stdout.write(json.dumps(job, indent=2, sort_keys=True) + "\n")
+    else:
+        state = job["state"]
+        print(f"job {job_id}: {state}" + (f" ({job['error']})" if job.get("error") else ""))
+        if exported:
+            print(f"outputs: {exported['dest']}/outputs ({', '.join(exported['files']) or 'none'})")
+            print(f"result:  {exported['dest']}/result.json")
+    return 0 if job["state"] == "done" else 1
+
+
+def cmd_jobs(args: argparse.Namespace, home: Path) -> int:
+    jobs = client.request(home, "jobs")
+    if args.json:
+        sys.stdout.write(json.dumps(jobs, indent=2, sort_keys=True) + "\n")
+        return 0
+    t = Table(title=f"Jobs ({len(jobs)})")
+    for col in ("job", "role", "name", "image", "state", "workers / requester", "price"):
+        t.add_column(col)
+    for j in jobs:
+        if j["role"] == "requester":
+            who = ", ".join("…" + w["peer_id"][-8:] for w in j["workers"])
+            price = str(j.get("price_total", ""))
+        else:
+            who = "…" + j["requester"][-8:]
+            price = str(j.get("price", ""))
+        t.add_row(
+            j["job_id"][:12],
+            j["role"],
+            Text(j["name"]),
+            Text(j["image"]),
+            Text(j["state"], style=STATE_STYLE.get(j["state"], "")),
+            who,
+            price,
+        )
+    Console().print(t)
+    return 0
+
+
+def cmd_job(args: argparse.Namespace, home: Path) -> int:
+    job = client.request(home, "job", {"job_id": args.job_id})
+    if args.json:
+        sys.stdout.write(json.dumps(job, indent=2, sort_keys=True) + "\n")
+        return 0
+    console = Console()
+    console.print(
+        progress_view(job, time.monotonic())
+        if job["role"] == "requester"
+        else Text(json.dumps(job, indent=2))
+    )
+    for h in job.get("history", []):
+        console.print(Text(f"  {time.strftime('%H:%M:%S', time.gmtime(h['at']))}  {h['event']}"))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace, home: Path) -> int:
+    while True:
+        doc = client.request(home, "logs", {"job_id": args.job_id})
+        if doc["log"] is not None or not args.follow or doc["state"] in FINAL:
+            break
+        time.sleep(1.0)
+    if doc["log"] is None:
+        print(f"p2pmesh: no logs yet for job {args.job_id} (state {doc['state']})", file=sys.stderr)
+        return 1
+    sys.stdout.write(doc["log"])
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace, home: Path) -> int:
+    client.request(home, "cancel", {"job_id": args.job_id})
+    deadline = time.monotonic() + 15
+    job = client.request(home, "job", {"job_id": args.job_id})
+    while job["state"] not in FINAL and time.monotonic() < deadline:
+        time.sleep(0.2)
+        job = client.request(home, "job", {"job_id": args.job_id})
+    print(f"job {args.job_id}: {job['state']}")
+    return 0 if job["state"] == "cancelled" else 1
+
+
+def add_parsers(sub: Any, add_home: Any) -> None:
+    offer = sub.add_parser("offer", help="offer a job to the mesh")
+    add_home(offer)
+    offer.add_argument("job", help="job file (JSON, schema_version 1; see docs/JOBS.md)")
+    offer.add_argument("--wait", action="store_true", help="follow the job and fetch outputs")
+    offer.add_argument("--out", metavar="DIR", help="outputs folder (default ./p2pmesh-results/ID)")
+    offer.add_argument("--json", action="store_true", help="print the final job document")
+    offer.add_argument("--dry-run", action="store_true", help="validate and print the offer")
+    offer.add_argument(
+        "--bid-window", type=int, default=2, metavar="S", help="seconds to collect bids (default 2)"
+    )
+    jobs = sub.add_parser("jobs", help="jobs this node requested or ran")
+    add_home(jobs)
+    jobs.add_argument("--json", action="store_true")
+    job = sub.add_parser("job", help="one job in detail")
+    add_home(job)
+    job.add_argument("job_id")
+    job.add_argument("--json", action="store_true")
+    logs = sub.add_parser("logs", help="a job's container log (stdout and stderr)")
+    add_home(logs)
+    logs.add_argument("job_id")
+    logs.add_argument("--follow", action="store_true", help="wait until the log is available")
+    cancel = sub.add_parser("cancel", help="cancel a job and stop its containers")
+    add_home(cancel)
+    cancel.add_argument("job_id")

@@ -1,0 +1,345 @@
+"""Worker side of a job: decide to bid, accept an award, fetch inputs, run, report.
+
+Theory of operation (PROTOCOL.md §7). States::
+
+    bid ─(award)─▶ fetching ─(inputs ok)─▶ running ─(container ended)─▶ reported
+     │               │  └─(inputs failed)──────────▶ reported (status "error")
+     └─(no award by deadline) ─▶ expired            any ─(cancel from requester) ─▶ cancelled
+
+An award is accepted only from the peer that signed the offer, for the round and price we bid,
+with us among the winners, and while we have a free slot; otherwise we decline with a reason.
+While fetching or running we send a status at least every ``HEARTBEAT_S`` so the requester can
+tell a slow job from a dead worker. A result that cannot be delivered is re-sent every tick
+until the job's deadline; results are idempotent at the requester.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from p2pmesh.core.auction import messages as m
+from p2pmesh.core.auction.requester import HEARTBEAT_S
+from p2pmesh.core.auction.strategies import BidContext, decide_bid, eta_s
+from p2pmesh.core.capability import MAX_CLOCK_SKEW_S, Capabilities
+from p2pmesh.core.crypto import Signer
+from p2pmesh.core.effects import (
+    Effect,
+    FetchInputs,
+    Log,
+    Persist,
+    RunContainer,
+    SendMessage,
+    StopContainer,
+)
+from p2pmesh.errors import DecodeError, ValidationError
+
+ACTIVE = frozenset({"fetching", "running"})
+FINAL = frozenset({"reported", "cancelled", "expired"})
+MAX_TRACKED_OFFERS = 10_000
+RESEND_RESULT_S = 5
+
+
+@dataclass(slots=True)
+class WorkerJob:
+    job_id: str
+    offer: m.Offer
+    bid: m.Bid
+    state: str = "bid"
+    award: m.Award | None = None
+    result: m.Result | None = None
+    last_status: int = 0
+    result_sent: bool = False
+    last_result_try: int = 0
+    detail: str = ""
+
+    @property
+    def requester(self) -> str:
+        return self.offer.requester
+
+
+class Provider:
+    def __init__(self, signer: Signer, *, allow_network: bool = False) -> None:
+        self.signer = signer
+        self.self_id = signer.peer_id
+        self.allow_network = allow_network
+        self.jobs: dict[str, WorkerJob] = {}
+        self.last_decision: dict[str, str] = {}  # job_id -> why we did or did not bid
+
+    def active_count(self) -> int:
+        return sum(1 for j in self.jobs.values() if j.state in ACTIVE)
+
+    # -- offers -------------------------------------------------------------------------------
+    def on_offer(self, data: bytes, caps: Capabilities, now: int) -> list[Effect]:
+        try:
+            offer = m.parse_offer(data)
+        except (DecodeError, ValidationError) as exc:
+            return [Log("debug", "offer refused", {"reason": str(exc)})]
+        if offer.created_at > now + MAX_CLOCK_SKEW_S:
+            return [Log("debug", "offer from the future refused", {"job": offer.job_id})]
+        prior = self.jobs.get(offer.job_id)
+        if prior is not None and (prior.state != "bid" or prior.offer.round >= offer.round):
+            return []
+        ctx = BidContext(
+            self_id=self.self_id,
+            caps=caps,
+            active_jobs=self.active_count(),
+            allow_network=self.allow_network,
+            now=now,
+        )
+        decision = decide_bid(offer, ctx)
+        self._remember(offer.job_id, decision.reason)
+        if not decision.bid:
+            return [Log("debug", "not bidding", {"job": offer.job_id, "reason": decision.reason})]
+        bid = m.build_bid(
+            self.signer,
+            offer,
+            price=caps.price,
+            eta_s=eta_s(ctx.active_jobs),
+            capacity=max(0, caps.max_jobs - ctx.active_jobs),
+            now=now,
+        )
+        self.jobs[offer.job_id] = WorkerJob(offer.job_id, offer, bid)
+        return [
+            SendMessage(offer.requester, "bid", bid.raw, offer.job_id, offer.addrs),
+            Log("info", "bid sent", {"job": offer.job_id, "price": bid.price}),
+        ]
+
+    def _remember(self, job_id: str, reason: str) -> None:
+        self.last_decision[job_id] = reason
+        if len(self.last_decision) > MAX_TRACKED_OFFERS:
+            for key in list(self.last_decision)[: MAX_TRACKED_OFFERS // 10]:
+                del self.last_decision[key]
+
+    # -- award --------------------------------------------------------------------------------
+    def on_award(self, data: bytes, from_peer: str, caps: Capabilities, now: int) -> list[Effect]:
+        try:
+            award = m.parse_award(data)
+        except (DecodeError, ValidationError) as exc:
+            return [Log("warning", "award refused", {"from": from_peer, "reason": str(exc)})]
+        j = self.jobs.get(award.job_id)
+        why = None
+        if j is None:
+            why = "no bid of ours for this job"
+        elif award.requester != j.requester or from_peer != j.requester:
+            why = "award not from the job's requester"
+        elif award.worker != self.self_id:
+            why = "award names another worker"
+        elif award.round != j.bid.round or award.price != j.bid.price:
+            why = "award does not match our bid"
+        elif award.job_digest != j.offer.job_digest:
+            why = "award for another job version"
+        if why is not None:
+            return [Log("warning", "award refused", {"job": award.job_id, "reason": why})]
+        assert j is not None
+        if j.state != "bid":
+            return []  # a repeated award: we already answered
+        j.award = award
+        if self.active_count() >= caps.max_jobs or not caps.work:
+            j.state = "expired"
+            j.detail = "no free slot"
+            return [*self._status(j, "declined", now, "no free slot"), self._persist(j, now)]
+        j.state = "fetching"
+        refs = tuple(
+            (name, ref.digest, ref.size, ref.kind) for name, ref in j.offer.job.input_refs.items()
+        )
+        return [
+            *self._status(j, "accepted", now, ""),
+            FetchInputs(j.job_id, j.requester, j.offer.addrs, refs),
+            Log("info", "award accepted", {"job": j.job_id, "price": award.price}),
+            self._persist(j, now),
+        ]
+
+    def on_inputs_fetched(self, job_id: str, ok: bool, error: str, now: int) -> list[Effect]:
+        j = self.jobs.get(job_id)
+        if j is None or j.state != "fetching":
+            return []
+        if not ok:
+            j.detail = f"inputs: {error}"
+            return [
+                Log("warning", "input fetch failed", {"job": job_id, "error": error}),
+                *self._report_error(j, now, f"inputs could not be fetched: {error}"),
+            ]
+        j.state = "running"
+        return [
+            RunContainer(job_id, j.offer.job),
+            *self._status(j, "running", now, ""),
+            self._persist(j, now),
+        ]
+
+    def on_container_finished(self, ev: Any, now: int) -> list[Effect]:
+        j = self.jobs.get(ev.job_id)
+        if j is None or j.state != "running":
+            return []
+        res = m.build_result(
+            self.signer,
+            job_id=j.job_id,
+            job_digest=j.offer.job_digest,
+            status=ev.status,
+            exit_code=ev.exit_code,
+            output_digest=ev.output_digest,
+            output_size=ev.output_size,
+            log_digest=ev.log_digest,
+            log_size=ev.log_size,
+            log_truncated=ev.log_truncated,
+            run_ms=ev.run_ms,
+            cpu_ms=ev.cpu_ms,
+            max_memory_mb=ev.max_memory_mb,
+            finished_at=now,
+        )
+        return self._report(j, res, now)
+
+    def _report_error(self, j: WorkerJob, now: int, error: str) -> list[Effect]:
+        empty = "sha256:" + "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        res = m.build_result(
+            self.signer,
+            job_id=j.job_id,
+            job_digest=j.offer.job_digest,
+            status="error",
+            exit_code=None,
+            output_digest=empty,
+            output_size=0,
+            log_digest=empty,
+            log_size=0,
+            log_truncated=False,
+            run_ms=0,
+            cpu_ms=0,
+            max_memory_mb=0,
+            finished_at=now,
+        )
+        j.detail = error
+        return self._report(j, res, now)
+
+    def _report(self, j: WorkerJob, res: m.Result, now: int) -> list[Effect]:
+        j.state = "reported"
+        j.result = res
+        j.last_result_try = now
+        return [
+            SendMessage(j.requester, "result", res.raw, j.job_id, j.offer.addrs),
+            Log(
+                "info",
+                "result sent",
+                {"job": j.job_id, "status": res.status, "exit_code": res.exit_code},
+            ),
+            self._persist(j, now),
+        ]
+
+    def on_result_delivered(self, job_id: str) -> list[Effect]:
+        j = self.jobs.get(job_id)
+        if j is not None:
+            j.result_sent = True
+        return []
+
+    # -- cancel -------------------------------------------------------------------------------
+    def on_cancel(self, data: bytes, from_peer: str, now: int) -> list[Effect]:
+        try:
+            c = m.parse_cancel(data)
+        except (DecodeError, ValidationError) as exc:
+            return [Log("warning", "cancel refused", {"from": from_peer, "reason": str(exc)})]
+        j = self.jobs.get(c.job_id)
+        if j is None or c.requester != j.requester or from_peer != j.requester:
+            return [
+                Log(
+                    "warning",
+                    "cancel refused",
+                    {"job": c.job_id, "reason": "not from the requester"},
+                )
+            ]
+        if j.state in FINAL:
+            return []
+        was_running = j.state == "running"
+        j.state = "cancelled"
+        j.detail = c.reason
+        out: list[Effect] = [
+            Log("info", "job cancelled by requester", {"job": j.job_id, "reason": c.reason})
+        ]
+        if was_running:
+            out.append(StopContainer(j.job_id))
+        out.append(self._persist(j, now))
+        return out
+
+    # -- time ---------------------------------------------------------------------------------
+    def tick(self, now: int) -> list[Effect]:
+        out: list[Effect] = []
+        for j in list(self.jobs.values()):
+            if j.state == "bid" and now > j.offer.deadline_at:
+                del self.jobs[j.job_id]  # never awarded: forget it
+            elif j.state in ACTIVE and now - j.last_status >= HEARTBEAT_S:
+                out += self._status(j, j.state, now, "")
+            elif (
+                j.state == "reported"
+                and not j.result_sent
+                and j.result is not None
+                and now <= j.offer.deadline_at
+                and now - j.last_result_try >= RESEND_RESULT_S
+            ):
+                j.last_result_try = now
+                out.append(
+                    SendMessage(j.requester, "result", j.result.raw, j.job_id, j.offer.addrs)
+                )
+        return out
+
+    def _status(self, j: WorkerJob, state: str, now: int, detail: str) -> list[Effect]:
+        j.last_status = now
+        st = m.build_status(self.signer, job_id=j.job_id, state=state, detail=detail, now=now)
+        return [SendMessage(j.requester, "status", st.raw, j.job_id, j.offer.addrs)]
+
+    def _persist(self, j: WorkerJob, now: int) -> Persist:
+        return Persist("jobs", f"worker:{j.job_id}", to_doc(j))
+
+    # -- restart ------------------------------------------------------------------------------
+    def restore(self, doc: dict[str, Any], now: int) -> list[Effect]:
+        """Resume a persisted job: work that was in flight is redone, never silently dropped."""
+        j = from_doc(doc)
+        self.jobs[j.job_id] = j
+        if j.state in ("fetching", "running") and now < j.offer.deadline_at:
+            j.state = "fetching"
+            refs = tuple((n, r.digest, r.size, r.kind) for n, r in j.offer.job.input_refs.items())
+            return [
+                Log("info", "resuming job after restart", {"job": j.job_id}),
+                FetchInputs(j.job_id, j.requester, j.offer.addrs, refs),
+            ]
+        if j.state in ("fetching", "running"):
+            return self._report_error(j, now, "worker restarted after the deadline")
+        return []
+
+
+def worker_view(j: WorkerJob) -> dict[str, Any]:
+    return {
+        "job_id": j.job_id,
+        "name": j.offer.job.spec.name,
+        "image": j.offer.job.spec.image,
+        "requester": j.requester,
+        "state": j.state,
+        "price": j.bid.price,
+        "detail": j.detail,
+        "result": j.result.to_json() if j.result else None,
+    }
+
+
+def to_doc(j: WorkerJob) -> dict[str, Any]:
+    return {
+        "view": worker_view(j),
+        "offer": j.offer.raw.hex(),
+        "bid": j.bid.raw.hex(),
+        "state": j.state,
+        "award": j.award.raw.hex() if j.award else None,
+        "result": j.result.raw.hex() if j.result else None,
+        "result_sent": j.result_sent,
+        "detail": j.detail,
+    }
+
+
+def from_doc(doc: dict[str, Any]) -> WorkerJob:
+    offer = m.parse_offer(bytes.fromhex(doc["offer"]))
+    j = WorkerJob(
+        job_id=offer.job_id,
+        offer=offer,
+        bid=m.parse_bid(bytes.fromhex(doc["bid"]), requester=offer.requester),
+        state=doc["state"],
+        award=m.parse_award(bytes.fromhex(doc["award"])) if doc["award"] else None,
+        result=m.parse_result(bytes.fromhex(doc["result"])) if doc["result"] else None,
+        result_sent=doc["result_sent"],
+        detail=doc["detail"],
+    )
+    return j

@@ -1,0 +1,128 @@
+"""Should this worker bid? A chain of small pure checks, each giving a reason (PROTOCOL.md §7.2).
+
+The first check that says no decides, and its reason is logged and shown by ``p2pmesh status``
+so that an operator sees why the node stays idle ("image not allowed: …").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from p2pmesh.core.auction.messages import Offer
+from p2pmesh.core.capability import Capabilities
+
+
+@dataclass(frozen=True, slots=True)
+class BidContext:
+    self_id: str
+    caps: Capabilities
+    active_jobs: int
+    allow_network: bool
+    now: int
+    requester_allowed: bool = True  # the ledger issue plugs the credit limit in here
+
+
+@dataclass(frozen=True, slots=True)
+class BidDecision:
+    bid: bool
+    reason: str
+
+
+Check = Callable[[Offer, BidContext], str | None]
+
+
+def _work_enabled(o: Offer, c: BidContext) -> str | None:
+    return None if c.caps.work else "work is disabled on this node"
+
+
+def _not_own(o: Offer, c: BidContext) -> str | None:
+    return "own job" if o.requester == c.self_id else None
+
+
+def _not_excluded(o: Offer, c: BidContext) -> str | None:
+    return "excluded by the requester" if c.self_id in o.exclude else None
+
+
+def _still_open(o: Offer, c: BidContext) -> str | None:
+    return "offer past its deadline" if o.deadline_at <= c.now else None
+
+
+def _executor(o: Offer, c: BidContext) -> str | None:
+    return None if "docker" in c.caps.executors else "no working executor (Docker)"
+
+
+def _image_allowed(o: Offer, c: BidContext) -> str | None:
+    image = o.job.spec.image
+    if any(fnmatchcase(image, pattern) for pattern in c.caps.allow_images):
+        return None
+    if not c.caps.allow_images:
+        return f"image not allowed: {image} (no --allow-image given)"
+    return f"image not allowed: {image}"
+
+
+def _network(o: Offer, c: BidContext) -> str | None:
+    if o.job.spec.network != "none" and not c.allow_network:
+        return "job asks for network access, not allowed here"
+    return None
+
+
+def _resources(o: Offer, c: BidContext) -> str | None:
+    r = o.job.spec.resources
+    caps = c.caps
+    if r.millicpus > caps.cpus * 1000:
+        return f"needs {r.millicpus / 1000:g} CPUs, have {caps.cpus}"
+    if r.ram_mib > caps.ram_mb:
+        return f"needs {r.ram_mib} MiB RAM, have {caps.ram_mb}"
+    if r.disk_mib > caps.disk_free_mb:
+        return f"needs {r.disk_mib} MiB disk, have {caps.disk_free_mb} free"
+    if r.gpus > len(caps.gpus):
+        return f"needs {r.gpus} GPUs, have {len(caps.gpus)}"
+    if r.gpus and sum(1 for g in caps.gpus if g.memory_mb >= r.gpu_memory_mib) < r.gpus:
+        return f"needs {r.gpus} GPUs with {r.gpu_memory_mib} MiB each"
+    return None
+
+
+def _capacity(o: Offer, c: BidContext) -> str | None:
+    if c.active_jobs >= c.caps.max_jobs:
+        return f"busy ({c.active_jobs}/{c.caps.max_jobs} jobs)"
+    return None
+
+
+def _price(o: Offer, c: BidContext) -> str | None:
+    if c.caps.price > o.job.spec.max_price:
+        return f"price {c.caps.price} above max_price {o.job.spec.max_price}"
+    return None
+
+
+def _requester(o: Offer, c: BidContext) -> str | None:
+    return None if c.requester_allowed else "requester past its credit limit"
+
+
+CHAIN: tuple[Check, ...] = (
+    _work_enabled,
+    _not_own,
+    _not_excluded,
+    _still_open,
+    _executor,
+    _image_allowed,
+    _network,
+    _resources,
+    _capacity,
+    _price,
+    _requester,
+)
+
+
+def decide_bid(offer: Offer, ctx: BidContext) -> BidDecision:
+    for check in CHAIN:
+        reason = check(offer, ctx)
+        if reason is not None:
+            return BidDecision(False, reason)
+    return BidDecision(True, f"fits; bidding {ctx.caps.price}")
+
+
+def eta_s(active_jobs: int) -> int:
+    """A coarse estimate: a couple of seconds to start, plus queueing behind running jobs."""
+    return 2 + 5 * active_jobs

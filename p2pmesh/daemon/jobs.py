@@ -1,0 +1,327 @@
+"""Carries out the core's job effects: messages, input and output transfer, containers.
+
+Everything here is I/O on behalf of decisions the core already made; outcomes go back to the
+core as events. Job folders live under ``<home>/work/<job_id>/`` and are removed once the
+job's outputs are safely in the blob store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from p2pmesh import packing
+from p2pmesh.adapters.docker.executor import ContainerSpec, DockerExecutor
+from p2pmesh.adapters.libp2p.net import JobWire, MeshNet
+from p2pmesh.core.effects import FetchInputs, FetchOutputs, RunContainer, SendMessage, StopContainer
+from p2pmesh.core.events import (
+    ContainerFinished,
+    InputsFetched,
+    JobSubmitted,
+    MessageDelivered,
+    OutputsFetched,
+    SendFailed,
+)
+from p2pmesh.core.jobspec import InputRef, WireJob
+from p2pmesh.daemon.blobs import BlobStore
+from p2pmesh.errors import ExecutorError, MeshError, PackingError, TransportError, ValidationError
+from p2pmesh.jobfile import load_job_file
+
+MiB = 1 << 20
+MAX_INPUT_DIR_BYTES = 1 << 30
+LOG_MAX_BYTES = 4 * MiB
+PIDS_LIMIT = 512
+DEFAULT_BID_WINDOW_S = 2
+SEND_RETRIES = 3
+
+
+class JobRunner:
+    def __init__(self, home: Path, net: MeshNet, node: Any, log: Any, short_id: str) -> None:
+        self.home = home
+        self.net = net
+        self.node = node
+        self.log = log
+        self.short_id = short_id
+        self.blobs = BlobStore(home / "blobs")
+        self.work = home / "work"
+        self.work.mkdir(mode=0o700, exist_ok=True)
+        self.wire = JobWire(net, may_fetch=self.may_fetch, blob_path=self.blobs.path)
+        self._executor: DockerExecutor | None = None
+        self._stop: set[str] = set()
+        self._running: set[str] = set()
+
+    @property
+    def executor(self) -> DockerExecutor:
+        if self._executor is None:
+            self._executor = DockerExecutor()
+        return self._executor
+
+    # -- who may fetch what (read-only look at the core's state) -------------------------------
+    def may_fetch(self, peer: str, digest: str) -> bool:
+        if not self.blobs.has(digest):
+            return False
+        for j in self.node.requester.jobs.values():
+            if peer in j.replicas and any(r.digest == digest for r in j.job.input_refs.values()):
+                return True
+        for w in self.node.provider.jobs.values():
+            res = w.result
+            if w.requester == peer and res and digest in (res.output_digest, res.log_digest):
+                return True
+        return False
+
+    # -- submit (control socket) ---------------------------------------------------------------
+    async def submit(self, job_file: str, bid_window_s: int) -> dict[str, Any]:
+        spec, paths = load_job_file(Path(job_file))
+        refs: dict[str, InputRef] = {}
+        for name, path in sorted(paths.items()):
+            refs[name] = await trio.to_thread.run_sync(self._store_input, path)
+        job = WireJob(spec, refs)
+        job_id = secrets.token_hex(16)
+        self.net.emit(JobSubmitted(job_id, job, bid_window_s))
+        return {"job_id": job_id, "job_digest": job.digest}
+
+    def _store_input(self, path: Path) -> InputRef:
+        if path.is_dir():
+            data = packing.pack_dir(path, max_bytes=MAX_INPUT_DIR_BYTES)
+            return InputRef(self.blobs.put_bytes(data), len(data), "dir")
+        digest, size = self.blobs.put_file(path)
+        return InputRef(digest, size, "file")
+
+    # -- effects -------------------------------------------------------------------------------
+    async def send_message(self, eff: SendMessage) -> None:
+        last = ""
+        for attempt in range(SEND_RETRIES):
+            try:
+                await self.wire.send(eff.peer_id, eff.addrs, eff.kind, eff.data)
+                self.net.emit(MessageDelivered(eff.job_id, eff.peer_id, eff.kind))
+                return
+            except TransportError as exc:
+                last = str(exc)
+                await trio.sleep(0.5 * (attempt + 1))
+        self.net.emit(SendFailed(eff.job_id, eff.peer_id, eff.kind, last))
+
+    async def fetch_inputs(self, eff: FetchInputs) -> None:
+        job_dir = self.work / eff.job_id
+        in_dir = job_dir / "in"
+        try:
+            if job_dir.exists():
+                await trio.to_thread.run_sync(shutil.rmtree, job_dir)
+            in_dir.mkdir(parents=True, mode=0o755)
+            for name, digest, size, kind in eff.refs:
+                if not self.blobs.has(digest):
+                    writer = self.blobs.writer(digest, size)
+                    try:
+                        await self.wire.fetch(eff.requester, eff.addrs, digest, size, writer)
+                        writer.commit()
+                    except BaseException:
+                        writer.abort()
+                        raise
+                await trio.to_thread.run_sync(self._materialize, in_dir, name, digest, kind)
+        except (TransportError, ValidationError, PackingError, OSError) as exc:
+            self.net.emit(InputsFetched(eff.job_id, False, str(exc)[:200]))
+            return
+        self.net.emit(InputsFetched(eff.job_id, True))
+
+    def _materialize(self, in_dir: Path, name: str, digest: str, kind: str) -> None:
+        target = in_dir / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if kind == "dir":
+            packing.unpack(
+                self.blobs.path(digest).read_bytes(), target, max_bytes=MAX_INPUT_DIR_BYTES
+            )
+        else:
+            shutil.copyfile(self.blobs.path(digest), target)
+        # The container runs as an unprivileged user: inputs must be readable by it.
+        for p in [target, *target.rglob("*")] if target.is_dir() else [target]:
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        in_dir.chmod(0o755)
+
+    def _container_spec(self, job_id: str, job: WireJob) -> ContainerSpec:
+        s = job.spec
+        r = s.resources
+        return ContainerSpec(
+            name=f"p2pmesh-{job_id[:16]}-{self.short_id}",
+            image=s.image,
+            command=tuple(s.command),
+            env=dict(s.env),
+            cpus=r.millicpus / 1000,
+            memory_bytes=max(r.ram_mib * MiB, 16 * MiB),
+            pids_limit=PIDS_LIMIT,
+            gpus=r.gpus,
+            network=s.network != "none",
+            timeout_s=float(s.timeout_s),
+            out_max_bytes=r.disk_mib * MiB,
+            log_max_bytes=LOG_MAX_BYTES,
+            labels={"p2pmesh.job": job_id, "p2pmesh.node": self.short_id},
+        )
+
+    async def run_container(self, eff: RunContainer) -> None:
+        job_dir = self.work / eff.job_id
+        out_dir = job_dir / "out"
+        log_path = job_dir / "log.txt"
+        self._running.add(eff.job_id)
+        try:
+            spec = self._container_spec(eff.job_id, eff.job)
+            started = time.monotonic()
+            try:
+                outcome = await trio.to_thread.run_sync(
+                    lambda: self.executor.run(
+                        spec,
+                        job_dir / "in",
+                        out_dir,
+                        log_path,
+                        should_stop=lambda: eff.job_id in self._stop,
+                    ),
+                    abandon_on_cancel=True,
+                )
+            except (ExecutorError, ValueError) as exc:
+                self.log("error", "container could not run", job=eff.job_id, error=str(exc))
+                log_path.write_text(f"p2pmesh: the job could not start: {exc}\n")
+                out_dir.mkdir(parents=True, exist_ok=True)
+                await self._finish(
+                    eff.job_id,
+                    out_dir,
+                    log_path,
+                    "error",
+                    None,
+                    time.monotonic() - started,
+                    0.0,
+                    0,
+                    False,
+                )
+                return
+            await self._finish(
+                eff.job_id,
+                out_dir,
+                log_path,
+                outcome.status,
+                outcome.exit_code,
+                outcome.run_s,
+                outcome.cpu_s or 0.0,
+                outcome.max_memory_bytes or 0,
+                outcome.log_truncated,
+            )
+        finally:
+            self._running.discard(eff.job_id)
+            self._stop.discard(eff.job_id)
+
+    async def _finish(
+        self,
+        job_id: str,
+        out_dir: Path,
+        log_path: Path,
+        status: str,
+        exit_code: int | None,
+        run_s: float,
+        cpu_s: float,
+        max_mem: int,
+        log_truncated: bool,
+    ) -> None:
+        def pack() -> tuple[str, int, str, int]:
+            try:
+                data = packing.pack_dir(out_dir, max_bytes=1 << 34) if out_dir.exists() else b""
+            except PackingError as exc:
+                # Symlinks or devices in /out: refused, and the job fails loudly.
+                with open(log_path, "a") as f:
+                    f.write(f"\np2pmesh: outputs refused: {exc}\n")
+                data = b""
+                nonlocal_status[0] = "error"
+            out_digest = self.blobs.put_bytes(data)
+            log_digest, log_size = (
+                self.blobs.put_file(log_path)
+                if log_path.exists()
+                else (self.blobs.put_bytes(b""), 0)
+            )
+            return out_digest, len(data), log_digest, log_size
+
+        nonlocal_status = [status]
+        out_digest, out_size, log_digest, log_size = await trio.to_thread.run_sync(pack)
+        with contextlib.suppress(OSError):
+            await trio.to_thread.run_sync(shutil.rmtree, self.work / job_id)
+        self.net.emit(
+            ContainerFinished(
+                job_id,
+                nonlocal_status[0],
+                exit_code,
+                out_digest,
+                out_size,
+                log_digest,
+                log_size,
+                log_truncated,
+                int(run_s * 1000),
+                int(cpu_s * 1000),
+                max_mem // MiB,
+            )
+        )
+
+    def stop_container(self, eff: StopContainer) -> None:
+        self._stop.add(eff.job_id)
+
+    async def fetch_outputs(self, eff: FetchOutputs) -> None:
+        rec = self.node.peers.get(eff.worker)
+        addrs = tuple(f"{a}/p2p/{eff.worker}" for a in rec.record.caps.addrs) if rec else ()
+        try:
+            for digest, size in (
+                (eff.output_digest, eff.output_size),
+                (eff.log_digest, eff.log_size),
+            ):
+                if self.blobs.has(digest):
+                    continue
+                writer = self.blobs.writer(digest, size)
+                try:
+                    await self.wire.fetch(eff.worker, addrs, digest, size, writer)
+                    writer.commit()
+                except BaseException:
+                    writer.abort()
+                    raise
+        except (TransportError, ValidationError, OSError) as exc:
+            self.net.emit(OutputsFetched(eff.job_id, eff.worker, False, str(exc)[:200]))
+            return
+        self.net.emit(OutputsFetched(eff.job_id, eff.worker, True))
+
+    # -- export to the user's folder (control socket) ------------------------------------------
+    def export(self, job_id: str, dest: str) -> dict[str, Any]:
+        j = self.node.requester.jobs.get(job_id)
+        if j is None:
+            raise MeshError(f"no job {job_id} requested from this node")
+        if not j.fetch_from or not j.accepted_digest:
+            raise MeshError(f"job {job_id} has no outputs yet (state {j.state})")
+        rep = j.replicas[j.fetch_from]
+        assert rep.result is not None
+        out = Path(dest)
+        out.mkdir(parents=True, exist_ok=True)
+        files = out / "outputs"
+        if files.exists():
+            shutil.rmtree(files)
+        data = self.blobs.path(rep.result.output_digest).read_bytes()
+        if data:
+            packing.unpack(data, files, max_bytes=1 << 34)
+        else:
+            files.mkdir()
+        log_path = self.blobs.path(rep.result.log_digest)
+        shutil.copyfile(log_path, out / "log.txt")
+        from p2pmesh.core.auction.requester import job_view
+
+        doc = job_view(j)
+        (out / "result.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        return {
+            "dest": str(out),
+            "files": sorted(str(p.relative_to(files)) for p in files.rglob("*") if p.is_file()),
+            "job": doc,
+        }
+
+    def logs(self, job_id: str) -> str | None:
+        j = self.node.requester.jobs.get(job_id)
+        if j is None:
+            return None
+        for rep in j.replicas.values():
+            if rep.result and self.blobs.has(rep.result.log_digest):
+                return self.blobs.path(rep.result.log_digest).read_text(errors="replace")
+        return None

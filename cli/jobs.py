@@ -10,13 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from p2pmesh.cli import client
-from rich.console import Console, Group
+from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from p2pmesh import packing
+from p2pmesh.cli import client
+from p2pmesh.cli.console import make_console
 from p2pmesh.core.jobspec import InputRef, job_digest, job_to_wire
 from p2pmesh.errors import JobSpecError
 from p2pmesh.jobfile import load_job_file
@@ -103,7 +104,7 @@ def cmd_offer(args: argparse.Namespace, home: Path) -> int:
         else:
             print(job_id)
         return 0
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     started = time.monotonic()
     job = client.request(home, "job", {"job_id": job_id})
     show = console.is_terminal and not args.json
@@ -175,7 +176,7 @@ def cmd_jobs(args: argparse.Namespace, home: Path) -> int:
             who,
             price,
         )
-    Console().print(t)
+    make_console().print(t)
     return 0
 
 
@@ -184,7 +185,7 @@ def cmd_job(args: argparse.Namespace, home: Path) -> int:
     if args.json:
         sys.stdout.write(json.dumps(job, indent=2, sort_keys=True) + "\n")
         return 0
-    console = Console()
+    console = make_console()
     console.print(
         progress_view(job, time.monotonic())
         if job["role"] == "requester"

@@ -14,17 +14,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from p2pmesh import __version__
 from p2pmesh.cli import client, views
 from p2pmesh.cli import jobs as jobs_cli
-from rich.console import Console
-
-from p2pmesh import __version__
+from p2pmesh.cli.console import make_console
 from p2pmesh.daemon.home import resolve_home
 from p2pmesh.errors import ConfigError, DaemonNotRunning, MeshError
 
 
-def _add_home(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--home", help="node home (default: $P2PMESH_HOME or ~/.p2pmesh)")
+def _add_home(p: argparse.ArgumentParser, *, top: bool = False) -> None:
+    # SUPPRESS on subcommands: `p2pmesh --home X peers` must not be reset by the subparser.
+    p.add_argument(
+        "--home",
+        default=None if top else argparse.SUPPRESS,
+        help="node home (default: $P2PMESH_HOME or ~/.p2pmesh)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="p2pmesh", description="A peer-to-peer compute mesh with no central server."
     )
     parser.add_argument("--version", action="version", version=f"p2pmesh {__version__}")
-    _add_home(parser)
+    _add_home(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     up = sub.add_parser("up", help="run this node in the foreground")
@@ -115,7 +119,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(client.request(home, "peers"))
         return 0
-    console = Console()
+    console = make_console()
     if not args.watch:
         console.print(views.peers_table(client.request(home, "peers"), time.time()))
         return 0
@@ -135,7 +139,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(snap)
     else:
-        Console().print(views.dashboard(snap, time.time()))
+        make_console().print(views.dashboard(snap, time.time()))
     return 0
 
 

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import trio
-from p2pmesh.cli import views
-from rich.console import Console
 
 from p2pmesh.adapters import hardware
+from p2pmesh.cli import views
+from p2pmesh.cli.console import make_console
 from p2pmesh.daemon.home import ensure_home
 from p2pmesh.daemon.settings import build_settings
 
@@ -24,7 +24,7 @@ def run_check(home: Path, work: bool) -> int:
     prof = hardware.profile(home, check_docker=work)
     problems = hardware.readiness(prof, work_enabled=work)
     if sys.stdout.isatty():
-        Console().print(views.profile_table(hardware.profile_to_dict(prof), problems))
+        make_console().print(views.profile_table(hardware.profile_to_dict(prof), problems))
     else:
         doc = {
             "profile": hardware.profile_to_dict(prof),
@@ -67,7 +67,7 @@ def run_up(args: argparse.Namespace, home: Path) -> int:
 
     from rich.live import Live
 
-    console = Console()
+    console = make_console()
 
     def start_tui(d: Daemon) -> None:
         async def loop() -> None:

@@ -2,16 +2,16 @@
 
 ::
 
-    MeshError                      root; every error has a stable ``code`` and a one-line ``hint``
-    ├── ConfigError                bad flags, config file, key file or node home (local, fix and retry)
-    ├── DecodeError                bytes from outside that do not decode within the limits
-    ├── ValidationError            decoded but wrong: schema, signature, expiry, size, replay
-    │   ├── JobSpecError           a job file with one or more field problems (``problems``)
-    │   └── PackingError           a folder or archive that cannot be packed/unpacked safely
-    ├── TransportError             libp2p / socket trouble talking to a peer or the local daemon
-    │   └── DaemonNotRunning       the CLI found no daemon behind the control socket
-    ├── ExecutorError              the container engine failed (not the job: a job's failure is data)
-    └── StoreError                 SQLite trouble
+    MeshError                  root; a stable ``code`` and a one-line ``hint``
+    ├── ConfigError            bad flags, config file, key file or node home
+    ├── DecodeError            bytes from outside that do not decode within the limits
+    ├── ValidationError        decoded but wrong: schema, signature, expiry, size, replay
+    │   ├── JobSpecError       a job file with field problems (``problems``)
+    │   └── PackingError       a folder or archive that cannot be packed/unpacked safely
+    ├── TransportError         libp2p / socket trouble with a peer or the local daemon
+    │   └── DaemonNotRunning   the CLI found no daemon behind the control socket
+    ├── ExecutorError          the container engine failed (a job's own failure is data)
+    └── StoreError             SQLite trouble
 
 Remote misbehaviour never escapes the core as an exception: decoders raise ``DecodeError`` /
 ``ValidationError`` and the caller turns them into a dropped message and a counted reason.

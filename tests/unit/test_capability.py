@@ -6,7 +6,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from p2pmesh.core import capability
@@ -350,6 +350,7 @@ def test_fuzz_mutated_record(data: st.DataObject) -> None:
             raw.insert(i, data.draw(st.integers(0, 255)))
         else:
             del raw[i]
+    assume(bytes(raw) != _GOOD)  # two flips of one byte can cancel out
     with pytest.raises((DecodeError, ValidationError)):
         check_record(bytes(raw), now=NOW, known_seq=None)
 

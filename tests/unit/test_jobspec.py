@@ -387,7 +387,7 @@ def test_json_errors_name_the_position(text: str, where: str) -> None:
 
 def test_json_escapes_decode() -> None:
     doc = valid_doc()
-    doc["env"] = {"GREETING": "h\u00e9llo \U0001f600 \"q\" \\ /\b\f\n\r\t"}
+    doc["env"] = {"GREETING": 'h\u00e9llo \U0001f600 "q" \\ /\b\f\n\r\t'}
     text = json.dumps(doc, ensure_ascii=True)
     assert job_from_json_text(text).env["GREETING"] == doc["env"]["GREETING"]
 
@@ -545,7 +545,7 @@ def test_wire_numeric_tolerances_are_canonical_decimals() -> None:
     }
     bad = copy.deepcopy(wire)
     bad["validation"]["abs_tol"] = "-0.0"
-    with pytest.raises(JobSpecError, match="validation.abs_tol"):
+    with pytest.raises(JobSpecError, match=r"validation\.abs_tol"):
         job_from_wire(bad)
 
 
@@ -642,10 +642,11 @@ def job_docs(draw: st.DrawFn) -> dict[str, Any]:
         "image": draw(
             st.one_of(
                 st.sampled_from(["p2pmesh/python:1", "localhost:5000/a/b", "ubuntu"]),
-                st.from_regex(r"[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,2}(:[A-Za-z0-9_.-]{1,8})?")
-                .filter(lambda s: "\n" not in s)
-                .map(lambda s: s.strip()),
-            ).filter(lambda s: not s.endswith(":") and ":." not in s and ":-" not in s)
+                st.from_regex(
+                    r"[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,2}(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,7})?",
+                    fullmatch=True,
+                ),
+            )
         ),
         "command": draw(st.lists(_text.map(lambda s: s[:50]), min_size=1, max_size=6)).copy(),
         "env": draw(
@@ -688,7 +689,9 @@ def job_docs(draw: st.DrawFn) -> dict[str, Any]:
                     lambda r, a, f: {"mode": "numeric", "rel_tol": r, "abs_tol": a, "files": f},
                     st.floats(min_value=0, max_value=1),
                     st.floats(min_value=0, max_value=1e6),
-                    st.lists(st.sampled_from(["*.json", "**", "out/*.npy"]), min_size=1),
+                    st.lists(
+                        st.sampled_from(["*.json", "**", "out/*.npy"]), min_size=1, max_size=4
+                    ),
                 ),
             )
         ),
@@ -735,7 +738,7 @@ def _no_floats(value: Any) -> bool:
     return True
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_wire_round_trip(data: st.DataObject) -> None:
     spec = parse_job(data.draw(job_docs()))
@@ -752,7 +755,7 @@ def test_wire_round_trip(data: st.DataObject) -> None:
     assert got.digest == job_digest(spec, refs)
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 @given(job_docs())
 def test_document_round_trip(doc: dict[str, Any]) -> None:
     spec = parse_job(doc)
@@ -771,13 +774,11 @@ _scalars = st.one_of(
     st.sampled_from(["auto", "exact", "numeric", "none", "file", "dir", "1e-09", "0.0001"]),
 )
 _keys = st.one_of(
-    st.text(max_size=12), st.sampled_from(list(wire_of()) + ["millicpus", "digest", "mode"])
+    st.text(max_size=12), st.sampled_from([*wire_of(), "millicpus", "digest", "mode"])
 )
 _values = st.recursive(
     _scalars,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4), st.dictionaries(_keys, inner, max_size=5)
-    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_keys, inner, max_size=5)),
     max_leaves=20,
 )
 
@@ -788,7 +789,8 @@ def _assert_only_validation_errors(value: object) -> None:
     except JobSpecError as exc:
         assert exc.problems and all(isinstance(p, str) for p in exc.problems)
         return
-    assert isinstance(got, WireJob)
+    # Whatever is accepted is already canonical: it re-encodes to exactly what was sent.
+    assert job_to_wire(got.spec, got.input_refs) == value
 
 
 @settings(max_examples=500)
@@ -808,7 +810,7 @@ def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return out
 
 
-@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_job_from_wire_on_mutated_wire_jobs(data: st.DataObject) -> None:
     spec = parse_job(data.draw(job_docs()))

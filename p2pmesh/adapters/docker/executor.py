@@ -15,6 +15,10 @@ CPU (nano_cpus), memory (= memory+swap, so no swap), pids and open-file limits; 
 GPUs only through a device request when ``gpus > 0``; logging driver ``none`` (output is read
 through the attach stream, so nothing accumulates on the engine's disk).
 
+Peak memory and CPU time are read from the container's cgroup at every poll (so they may miss
+the last ~0.1 s, and are None when the engine is not on this host). ``oom`` comes from the
+engine's OOMKilled flag, with one fallback for an engine race described in ``_classify``.
+
 The /out size cap
 -----------------
 Two modes, picked once per executor (``out_cap="auto"`` tries the first, falls back to the
@@ -43,17 +47,13 @@ Either way a sparse file counts at its apparent size, and the status is ``out_to
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import re
-import shutil
-import stat
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import docker
 import docker.errors
@@ -61,6 +61,11 @@ import requests
 from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
 
 from p2pmesh.errors import ExecutorError
+
+from ._monitor import CgroupSampler, LogPump
+from ._outdir import OUT_MAX_ENTRIES as OUT_MAX_ENTRIES
+from ._outdir import OUT_SLACK_BYTES as OUT_SLACK_BYTES
+from ._outdir import OutGuard, TmpfsOut, WatchdogOut
 
 __all__ = [
     "JOB_LABEL",
@@ -73,15 +78,12 @@ MiB = 1 << 20
 JOB_LABEL = "p2pmesh.job"
 # State poll and watchdog period: a timeout or cancel lands within ~0.1 s, at 10 API calls/s.
 POLL_S = 0.1
-# docker stats is comparatively slow (tens of ms); peak memory and CPU time need no finer grain.
-STATS_EVERY_S = 0.5
+# SIGKILL exit status; see _classify for why it is read as an OOM kill when no flag is set.
+SIGKILL_EXIT = 137
+# A peak this close to the limit, with a SIGKILL we did not send, is the memory limit at work.
+OOM_PEAK_FRACTION = 0.9
 # Enough descriptors for numpy/BLAS thread pools, few enough to stop descriptor exhaustion games.
 NOFILE = 4096
-# See module docstring: covers page rounding of a few hundred small files.
-OUT_SLACK_BYTES = 1 * MiB
-# Far above packing's default of 10,000 entries (so packing gives the precise error) while
-# bounding the watchdog's scan time and the tmpfs inode table.
-OUT_MAX_ENTRIES = 100_000
 # Docker refuses memory limits below 6 MiB.
 MIN_MEMORY_BYTES = 6 * MiB
 # How long to let the attach stream deliver the last output after the container exited.
@@ -244,7 +246,7 @@ class DockerExecutor:
                 with _engine_errors(f"remove stale container {container.name}"):
                     container.remove(force=True)
                 removed += 1
-            _TmpfsOut.release_leftovers(container.name)
+            TmpfsOut.release_leftovers(container.name)
         return removed
 
     def run(
@@ -294,24 +296,24 @@ class DockerExecutor:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _open_out(self, spec: ContainerSpec, out_dir: Path) -> _OutGuard:
+    def _open_out(self, spec: ContainerSpec, out_dir: Path) -> OutGuard:
         uid, gid = spec.uid_gid
         if self._out_cap in ("auto", "tmpfs") and os.geteuid() == 0:
             try:
-                return _TmpfsOut(out_dir, spec.name, spec.out_max_bytes, uid, gid)
+                return TmpfsOut(out_dir, spec.name, spec.out_max_bytes, uid, gid)
             except OSError as exc:
                 if self._out_cap == "tmpfs":
                     raise ExecutorError(f"cannot mount the /out tmpfs: {exc}") from exc
                 self._out_cap = "watchdog"  # no mount privilege here; do not retry every job
         elif self._out_cap == "tmpfs":
             raise ExecutorError("out_cap='tmpfs' needs the executor to run as root")
-        return _WatchdogOut(out_dir, spec.out_max_bytes)
+        return WatchdogOut(out_dir, spec.out_max_bytes)
 
     def _run_container(
         self,
         spec: ContainerSpec,
         in_dir: Path,
-        out: _OutGuard,
+        out: OutGuard,
         log_path: Path,
         should_stop: Callable[[], bool] | None,
     ) -> _Result:
@@ -320,10 +322,13 @@ class DockerExecutor:
                 container = self._client.containers.create(**_create_args(spec, in_dir, out.source))
             except docker.errors.ImageNotFound as exc:
                 raise ExecutorError(f"image {spec.image} is not present on this node") from exc
-        pump: _LogPump | None = None
+        pump: LogPump | None = None
         try:
             with _engine_errors(f"attach to {spec.name}"):
-                pump = _LogPump(container, log_path, spec.log_max_bytes)
+                try:
+                    pump = LogPump(container, log_path, spec.log_max_bytes)
+                except OSError as exc:
+                    raise ExecutorError(f"cannot write the log {log_path}: {exc}") from exc
             result = self._supervise(container.id, spec, out, should_stop)
             pump.drain(LOG_DRAIN_S)
         finally:
@@ -338,7 +343,7 @@ class DockerExecutor:
         self,
         cid: str,
         spec: ContainerSpec,
-        out: _OutGuard,
+        out: OutGuard,
         should_stop: Callable[[], bool] | None,
     ) -> _Result:
         api = self._client.api
@@ -354,14 +359,16 @@ class DockerExecutor:
         deadline = started + spec.timeout_s
         reason = ""
         killed_at = 0.0
-        stats = _Stats()
-        next_stats = started
+        cgroup: CgroupSampler | None = None
         while True:
             with _engine_errors(f"inspect {spec.name}"):
                 state = api.inspect_container(cid)["State"]
             now = time.monotonic()
             if not state.get("Running"):
                 break
+            if cgroup is None:
+                cgroup = CgroupSampler(int(state.get("Pid") or 0), cid)
+            cgroup.sample()
             if not reason:
                 if now >= deadline:
                     reason = "timeout"
@@ -374,179 +381,49 @@ class DockerExecutor:
                     raise ExecutorError(f"container {spec.name} does not die after SIGKILL")
                 self.kill(cid)
                 killed_at = killed_at or now
-            if now >= next_stats:
-                stats.sample(api, cid)
-                next_stats = now + STATS_EVERY_S
-            time.sleep(max(0.005, min(POLL_S, deadline - now)) if not reason else POLL_S)
-        run_s = now - started
-        exit_code = state.get("ExitCode")
-        if reason:
-            status = reason
-        elif state.get("OOMKilled"):
-            status = "oom"
-        else:
-            status = "exited"
+            time.sleep(POLL_S if reason else max(0.005, min(POLL_S, deadline - now)))
+        if not reason and not state.get("OOMKilled") and state.get("ExitCode") == SIGKILL_EXIT:
+            state = self._settle(cid, state)
+        peak = cgroup.max_memory if cgroup else None
+        status = reason or _classify(state, peak, spec.memory_bytes)
         return _Result(
             status,
-            exit_code,
-            run_s,
-            max_memory_bytes=stats.max_memory,
-            cpu_s=stats.cpu_s,
+            state.get("ExitCode"),
+            now - started,
+            max_memory_bytes=peak,
+            cpu_s=cgroup.cpu_s if cgroup else None,
             error=_status_error(status, spec, state),
         )
 
-
-# -- the /out guards ---------------------------------------------------------------------------
-
-
-class _OutGuard(Protocol):
-    source: Path  # host path bound as /out
-
-    def over_cap(self) -> bool: ...  # polled while the job runs
-    def finish(self) -> bool: ...  # after the container is gone; True if over the cap
-    def close(self) -> None: ...
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
-_MNT_DETACH = 2
-_STAGING_PREFIX = ".p2pmesh-out-"
+    def _settle(self, cid: str, state: dict[str, Any]) -> dict[str, Any]:
+        # The engine records an OOM kill a few ms after the exit at worst; give it that long.
+        for _ in range(5):
+            time.sleep(0.02)
+            with _engine_errors("inspect a stopped container"):
+                state = self._client.api.inspect_container(cid)["State"]
+            if state.get("OOMKilled"):
+                break
+        return state
 
 
-class _TmpfsOut:
-    """Hard cap: a size-limited tmpfs, copied into out_dir after the job (module docstring)."""
+def _classify(state: Mapping[str, Any], peak: int | None, limit: int) -> str:
+    """Status of a container that exited without being killed by us.
 
-    def __init__(self, out_dir: Path, name: str, cap: int, uid: int, gid: int) -> None:
-        self._out_dir, self._cap = out_dir, cap
-        # Named after the container so remove_stale can find it after a crash.
-        self.source = out_dir.parent / f"{_STAGING_PREFIX}{name}"
-        self._release(self.source)
-        self.source.mkdir(mode=0o700)
-        size = cap + OUT_SLACK_BYTES
-        opts = f"size={size},nr_inodes={OUT_MAX_ENTRIES},mode=0700,uid={uid},gid={gid}"
-        flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
-        if _libc.mount(b"tmpfs", os.fsencode(self.source), b"tmpfs", flags, opts.encode()) != 0:
-            err = ctypes.get_errno()
-            self.source.rmdir()
-            raise OSError(err, os.strerror(err), str(self.source))
-        self._mounted = True
-
-    def over_cap(self) -> bool:
-        return False  # the kernel enforces it
-
-    def finish(self) -> bool:
-        fs = os.statvfs(self.source)
-        size, _ = _usage(self.source, self._cap, OUT_MAX_ENTRIES)
-        over = fs.f_bavail == 0 or fs.f_favail == 0 or size > self._cap
-        if not over:
-            _copy_tree(self.source, self._out_dir)
-        return over
-
-    def close(self) -> None:
-        self._release(self.source)
-
-    @staticmethod
-    def _release(path: Path) -> None:
-        if not path.exists():
-            return
-        _libc.umount2(os.fsencode(path), _MNT_DETACH)  # EINVAL when not mounted: fine
-        try:
-            path.rmdir()
-        except OSError as exc:
-            raise ExecutorError(f"cannot remove the /out staging folder {path}: {exc}") from exc
-
-    @classmethod
-    def release_leftovers(cls, name: str) -> None:
-        suffix = f"/{_STAGING_PREFIX}{name}"
-        with contextlib.suppress(OSError), open("/proc/self/mounts", encoding="utf-8") as mounts:
-            points = [line.split()[1] for line in mounts if line.split()[1].endswith(suffix)]
-        for point in points:
-            with contextlib.suppress(ExecutorError):
-                cls._release(Path(point))
-
-
-class _WatchdogOut:
-    """Soft cap: out_dir bound directly, scanned every poll (module docstring)."""
-
-    def __init__(self, out_dir: Path, cap: int) -> None:
-        self.source, self._cap = out_dir, cap
-        self._mode = stat.S_IMODE(out_dir.stat().st_mode)
-        self._tripped = False
-        # The job's user is not us; only this one folder becomes writable for it.
-        os.chmod(out_dir, 0o777)
-
-    def over_cap(self) -> bool:
-        size, entries = _usage(self.source, self._cap, OUT_MAX_ENTRIES)
-        self._tripped = self._tripped or size > self._cap or entries > OUT_MAX_ENTRIES
-        return self._tripped
-
-    def finish(self) -> bool:
-        if self.over_cap():
-            with os.scandir(self.source) as it:
-                for child in list(it):
-                    if child.is_dir(follow_symlinks=False):
-                        shutil.rmtree(child.path, ignore_errors=True)
-                    else:
-                        with contextlib.suppress(OSError):
-                            os.unlink(child.path)
-        return self._tripped
-
-    def close(self) -> None:
-        os.chmod(self.source, self._mode)
-
-
-def _usage(root: Path, max_size: int, max_entries: int) -> tuple[int, int]:
-    """Sum of apparent file sizes (or allocated size, if larger) and entry count under root.
-
-    Stops early once past either limit, so a hostile tree costs at most ``max_entries`` stats.
+    Docker 20.10 + containerd register the cgroup OOM watcher only after the job's process has
+    started, so a job that exhausts its memory within milliseconds dies with no OOMKilled flag
+    and no "oom" event (seen in ~1 of 20 fast memory bombs). Nobody but the kernel sends a
+    SIGKILL to a capability-less container we did not kill, so a SIGKILL exit counts as an OOM
+    kill when the flag is missing and either memory was never sampled (it died before the
+    first poll) or its peak came close to the limit. A job that SIGKILLs itself slowly and
+    small still reads as "exited" with code 137.
     """
-    size = entries = 0
-    pending = [root]
-    while pending:
-        try:
-            with os.scandir(pending.pop()) as it:
-                children = list(it)
-        except OSError:
-            continue  # vanished or unreadable mid-run: the next poll sees the new state
-        for child in children:
-            entries += 1
-            try:
-                st = child.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            if stat.S_ISDIR(st.st_mode):
-                pending.append(Path(child.path))
-                size += st.st_blocks * 512
-            else:
-                size += max(st.st_size, st.st_blocks * 512) if stat.S_ISREG(st.st_mode) else 0
-            if size > max_size or entries > max_entries:
-                return size, entries
-    return size, entries
-
-
-def _copy_tree(src: Path, dest: Path) -> None:
-    """Copy regular files and directories only, never following links; modes 0o755/0o644."""
-    pending = [Path()]
-    while pending:
-        rel = pending.pop()
-        with os.scandir(src / rel) as it:
-            children = list(it)
-        for child in children:
-            st = child.stat(follow_symlinks=False)
-            target = dest / rel / child.name
-            if stat.S_ISDIR(st.st_mode):
-                target.mkdir(mode=0o755)
-                pending.append(rel / child.name)
-            elif stat.S_ISREG(st.st_mode):
-                mode = 0o755 if st.st_mode & 0o111 else 0o644
-                src_fd = os.open(child.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                with os.fdopen(src_fd, "rb") as fin:
-                    dst_fd = os.open(
-                        target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode
-                    )
-                    with os.fdopen(dst_fd, "wb") as fout:
-                        shutil.copyfileobj(fin, fout, 1 * MiB)
-            # Links, FIFOs, sockets and devices are dropped: outputs are plain data.
+    if state.get("OOMKilled"):
+        return "oom"
+    if state.get("ExitCode") == SIGKILL_EXIT and (
+        peak is None or peak >= OOM_PEAK_FRACTION * limit
+    ):
+        return "oom"
+    return "exited"
 
 
 # -- small helpers -------------------------------------------------------------------------
@@ -574,70 +451,6 @@ class _Result:
             self.log_truncated,
             self.error,
         )
-
-
-@dataclass(slots=True)
-class _Stats:
-    max_memory: int | None = None
-    cpu_s: float | None = None
-
-    def sample(self, api: docker.APIClient, cid: str) -> None:
-        try:
-            raw: dict[str, Any] = api.stats(cid, stream=False, one_shot=True)
-        except (docker.errors.DockerException, requests.RequestException):
-            return  # a missed sample only makes the figures coarser
-        mem = raw.get("memory_stats") or {}
-        peak = max(mem.get("max_usage", 0), mem.get("usage", 0))
-        if peak:
-            self.max_memory = max(self.max_memory or 0, peak)
-        total_ns = ((raw.get("cpu_stats") or {}).get("cpu_usage") or {}).get("total_usage")
-        if total_ns:
-            self.cpu_s = max(self.cpu_s or 0.0, total_ns / 1e9)
-
-
-@dataclass
-class _LogPump:
-    """Copies the attach stream into the log file, up to a cap, then keeps draining."""
-
-    container: Any
-    path: Path
-    cap: int
-    written: int = 0
-    truncated: bool = False
-    _thread: threading.Thread = field(init=False)
-
-    def __post_init__(self) -> None:
-        # Attached before start, so not a byte is missed; the engine keeps no log (driver none).
-        self._stream = self.container.attach(stdout=True, stderr=True, stream=True, logs=False)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-        self._file = os.fdopen(fd, "wb")
-        self._thread = threading.Thread(
-            target=self._pump, name=f"p2pmesh-log-{self.container.name}", daemon=True
-        )
-        self._thread.start()
-
-    def _pump(self) -> None:
-        try:
-            for chunk in self._stream:
-                room = self.cap - self.written
-                if room > 0:
-                    self._file.write(chunk[:room])
-                    self.written += min(room, len(chunk))
-                if len(chunk) > room:
-                    self.truncated = True  # keep reading so the job never blocks on stdout
-        except Exception:
-            # The stream breaks, with whatever exception the transport picks, when the container
-            # is removed under it; everything read so far is already in the file.
-            pass
-        finally:
-            self._file.close()
-
-    def drain(self, timeout: float) -> None:
-        self._thread.join(timeout)
-
-    def close(self) -> None:
-        self._thread.join(2.0)
-        self._stream.close()
 
 
 def _create_args(spec: ContainerSpec, in_dir: Path, out_source: Path) -> dict[str, Any]:

@@ -73,7 +73,10 @@ def run_up(args: argparse.Namespace, home: Path) -> int:
         async def loop() -> None:
             with Live(console=console, refresh_per_second=2, screen=False, transient=False) as live:
                 while True:
-                    live.update(views.dashboard(d.snapshot(), time.time()))
+                    try:
+                        live.update(views.dashboard(d.snapshot(), time.time()))
+                    except Exception as exc:  # a drawing bug must never stop the node
+                        d.log("error", "live view failed", error=repr(exc))
                     await trio.sleep(TUI_REFRESH_S)
 
         assert d.nursery is not None

@@ -28,6 +28,8 @@ from p2pmesh.core.jobspec import (
 )
 from p2pmesh.errors import JobSpecError
 
+__all__ = ["load_job_file"]
+
 
 def load_job_file(path: Path) -> tuple[JobSpec, dict[str, Path]]:
     """Read, parse and check a job file and the inputs it names.

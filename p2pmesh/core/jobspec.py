@@ -35,6 +35,29 @@ from typing import Any, Literal
 from p2pmesh.core import codec
 from p2pmesh.errors import DecodeError, JobSpecError
 
+__all__ = [
+    "FIELDS",
+    "MAX_INPUT_BYTES",
+    "MAX_JOB_TEXT_BYTES",
+    "MAX_TOTAL_INPUT_BYTES",
+    "MAX_WIRE_BYTES",
+    "SCHEMA_VERSION",
+    "InputRef",
+    "JobSpec",
+    "Resources",
+    "ValidationRule",
+    "WireJob",
+    "default_deadline_s",
+    "field_path",
+    "job_digest",
+    "job_from_json_text",
+    "job_from_wire",
+    "job_to_document",
+    "job_to_wire",
+    "parse_job",
+    "read_job_json",
+]
+
 SCHEMA_VERSION = 1
 
 # --- limits (docs/JOBS.md "Fields"). Each keeps a hostile offer cheap to hold and check. ---------

@@ -9,6 +9,7 @@ SIGINT/SIGTERM cancels the nursery; libp2p is shut down in order inside its cont
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import os
@@ -259,7 +260,7 @@ class Daemon:
     def snapshot(self) -> dict[str, Any]:
         now = time.time()
         node = self.node.node_json(now)
-        node["net"] = vars(self.net.stats).copy()
+        node["net"] = dataclasses.asdict(self.net.stats)
         node["pid"] = os.getpid()
         return {"node": node, "peers": self.node.peers_json(now), "events": list(self.log.recent)}
 

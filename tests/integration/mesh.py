@@ -196,6 +196,7 @@ class MeshNode:
                 # Own process group: a Ctrl-C on the test run is not delivered to the daemons
                 # twice; the harness stops them itself, by PID.
                 start_new_session=True,
+                cwd=self.home,
             )
         _LIVE[self.proc.pid] = self.proc
         self.started_at = time.monotonic()

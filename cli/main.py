@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     jobs_cli.add_parsers(sub, _add_home)
 
+    rep = sub.add_parser("reputation", help="reputation scores and the evidence behind them")
+    _add_home(rep)
+    rep.add_argument("peer", nargs="?", help="peer ID (or its last characters)")
+    rep.add_argument("--json", action="store_true")
+
     status = sub.add_parser("status", help="this node's state, peers and recent events")
     _add_home(status)
     status.add_argument("--json", action="store_true")
@@ -143,7 +148,44 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reputation(args: argparse.Namespace) -> int:
+    from rich.table import Table
+    from rich.text import Text
+
+    result = client.request(_home(args), "reputation", {"peer_id": args.peer})
+    if args.json:
+        _print_json(result)
+        return 0
+    console = make_console()
+    rows = result if isinstance(result, list) else [result]
+    t = Table(title="Reputation (Beta prior 1:9, 7-day half-life)")
+    for col in ("peer", "reputation", "credibility", "good", "bad", "checks ok", "checks failed"):
+        t.add_column(col, justify="left" if col == "peer" else "right")
+    for r in rows:
+        t.add_row(
+            views.short_id(r["peer_id"]),
+            f"{r['reputation']:.3f}",
+            f"{r['credibility']:.4f}",
+            f"{r['good']:.1f}",
+            f"{r['bad']:.1f}",
+            f"{r['checks_passed']:.1f}",
+            f"{r['checks_failed']:.1f}",
+        )
+    console.print(t)
+    if not isinstance(result, list):
+        for item in result["evidence"][-20:]:
+            when = time.strftime("%H:%M:%S", time.gmtime(item["at"]))
+            console.print(
+                Text(
+                    f"  {when}  {item['kind']:<10} weight {item['weight']:<6} "
+                    f"job {item['job'][:12]}  from {item['source'][-8:]}"
+                )
+            )
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "reputation": cmd_reputation,
     "up": cmd_up,
     "id": cmd_id,
     "peers": cmd_peers,

@@ -29,14 +29,31 @@ MAX_BIN_BYTES = 32 * 1024
 def _canonical(value: Any, depth: int = 0) -> Any:
     if depth > MAX_DEPTH:
         raise DecodeError(f"nesting deeper than {MAX_DEPTH}")
+    # The same limits as ``decode``: whatever we send, every peer can read back.
     if isinstance(value, dict):
+        if len(value) > MAX_CONTAINER_LEN:
+            raise DecodeError(f"map longer than {MAX_CONTAINER_LEN}")
         for key in value:
             if not isinstance(key, str):
                 raise DecodeError("map keys must be text")
         return {k: _canonical(value[k], depth + 1) for k in sorted(value, key=_key_bytes)}
     if isinstance(value, list | tuple):
+        if len(value) > MAX_CONTAINER_LEN:
+            raise DecodeError(f"list longer than {MAX_CONTAINER_LEN}")
         return [_canonical(v, depth + 1) for v in value]
-    if isinstance(value, bool) or value is None or isinstance(value, int | str | bytes):
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**64:
+            raise DecodeError("integer out of the 64-bit range")
+        return value
+    if isinstance(value, str):
+        if len(value.encode("utf-8", "surrogatepass")) > MAX_STR_BYTES:
+            raise DecodeError(f"text longer than {MAX_STR_BYTES} bytes")
+        return value
+    if isinstance(value, bytes):
+        if len(value) > MAX_BIN_BYTES:
+            raise DecodeError(f"bytes longer than {MAX_BIN_BYTES}")
         return value
     raise DecodeError(f"type {type(value).__name__} has no canonical encoding")
 
@@ -47,7 +64,10 @@ def _key_bytes(key: str) -> bytes:
 
 def encode(value: Any, *, max_bytes: int = MAX_MESSAGE_BYTES) -> bytes:
     """Encode ``value`` canonically. Raises ``DecodeError`` for values outside the canonical set."""
-    data: bytes = msgpack.packb(_canonical(value), use_bin_type=True)
+    try:
+        data: bytes = msgpack.packb(_canonical(value), use_bin_type=True)
+    except (OverflowError, ValueError, TypeError, UnicodeEncodeError) as exc:
+        raise DecodeError(f"cannot encode: {type(exc).__name__}") from None
     if len(data) > max_bytes:
         raise DecodeError(f"encoded value is {len(data)} bytes, limit {max_bytes}")
     return data

@@ -98,4 +98,13 @@ class FetchOutputs:
     log_size: int
 
 
-JobEffect = SendMessage | FetchInputs | RunContainer | StopContainer | FetchOutputs
+@dataclass(frozen=True, slots=True)
+class CompareOutputs:
+    """Compare fetched outputs by the job's rule; answer with ``OutputsCompared``."""
+
+    job_id: str
+    outputs: tuple[tuple[str, str], ...]  # (worker, output digest)
+    rule: Any  # jobspec.ValidationRule
+
+
+JobEffect = SendMessage | FetchInputs | RunContainer | StopContainer | FetchOutputs | CompareOutputs

@@ -46,7 +46,7 @@ def open_envelope(
     type_, version, pk, body, sig = (value[k] for k in ("t", "v", "pk", "body", "sig"))
     if type_ != expected_type or type_ not in PURPOSES:
         raise ValidationError(f"expected a {expected_type!r} envelope, got {type_!r}")
-    if version != ENVELOPE_VERSION:
+    if type(version) is not int or version != ENVELOPE_VERSION:
         raise ValidationError(f"unsupported envelope version {version!r}")
     if not isinstance(pk, bytes) or len(pk) != 32:
         raise ValidationError("pk must be 32 bytes")

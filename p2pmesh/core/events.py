@@ -128,6 +128,13 @@ class OutputsFetched:
     error: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class OutputsCompared:
+    job_id: str
+    workers: tuple[str, ...]
+    groups: tuple[tuple[str, ...], ...]
+
+
 JobEvent = (
     JobSubmitted
     | MessageReceived
@@ -137,4 +144,5 @@ JobEvent = (
     | InputsFetched
     | ContainerFinished
     | OutputsFetched
+    | OutputsCompared
 )

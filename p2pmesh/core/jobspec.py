@@ -94,8 +94,9 @@ MAX_LABEL_VALUE_CHARS = 256
 MAX_GLOBS = 32
 MAX_GLOB_CHARS = 255
 MAX_TOLERANCE_CHARS = 32
-# The wire job rides inside a signed offer that must fit codec.MAX_MESSAGE_BYTES (64 KiB) with
-# its envelope; 48 KiB leaves room for signature, ids and timestamps.
+# The wire job rides inside a signed offer (core/auction/messages.py) that must fit
+# codec.MAX_MESSAGE_BYTES (64 KiB); 48 KiB leaves 16 KiB for the envelope, ids, the requester's
+# addresses (≤ 16 × 256 B) and the exclude list (≤ 64 × 64 B), about 9 KiB at most.
 MAX_WIRE_BYTES = 48 * 1024
 MAX_PROBLEMS = 100  # a report longer than this only buries the first mistake
 
@@ -216,7 +217,8 @@ class ValidationRule:
 class JobSpec:
     """A checked job. ``inputs`` maps a name under ``/in`` to where its bytes come from: the
     path written in the job file (relative to its folder) or, for a job received from a peer,
-    the content digest. Compare specs with ``==``; identify jobs with ``job_digest``."""
+    the content digest. Compare specs with ``==``; identify jobs on the mesh with
+    ``job_digest``."""
 
     schema_version: int = SCHEMA_VERSION
     name: str
@@ -242,6 +244,11 @@ class JobSpec:
         if self.deadline_s == 0:
             object.__setattr__(self, "deadline_s", default_deadline_s(self.timeout_s))
 
+    def __hash__(self) -> int:
+        # The generated hash would choke on the read-only mappings; these fields are enough
+        # to spread specs and agree with ==.
+        return hash((self.name, self.image, self.command, self.max_price))
+
 
 @dataclass(frozen=True, slots=True)
 class InputRef:
@@ -264,6 +271,9 @@ class WireJob:
         object.__setattr__(
             self, "input_refs", MappingProxyType(dict(sorted(self.input_refs.items())))
         )
+
+    def __hash__(self) -> int:
+        return hash(self.spec)
 
     @property
     def digest(self) -> str:

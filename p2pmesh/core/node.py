@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from p2pmesh.core import capability, reputation
-from p2pmesh.core.auction.messages import parse_offer
+from p2pmesh.core.auction.messages import parse_offer, parse_verdict
 from p2pmesh.core.auction.provider import Provider
 from p2pmesh.core.auction.requester import Requester
 from p2pmesh.core.capability import Capabilities, CapabilityRecord
@@ -33,6 +33,7 @@ from p2pmesh.core.events import (
     JobSubmitted,
     MessageDelivered,
     MessageReceived,
+    OutputsCompared,
     OutputsFetched,
     PeerConnected,
     PeerDisconnected,
@@ -97,6 +98,7 @@ class Node:
         *,
         last_seq: int = 0,
         started_at: float = 0.0,
+        rng: Any = None,
     ) -> None:
         config.validate()
         self.config = config
@@ -104,7 +106,7 @@ class Node:
         self.peer_id = signer.peer_id
         self.caps = caps
         self.peers = PeerTable(self.peer_id)
-        self.evidence: dict[str, reputation.Evidence] = {}
+        self.book = reputation.ReputationBook(self.peer_id)
         self.own: CapabilityRecord | None = None
         self.started_at = started_at
         self._last_seq = last_seq
@@ -114,7 +116,9 @@ class Node:
         self._boot_next = 0.0
         self._boot_backoff = config.bootstrap_backoff_min_s
         self.stats = _Stats()
-        self.requester = Requester(signer, lambda pid: self.reputation_of(pid, self._now))
+        self.requester = Requester(
+            signer, lambda pid: self.reputation_of(pid, self._now), book=self.book, rng=rng
+        )
         self.provider = Provider(signer, allow_network=config.allow_network)
         self._now = started_at
 
@@ -132,6 +136,10 @@ class Node:
             return self.provider.on_inputs_fetched(event.job_id, event.ok, event.error, int(now))
         if isinstance(event, ContainerFinished):
             return self.provider.on_container_finished(event, int(now))
+        if isinstance(event, OutputsCompared):
+            return self.requester.on_outputs_compared(
+                event.job_id, event.workers, [list(g) for g in event.groups], int(now)
+            )
         if isinstance(event, OutputsFetched):
             return self.requester.on_outputs_fetched(
                 event.job_id, event.worker, event.ok, event.error, int(now)
@@ -188,7 +196,40 @@ class Node:
             return self.requester.on_result(data, peer, now)
         if kind == "cancel":
             return self.provider.on_cancel(data, peer, now)
+        if kind == "verdict":
+            return self._verdict(data, now)
         return [Log("debug", "unknown message kind", {"kind": kind[:32], "from": peer})]
+
+    def _verdict(self, data: bytes, now: int) -> list[Effect]:
+        """A verdict signed by another requester: evidence weighted by our trust in its author.
+
+        Only authors we already trust above the prior count at all, so a swarm of fresh
+        identities vouching for each other adds nothing.
+        """
+        try:
+            v = parse_verdict(data)
+        except (DecodeError, ValidationError) as exc:
+            return [Log("debug", "verdict refused", {"reason": str(exc)})]
+        if v.requester == self.peer_id:
+            return []
+        prior = reputation.PRIOR_GOOD / (reputation.PRIOR_GOOD + reputation.PRIOR_BAD)
+        weight = max(0.0, (self.book.score(v.requester, now) - prior) / (1 - prior))
+        if weight <= 0 or v.outcome == "inconclusive":
+            return []
+        for w in v.agreeing:
+            self.book.record(w, "agreed", now, weight=weight, job_id=v.job_id, source=v.requester)
+        for w in v.dissenting:
+            self.book.record(
+                w, "dissented", now, weight=weight, job_id=v.job_id, source=v.requester
+            )
+        return []
+
+    def check_verdict(self, data: bytes, now: float) -> bool:
+        try:
+            v = parse_verdict(data)
+        except (DecodeError, ValidationError):
+            return False
+        return v.at <= now + capability.MAX_CLOCK_SKEW_S
 
     def check_offer(self, data: bytes, now: float) -> bool:
         """Offers-topic validator: signed, well-formed, within its deadline."""
@@ -209,6 +250,9 @@ class Node:
     # -- handlers --------------------------------------------------------------------------
     def _tick(self, now: float) -> list[Effect]:
         out: list[Effect] = []
+        if len(self._dialled) > 1024:
+            cutoff = now - self.config.redial_after_s
+            self._dialled = {p: t for p, t in self._dialled.items() if t >= cutoff}
         for pid in self.peers.expire(now):
             out.append(Log("info", "peer aged out", {"peer": pid}))
             out.append(Persist("peers", pid, None))
@@ -224,10 +268,20 @@ class Node:
         # Millisecond clock as a floor keeps sequence numbers rising across restarts even if the
         # stored counter was lost; +1 keeps them rising within one millisecond.
         seq = max(self._last_seq + 1, int(now * 1000))
+        try:
+            own = capability.build_record(
+                self.signer, self.caps, seq=seq, now=int(now), ttl_s=self.config.record_ttl_s
+            )
+        except (DecodeError, ValidationError) as exc:
+            # Our own profile breaks the record limits (say, 20 GPUs): keep running without a
+            # fresh record rather than crash, and say why once per attempt.
+            self._dirty = False
+            self._last_publish = now
+            return [
+                Log("error", "own capability record refused by the limits", {"reason": str(exc)})
+            ]
         self._last_seq = seq
-        self.own = capability.build_record(
-            self.signer, self.caps, seq=seq, now=int(now), ttl_s=self.config.record_ttl_s
-        )
+        self.own = own
         self._dirty = False
         self._last_publish = now
         self.stats.published += 1
@@ -269,6 +323,11 @@ class Node:
                 )
             ]
         if rec.peer_id == self.peer_id:
+            if rec.seq > self._last_seq:
+                # An older run of ours published higher (the clock went back and the stored
+                # counter was lost): climb above it, or peers would refuse us as stale.
+                self._last_seq = rec.seq
+                self._dirty = True
             return []
         self.stats.records_accepted += 1
         out: list[Effect] = [Persist("peers", rec.peer_id, rec.raw)]
@@ -306,13 +365,13 @@ class Node:
 
     # -- read-only views -------------------------------------------------------------------
     def records(self) -> list[bytes]:
-        out = [e.record.raw for e in self.peers.entries()]
-        if self.own is not None:
-            out.append(self.own.raw)
+        # Our own first: peer exchange sends a bounded prefix of this list.
+        out = [self.own.raw] if self.own is not None else []
+        out += [e.record.raw for e in self.peers.entries()]
         return out
 
     def reputation_of(self, peer_id: str, now: float) -> float:
-        return reputation.score(self.evidence.get(peer_id), now)
+        return self.book.score(peer_id, now)
 
     def peers_json(self, now: float) -> list[dict[str, Any]]:
         out = []

@@ -20,12 +20,20 @@ import trio
 from p2pmesh import packing
 from p2pmesh.adapters.docker.executor import ContainerSpec, DockerExecutor
 from p2pmesh.adapters.libp2p.net import JobWire, MeshNet
-from p2pmesh.core.effects import FetchInputs, FetchOutputs, RunContainer, SendMessage, StopContainer
+from p2pmesh.core.effects import (
+    CompareOutputs,
+    FetchInputs,
+    FetchOutputs,
+    RunContainer,
+    SendMessage,
+    StopContainer,
+)
 from p2pmesh.core.events import (
     ContainerFinished,
     InputsFetched,
     JobSubmitted,
     MessageDelivered,
+    OutputsCompared,
     OutputsFetched,
     SendFailed,
 )
@@ -43,7 +51,17 @@ SEND_RETRIES = 3
 
 
 class JobRunner:
-    def __init__(self, home: Path, net: MeshNet, node: Any, log: Any, short_id: str) -> None:
+    def __init__(
+        self,
+        home: Path,
+        net: MeshNet,
+        node: Any,
+        log: Any,
+        short_id: str,
+        *,
+        fault: str | None = None,
+    ) -> None:
+        self.fault = fault
         self.home = home
         self.net = net
         self.node = node
@@ -225,6 +243,8 @@ class JobRunner:
         log_truncated: bool,
     ) -> None:
         def pack() -> tuple[str, int, str, int]:
+            if self.fault == "wrong-result" and out_dir.exists():
+                falsify_outputs(out_dir)
             try:
                 data = packing.pack_dir(out_dir, max_bytes=1 << 34) if out_dir.exists() else b""
             except PackingError as exc:
@@ -286,6 +306,22 @@ class JobRunner:
             return
         self.net.emit(OutputsFetched(eff.job_id, eff.worker, True))
 
+    async def compare_outputs(self, eff: CompareOutputs) -> None:
+        def run() -> list[list[str]]:
+            from p2pmesh.core.validation.compare import group_results
+
+            outputs = {w: self.blobs.path(d).read_bytes() for w, d in eff.outputs}
+            return group_results(outputs, eff.rule)
+
+        workers = tuple(sorted(w for w, _ in eff.outputs))
+        try:
+            groups = await trio.to_thread.run_sync(run)
+        except OSError as exc:
+            # A blob vanished under us: every replica stands alone, so the job adds replicas.
+            self.log("error", "output comparison failed", job=eff.job_id, error=str(exc))
+            groups = [[w] for w in workers]
+        self.net.emit(OutputsCompared(eff.job_id, workers, tuple(tuple(g) for g in groups)))
+
     # -- export to the user's folder (control socket) ------------------------------------------
     def export(self, job_id: str, dest: str) -> dict[str, Any]:
         j = self.node.requester.jobs.get(job_id)
@@ -325,3 +361,20 @@ class JobRunner:
             if rep.result and self.blobs.has(rep.result.log_digest):
                 return self.blobs.path(rep.result.log_digest).read_text(errors="replace")
         return None
+
+
+def falsify_outputs(out_dir: Path) -> None:
+    """FAULT wrong-result: a plausible wrong answer. Every digit in every output file is shifted
+    by one (a count of 58 becomes 69, 3.14 becomes 4.25), so the files still parse."""
+    table = bytes.maketrans(b"0123456789", b"1234567890")
+    for p in sorted(out_dir.rglob("*")):
+        if p.is_file() and not p.is_symlink():
+            data = p.read_bytes()
+            if p.suffix == ".npy" and len(data) > 128:
+                header_end = data.index(b"\n") + 1 if b"\n" in data else 128
+                body = bytearray(data[header_end:])
+                for i in range(0, len(body), 8):
+                    body[i] ^= 0x01
+                p.write_bytes(data[:header_end] + bytes(body))
+            else:
+                p.write_bytes(data.translate(table))

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import os
+import random
 import signal
 import sys
 import time
@@ -29,10 +30,11 @@ from p2pmesh.adapters.sqlite.store import Store, TrioStore
 from p2pmesh.bootstrap.peers import shipped_bootstrap
 from p2pmesh.core.auction import provider as provider_mod
 from p2pmesh.core.auction import requester as requester_mod
-from p2pmesh.core.auction.messages import TOPIC_OFFERS
+from p2pmesh.core.auction.messages import TOPIC_OFFERS, TOPIC_VERDICTS
 from p2pmesh.core.capability import Capabilities, Gpu
 from p2pmesh.core.crypto import Ed25519Signer
 from p2pmesh.core.effects import (
+    CompareOutputs,
     DhtGet,
     DhtPut,
     Dial,
@@ -127,6 +129,7 @@ class Daemon:
             caps_from_profile(self.profile, [], settings),
             last_seq=int(self.store.get_meta("record_seq", 0)),
             started_at=self.started_at,
+            rng=random.SystemRandom(),
         )
         self.events_send, self.events_recv = trio.open_memory_channel[Any](4096)
         self.persist_send, self.persist_recv = trio.open_memory_channel[Persist](4096)
@@ -142,9 +145,43 @@ class Daemon:
         self.jobs: JobRunner | None = None
 
     # -- effects -------------------------------------------------------------------------------
+    def _faulty(self, eff: Effect) -> bool:
+        """Deliberate misbehaviour (P2PMESH_FAULT): True when the effect is swallowed."""
+        fault = self.settings.fault
+        if fault == "no-show" and (
+            isinstance(eff, FetchInputs)
+            or (isinstance(eff, SendMessage) and eff.kind in ("status", "result"))
+        ):
+            self.log("warning", "FAULT no-show: swallowing", effect=type(eff).__name__)
+            return True
+        if fault == "slow" and isinstance(eff, SendMessage) and eff.kind == "result":
+            assert self.nursery is not None and self.jobs is not None
+            delay = float(os.environ.get("P2PMESH_FAULT_SLOW_S", "200"))
+            self.log("warning", "FAULT slow: delaying result", seconds=delay)
+
+            async def later() -> None:
+                await trio.sleep(delay)
+                assert self.jobs is not None
+                await self.jobs.send_message(eff)
+
+            self.nursery.start_soon(later)
+            return True
+        if fault == "crash-mid-job" and isinstance(eff, RunContainer):
+            assert self.nursery is not None
+
+            async def crash() -> None:
+                await trio.sleep(1.0)
+                self.log("error", "FAULT crash-mid-job: exiting now")
+                os._exit(70)
+
+            self.nursery.start_soon(crash)
+        return False
+
     def dispatch(self, effects: list[Effect]) -> None:
         assert self.nursery is not None
         for eff in effects:
+            if self.settings.fault and self._faulty(eff):
+                continue
             if isinstance(eff, Log):
                 self.log(eff.level, eff.msg, **eff.fields)
             elif isinstance(eff, Persist):
@@ -179,6 +216,9 @@ class Daemon:
             elif isinstance(eff, FetchOutputs):
                 assert self.jobs is not None
                 self.nursery.start_soon(self.jobs.fetch_outputs, eff)
+            elif isinstance(eff, CompareOutputs):
+                assert self.jobs is not None
+                self.nursery.start_soon(self.jobs.compare_outputs, eff)
             else:
                 self.log("error", "unknown effect", effect=repr(eff))
 
@@ -332,7 +372,27 @@ class Daemon:
                 raise ValueError(f"no job {job_id!r} requested from this node")
             return {"job_id": job_id, "state": j.state, "log": self.jobs.logs(job_id)}
 
+        async def reputation(args: dict[str, Any]) -> Any:
+            now = time.time()
+            peer = args.get("peer_id")
+            book = self.node.book
+            if peer:
+                matches = [
+                    p
+                    for p in {
+                        *book.evidence,
+                        *(e.record.peer_id for e in self.node.peers.entries()),
+                    }
+                    if p.endswith(str(peer).lstrip("…")) or p == peer
+                ]
+                if len(matches) != 1:
+                    raise ValueError(f"no single peer matches {peer!r}")
+                return book.explain(matches[0], now)
+            known = {*book.evidence, *(e.record.peer_id for e in self.node.peers.entries())}
+            return sorted((book.explain(p, now) for p in known), key=lambda d: -d["reputation"])
+
         return {
+            "reputation": reputation,
             "id": id_,
             "peers": peers,
             "status": status,
@@ -363,10 +423,25 @@ class Daemon:
                 for raw in await self.tstore.call(self.store.peer_records):
                     self.net.emit(RecordReceived(raw, "store"))
                 self.jobs = JobRunner(
-                    self.home, self.net, self.node, self.log, self.node.peer_id[-8:]
+                    self.home,
+                    self.net,
+                    self.node,
+                    self.log,
+                    self.node.peer_id[-8:],
+                    fault=self.settings.fault,
                 )
+                if self.settings.fault:
+                    for _ in range(3):
+                        self.log(
+                            "warning",
+                            f"FAULT INJECTION ACTIVE: {self.settings.fault} "
+                            "(P2PMESH_ALLOW_FAULTS=1); this node misbehaves on purpose",
+                        )
                 self.net.add_topic_validator(
                     TOPIC_OFFERS, lambda data: self.node.check_offer(data, time.time())
+                )
+                self.net.add_topic_validator(
+                    TOPIC_VERDICTS, lambda data: self.node.check_verdict(data, time.time())
                 )
                 resumed = await self._restore_jobs()
                 caps = caps_from_profile(self.profile, self.net.listen_addrs(), self.settings)
@@ -393,6 +468,11 @@ class Daemon:
                         self.net.subscribe_loop,
                         TOPIC_OFFERS,
                         lambda data, sender: MessageReceived("offer", data, sender),
+                    )
+                    nursery.start_soon(
+                        self.net.subscribe_loop,
+                        TOPIC_VERDICTS,
+                        lambda data, sender: MessageReceived("verdict", data, sender),
                     )
                     nursery.start_soon(serve_control, listener, self.handlers(), self.log)
                     self.dispatch(resumed)

@@ -15,6 +15,7 @@ Config keys (all optional) mirror the flags of ``p2pmesh up``::
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ class Settings:
     record_ttl_s: int = 300
     use_shipped_bootstrap: bool = True
     tui: bool = True
+    fault: str | None = None  # deliberate misbehaviour for tests and demos (see below)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -74,6 +76,24 @@ def read_config(home: Path) -> dict[str, Any]:
     return data
 
 
+FAULTS = ("wrong-result", "no-show", "slow", "crash-mid-job", "fork-ledger")
+
+
+def read_fault(env: dict[str, str]) -> str | None:
+    """``P2PMESH_FAULT`` is honoured only together with ``P2PMESH_ALLOW_FAULTS=1``."""
+    fault = env.get("P2PMESH_FAULT")
+    if not fault:
+        return None
+    if env.get("P2PMESH_ALLOW_FAULTS") != "1":
+        raise ConfigError(
+            "P2PMESH_FAULT is set but P2PMESH_ALLOW_FAULTS=1 is not: refusing to start",
+            hint="faults are for tests and demos only",
+        )
+    if fault not in FAULTS:
+        raise ConfigError(f"P2PMESH_FAULT={fault!r}: must be one of {', '.join(FAULTS)}")
+    return fault
+
+
 def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
     """``flags`` holds only what was given on the command line (None/empty = not given)."""
     cfg = read_config(home)
@@ -97,6 +117,7 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
         use_shipped_bootstrap=bool(cfg.get("use_shipped_bootstrap", True))
         and not flags.get("no_shipped_bootstrap", False),
         tui=not flags.get("no_tui", False),
+        fault=read_fault(dict(os.environ)),
     )
     if s.price < 0:
         raise ConfigError("price must be >= 0")
@@ -104,6 +125,8 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
         raise ConfigError("max_jobs must be >= 0")
     if not 10 <= s.record_ttl_s <= 3600:
         raise ConfigError("record_ttl_s must be in [10, 3600]")
+    if len(s.allow_images) > 64 or any(not 0 < len(g) <= 256 for g in s.allow_images):
+        raise ConfigError("allow_image: at most 64 patterns of 1..256 characters")
     for a in (*s.listen, *s.bootstrap):
         if not a.startswith("/"):
             raise ConfigError(f"not a multiaddr: {a!r}")

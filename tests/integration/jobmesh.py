@@ -80,10 +80,21 @@ def docker_missing(images: Sequence[str] = (BUSYBOX, PYTHON)) -> str | None:
     return None
 
 
-def containers(client: Any, **labels: str) -> list[Any]:
-    """Containers (running or not) carrying every given label, e.g. ``job=ID`` or ``node=X``."""
+@dataclass(frozen=True)
+class Container:
+    id: str
+    name: str
+    status: str  # created | running | exited | ...
+
+
+def containers(client: Any, **labels: str) -> list[Container]:
+    """Containers (running or not) carrying every given label, e.g. ``job=ID`` or ``node=X``.
+
+    One list call (no per-container inspect), so a container removed meanwhile is no error.
+    """
     filters = [f"p2pmesh.{k}={v}" for k, v in labels.items()]
-    return list(client.containers.list(all=True, filters={"label": filters}))
+    rows = client.api.containers(all=True, filters={"label": filters})
+    return [Container(r["Id"], r["Names"][0].lstrip("/"), r["State"]) for r in rows]
 
 
 def short_id(node: MeshNode) -> str:
@@ -92,15 +103,22 @@ def short_id(node: MeshNode) -> str:
 
 
 def remove_leftovers(client: Any, nodes: Iterable[MeshNode]) -> list[str]:
-    """Force-remove containers labelled as belonging to ``nodes``; return their names."""
+    """Force-remove containers labelled as belonging to ``nodes``, and unmount the /out tmpfs
+    a daemon stopped mid-job leaves under its home; return what had to be removed."""
     removed: list[str] = []
     for node in nodes:
-        if not node.info:
-            continue
-        for c in containers(client, node=short_id(node)):
-            with contextlib.suppress(Exception):
-                c.remove(force=True)
-                removed.append(c.name)
+        if node.info:
+            for c in containers(client, node=short_id(node)):
+                with contextlib.suppress(Exception):
+                    client.api.remove_container(c.id, force=True)
+                    removed.append(c.name)
+        home = f"{node.home.resolve()}/"
+        with open("/proc/self/mounts", encoding="utf-8") as f:
+            points = [line.split()[1] for line in f]
+        for point in points:
+            if point.startswith(home) and "/.p2pmesh-out-" in point:
+                subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+                removed.append(point)
     return removed
 
 
@@ -111,11 +129,12 @@ def job_doc(**changes: Any) -> dict[str, Any]:
     return doc
 
 
-def write_job(folder: Path, name: str = "job.json", doc: dict[str, Any] | None = None,
-              **changes: Any) -> Path:
-    """Write ``BASE_JOB`` with ``changes`` (or ``doc`` as given) to ``folder/name``."""
+def write_job(
+    folder: Path, file_name: str = "job.json", doc: dict[str, Any] | None = None, **changes: Any
+) -> Path:
+    """Write ``BASE_JOB`` with ``changes`` (or ``doc`` as given) to ``folder/file_name``."""
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
+    path = folder / file_name
     path.write_text(json.dumps(doc if doc is not None else job_doc(**changes), indent=2))
     return path
 
@@ -158,8 +177,9 @@ def offer(
     return Offered(res.returncode, doc, res.stdout, res.stderr, took)
 
 
-def request(node: MeshNode, cmd: str, args: dict[str, Any] | None = None,
-            timeout: float = CLI_TIMEOUT_S) -> Any:
+def request(
+    node: MeshNode, cmd: str, args: dict[str, Any] | None = None, timeout: float = CLI_TIMEOUT_S
+) -> Any:
     """A control-socket request, as the CLI makes it, without starting a process."""
     from p2pmesh.cli import client
 
@@ -231,6 +251,7 @@ __all__ = [
     "BUSYBOX",
     "FINAL",
     "PYTHON",
+    "Container",
     "Offered",
     "containers",
     "docker_client",

@@ -201,31 +201,37 @@ class MeshNode:
         _LIVE[self.proc.pid] = self.proc
         self.started_at = time.monotonic()
 
-    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> dict[str, Any]:
-        """Wait for this spawn's ``node.json`` (its ``pid`` must match), and return it."""
+    def poll_ready(self) -> dict[str, Any] | None:
+        """This spawn's ``node.json`` if it is written yet (its ``pid`` must match), else None.
+
+        Raises ``AssertionError`` if the process has already exited.
+        """
         assert self.proc is not None, "not started"
-        proc = self.proc
+        if self.info:
+            return self.info
+        if self.proc.poll() is not None:
+            raise AssertionError(
+                f"{self.name} exited with code {self.proc.returncode} before listening\n"
+                + self.log_tail()
+            )
+        try:
+            doc = json.loads(self.node_json_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        if doc.get("pid") != self.proc.pid or not doc.get("addrs"):
+            return None
+        self.info = doc
+        self.ready_at = time.monotonic()
+        return doc
 
-        def ready() -> dict[str, Any] | None:
-            if proc.poll() is not None:
-                raise AssertionError(
-                    f"{self.name} exited with code {proc.returncode} before listening\n"
-                    + self.log_tail()
-                )
-            try:
-                doc = json.loads(self.node_json_path.read_text())
-            except (FileNotFoundError, json.JSONDecodeError):
-                return None
-            return doc if doc.get("pid") == proc.pid and doc.get("addrs") else None
-
-        self.info = wait_until(
-            ready,
+    def wait_ready(self, timeout: float = START_TIMEOUT_S) -> dict[str, Any]:
+        """Wait for this spawn's ``node.json`` and return it."""
+        return wait_until(
+            self.poll_ready,
             timeout,
             interval=0.05,
             message=lambda: f"{self.name} wrote no node.json\n{self.log_tail()}",
         )
-        self.ready_at = time.monotonic()
-        return self.info
 
     def start(self, timeout: float = START_TIMEOUT_S) -> MeshNode:
         self.spawn()
@@ -373,7 +379,8 @@ class Mesh:
     def bootstrap_node(self) -> MeshNode:
         return self.nodes[0]
 
-    def start(self) -> Mesh:
+    def spawn_all(self) -> Mesh:
+        """Start the bootstrap node and wait for it; then spawn the others, without waiting."""
         try:
             first = self._make(0, ())
             self.nodes.append(first)
@@ -382,7 +389,16 @@ class Mesh:
             self.nodes.extend(rest)
             for node in rest:
                 node.spawn()
-            for node in rest:
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def start(self) -> Mesh:
+        """``spawn_all`` and wait until every node listens."""
+        self.spawn_all()
+        try:
+            for node in self.nodes:
                 node.wait_ready(self.start_timeout)
         except BaseException:
             self.close()

@@ -97,8 +97,13 @@ def run_job(engine: docker.DockerClient, tmp_path: Path) -> Iterator[Callable[..
     yield run
     leftovers = engine.containers.list(all=True, filters={"label": TEST_LABEL})
     assert [c.name for c in leftovers if c.name in names] == []
+    assert host_mounts_under(tmp_path) == []
+
+
+def host_mounts_under(root: Path) -> list[str]:
+    # Other test runs may share this machine, so look only below our own folder.
     with open("/proc/self/mounts", encoding="utf-8") as mounts:
-        assert ".p2pmesh-out-" not in mounts.read()
+        return [line.split()[1] for line in mounts if line.split()[1].startswith(str(root))]
 
 
 @pytest.mark.docker
@@ -221,6 +226,20 @@ def test_watchdog_mode_caps_out(engine: docker.DockerClient, run_job: Callable[.
     assert ok.outcome.status == "exited"
     assert (ok.out_dir / "f").read_text() == "fine\n"
     assert ok.out_dir.stat().st_mode & 0o777 == 0o755  # writable only while the job ran
+
+
+@pytest.mark.docker
+def test_no_host_mount_while_the_job_runs(run_job: Callable[..., Ran], tmp_path: Path) -> None:
+    seen: list[list[str]] = []
+
+    def look() -> bool:
+        seen.append(host_mounts_under(tmp_path))
+        return len(seen) >= 3
+
+    ran = run_job(["sh", "-c", "echo kept > /out/f; sleep 100"], should_stop=look)
+    assert ran.outcome.status == "killed"
+    assert seen == [[], [], []]  # detached from the host once the container ran
+    assert (ran.out_dir / "f").read_text() == "kept\n"
 
 
 @pytest.mark.docker

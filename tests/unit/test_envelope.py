@@ -80,10 +80,8 @@ def test_wrong_version_refused(version: Any) -> None:
         open_envelope(raw, "bid")
 
 
-# Known bug (reported to the lead): ``True == 1`` in Python, so a signer's ``"v": true`` passes
-# the version check. Not forgeable by a third party, but a second spelling of version 1.
-@pytest.mark.xfail(strict=True, reason="core bug: boolean accepted as envelope version 1")
 def test_boolean_version_refused() -> None:
+    # Regression: ``True == 1`` in Python, so a signer's ``"v": true`` once passed as version 1.
     with pytest.raises(ValidationError, match="version"):
         open_envelope(_hand_sealed(_fields(v=True)), "bid")
 

@@ -26,6 +26,7 @@ from p2pmesh.core.jobspec import (
     job_to_document,
     job_to_wire,
     parse_job,
+    read_job_json,
 )
 from p2pmesh.errors import DecodeError, JobSpecError, ValidationError
 
@@ -124,8 +125,11 @@ def test_fractional_units_round_up_to_what_was_asked() -> None:
     assert (r.millicpus, r.ram_mib, r.disk_mib) == (1, 103, 308)
 
 
-def test_spec_is_immutable() -> None:
+def test_spec_is_immutable_and_hashable() -> None:
     spec = parse_job(valid_doc())
+    assert hash(spec) == hash(parse_job(valid_doc()))
+    wire_job = job_from_wire(job_to_wire(spec, {"text.txt": REF}))
+    assert {wire_job, wire_job} == {wire_job}
     with pytest.raises(AttributeError):
         spec.name = "other"  # type: ignore[misc]
     with pytest.raises(TypeError):
@@ -845,3 +849,27 @@ def test_decoded_bytes_never_break_job_from_wire(raw: bytes) -> None:
 def test_job_spec_error_is_a_validation_error() -> None:
     with pytest.raises(ValidationError):
         job_from_wire({})
+
+
+_json_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(10**20), 10**20),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.text(max_size=10),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=300)
+@given(_json_values, st.booleans(), st.sampled_from([None, 1, "\t"]))
+def test_strict_reader_agrees_with_the_stdlib(value: Any, ascii_only: bool, indent: Any) -> None:
+    text = json.dumps(value, ensure_ascii=ascii_only, indent=indent)
+    doc, duplicates = read_job_json(text)
+    assert doc == json.loads(text)
+    assert duplicates == []

@@ -461,15 +461,26 @@ def test_handle_never_raises_on_non_bytes(data: Any) -> None:
     assert n.stats.records_refused == 1 and [e.msg for e in _of(out, Log)] == ["record refused"]
 
 
-# Known bug (reported to the lead): a local profile that does not fit a record (here: allowed
-# images over MAX_RECORD_BYTES; likewise an empty GPU name) makes ``handle`` raise from
-# ``build_record``, which would end the daemon's owner task.
-@pytest.mark.xfail(strict=True, reason="core bug: handle raises on an unfit local profile")
-def test_handle_never_raises_on_unfit_local_profile() -> None:
+def test_unfit_local_profile_is_logged_not_raised() -> None:
+    # Regression: a local profile that does not fit a record (allowed images over
+    # MAX_RECORD_BYTES, an empty GPU name) made ``handle`` raise from ``build_record``, which
+    # would have ended the daemon's owner task.
     n = _node(0)
     n.handle(Ticked(), T0)
+    good = n.own
     images = tuple(f"registry.example/{'x' * 200}/{i}" for i in range(40))
-    n.handle(ProfileChanged(_caps(4000, allow_images=images)), T0 + 10)
+    for i, caps in enumerate(
+        [_caps(4000, allow_images=images), _caps(4000, gpus=(Gpu("", 1, "", ""),))], 1
+    ):
+        out = n.handle(ProfileChanged(caps), T0 + 10 * i)
+        assert _of(out, Publish) == [] and _of(out, DhtPut) == []
+        assert [e.level for e in _of(out, Log)] == ["error"]
+        assert n.own is good  # the last good record stays in use
+    # A fitting profile publishes again, with a sequence number above the last good one.
+    out = n.handle(ProfileChanged(_caps(4000, price=7)), T0 + 100)
+    [pub] = _of(out, Publish)
+    assert good is not None and n.own is not None and n.own.seq > good.seq
+    assert codec.decode(pub.data)["body"]["price"] == 7
 
 
 # -- config and helpers ---------------------------------------------------------------------------

@@ -24,6 +24,7 @@ OUT_MAX_ENTRIES = 100_000
 class OutGuard(Protocol):
     source: Path  # host path bound as /out
 
+    def started(self) -> None: ...  # the container is running: its mounts are in place
     def over_cap(self) -> bool: ...  # polled while the job runs
     def finish(self) -> bool: ...  # after the container is gone; True if over the cap
     def close(self) -> None: ...
@@ -36,11 +37,17 @@ _STAGING_PREFIX = ".p2pmesh-out-"
 
 
 class TmpfsOut:
-    """Hard cap: a size-limited tmpfs, copied into out_dir after the job (see executor.py)."""
+    """Hard cap: a size-limited tmpfs, copied into out_dir after the job (see executor.py).
+
+    Once the container has started, its own bind mount holds the tmpfs, so the host mount is
+    lazily detached and only a directory descriptor is kept to read the files back. The tmpfs
+    then disappears by itself when both the container and this process are gone: a daemon
+    killed mid-job leaks no mount (``remove_stale`` removes the container).
+    """
 
     def __init__(self, out_dir: Path, name: str, cap: int, uid: int, gid: int) -> None:
         self._out_dir, self._cap = out_dir, cap
-        # Named after the container so remove_stale can find it after a crash.
+        # Named after the container, so remove_stale can find it if we die before the detach.
         self.source = out_dir.parent / f"{_STAGING_PREFIX}{name}"
         self._release(self.source)
         self.source.mkdir(mode=0o700)
@@ -51,21 +58,33 @@ class TmpfsOut:
             err = ctypes.get_errno()
             self.source.rmdir()
             raise OSError(err, os.strerror(err), str(self.source))
-        self._mounted = True
+        try:
+            self._fd = os.open(self.source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            self._release(self.source)
+            raise
+        # Paths through the descriptor keep working after the mount point is detached.
+        self._root = Path(f"/proc/self/fd/{self._fd}")
+
+    def started(self) -> None:
+        self._release(self.source)
 
     def over_cap(self) -> bool:
         return False  # the kernel enforces it
 
     def finish(self) -> bool:
-        fs = os.statvfs(self.source)
-        size, _ = usage(self.source, self._cap, OUT_MAX_ENTRIES)
+        fs = os.fstatvfs(self._fd)
+        size, _ = usage(self._root, self._cap, OUT_MAX_ENTRIES)
         over = fs.f_bavail == 0 or fs.f_favail == 0 or size > self._cap
         if not over:
-            copy_tree(self.source, self._out_dir)
+            copy_tree(self._root, self._out_dir)
         return over
 
     def close(self) -> None:
-        self._release(self.source)
+        try:
+            self._release(self.source)
+        finally:
+            os.close(self._fd)  # the last reference: the kernel frees the tmpfs
 
     @staticmethod
     def _release(path: Path) -> None:
@@ -79,12 +98,15 @@ class TmpfsOut:
 
     @classmethod
     def release_leftovers(cls, name: str) -> None:
+        """Detach the staging tmpfs of container ``name`` if a crash left it mounted."""
         suffix = f"/{_STAGING_PREFIX}{name}"
         with contextlib.suppress(OSError), open("/proc/self/mounts", encoding="utf-8") as mounts:
-            points = [line.split()[1] for line in mounts if line.split()[1].endswith(suffix)]
+            # /proc/mounts escapes blanks in paths as octal (\040).
+            points = [line.split()[1].replace("\\040", " ") for line in mounts]
         for point in points:
-            with contextlib.suppress(ExecutorError):
-                cls._release(Path(point))
+            if point.endswith(suffix):
+                with contextlib.suppress(ExecutorError):
+                    cls._release(Path(point))
 
 
 class WatchdogOut:
@@ -96,6 +118,9 @@ class WatchdogOut:
         self._tripped = False
         # The job's user is not us; only this one folder becomes writable for it.
         os.chmod(out_dir, 0o777)
+
+    def started(self) -> None:
+        pass
 
     def over_cap(self) -> bool:
         size, entries = usage(self.source, self._cap, OUT_MAX_ENTRIES)

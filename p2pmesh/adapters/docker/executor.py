@@ -27,13 +27,15 @@ second):
 * ``tmpfs`` (the executor runs as root): a tmpfs of ``out_max_bytes + OUT_SLACK_BYTES`` bytes and
   ``OUT_MAX_ENTRIES`` inodes is mounted on ``<out_dir's parent>/.p2pmesh-out-<name>`` and bound as
   /out. **Hard guarantee**: the kernel refuses writes past that size (ENOSPC), nothing touches
-  the disk, and nothing in ``out_dir`` is written by the job. After the container is removed (so
-  no job process can race us), the files are measured; if their sizes sum to more than
-  ``out_max_bytes``, or the tmpfs filled up, the status is ``out_too_large`` and nothing is
-  copied; otherwise regular files and directories (never links or special files) are copied
-  into ``out_dir`` and the tmpfs is unmounted. The slack absorbs tmpfs page rounding of small
-  files. Pages written to /out (and /tmp) are charged to the container's memory limit, so a job
-  with ``memory_bytes`` below its output size may end ``oom`` first.
+  the disk, and nothing in ``out_dir`` is written by the job. As soon as the container runs, the
+  host mount is lazily detached (the container's bind mount and our directory descriptor keep
+  the tmpfs alive), so no mount outlives both the container and this process, even after a
+  crash. After the container is removed (no job process can race us), the files are measured:
+  if their sizes sum to more than ``out_max_bytes``, or the tmpfs filled up, the status is
+  ``out_too_large`` and nothing is copied; otherwise regular files and directories (never
+  links or special files) are copied into ``out_dir``. The slack absorbs tmpfs page rounding of
+  small files. Pages written to /out (and /tmp) are charged to the container's memory limit,
+  so a job with ``memory_bytes`` below its output size may end ``oom`` first.
 * ``watchdog`` (no mount privilege): ``out_dir`` itself is bound as /out and made writable by
   everyone for the run (its mode is restored afterwards; nothing else changes). A scan every
   ``POLL_S`` kills the container once file sizes exceed ``out_max_bytes`` or entries exceed
@@ -272,9 +274,12 @@ class DockerExecutor:
         Raises:
             ExecutorError: the image is missing, the engine failed, or the folders are unusable.
         """
-        in_dir = _existing_dir(in_dir, "in_dir")
-        out_dir = _empty_dir(out_dir)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            in_dir = _existing_dir(in_dir, "in_dir")
+            out_dir = _empty_dir(out_dir)
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ExecutorError(f"cannot prepare the job folders: {exc}") from exc
         if not self.image_present(spec.image):
             raise ExecutorError(
                 f"image {spec.image} is not present on this node",
@@ -356,6 +361,7 @@ class DockerExecutor:
             raise ExecutorError(f"cannot start {spec.name}: {exc}") from exc
         except requests.RequestException as exc:
             raise ExecutorError(f"cannot start {spec.name}: {exc}") from exc
+        out.started()
         deadline = started + spec.timeout_s
         reason = ""
         killed_at = 0.0

@@ -130,7 +130,10 @@ class MeshNet:
             eclipse_protection_enabled=False,
         )
         self.pubsub = Pubsub(self.host, self.gossipsub)
-        self.dht = KadDHT(self.host, DHTMode.SERVER, protocol_prefix=DHT_PREFIX)
+        # strict: keys outside our namespaces are refused, so nobody can store junk with us.
+        self.dht = KadDHT(
+            self.host, DHTMode.SERVER, protocol_prefix=DHT_PREFIX, strict_validation=True
+        )
         self.dht.register_validator(capability.DHT_NAMESPACE, _CapabilityValidator())
         self.stats = NetStats()
         self._handlers: dict[str, Callable[[Any], Awaitable[None]]] = {}

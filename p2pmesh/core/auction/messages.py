@@ -18,7 +18,9 @@ from p2pmesh.core.jobspec import WireJob, job_from_wire, job_to_wire
 from p2pmesh.errors import JobSpecError, ValidationError
 
 TOPIC_OFFERS = "p2pmesh/offers/1"
-MAX_OFFER_BYTES = 48 * 1024
+# The job's wire form may take up to jobspec.MAX_WIRE_BYTES (48 KiB); the rest covers the
+# envelope, 16 addresses and 64 excluded peer IDs.
+MAX_OFFER_BYTES = 64 * 1024
 MAX_SMALL_BYTES = 4 * 1024
 _U63 = 2**63 - 1
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -428,4 +430,82 @@ def build_cancel(signer: Signer, *, job_id: str, reason: str, now: int) -> Cance
 def parse_cancel(raw: bytes) -> Cancel:
     o = open_envelope(raw, "cancel", max_bytes=MAX_SMALL_BYTES)
     schema.exact_keys(o.body, {"job_id", "reason", "at"})
+    schema.int_in(o.body, "at", 0, _U63)
     return Cancel(_job_id(o.body), o.signer, schema.text(o.body, "reason", 200), raw)
+
+
+# -- verdict (requester -> everyone, gossiped) -------------------------------------------------
+TOPIC_VERDICTS = "p2pmesh/verdicts/1"
+VERDICT_OUTCOMES = ("accepted", "failed", "inconclusive")
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    job_id: str
+    job_digest: str
+    requester: str
+    outcome: str
+    accepted_digest: str
+    agreeing: tuple[str, ...]
+    dissenting: tuple[str, ...]
+    at: int
+    raw: bytes
+
+
+def build_verdict(
+    signer: Signer,
+    *,
+    job_id: str,
+    job_digest: str,
+    outcome: str,
+    accepted_digest: str,
+    agreeing: list[str],
+    dissenting: list[str],
+    now: int,
+) -> Verdict:
+    body = {
+        "job_id": job_id,
+        "job_digest": job_digest,
+        "outcome": outcome,
+        "accepted_digest": accepted_digest,
+        "agreeing": sorted(agreeing),
+        "dissenting": sorted(dissenting),
+        "at": now,
+    }
+    return parse_verdict(seal(signer, "verdict", body))
+
+
+def parse_verdict(raw: bytes) -> Verdict:
+    o = open_envelope(raw, "verdict", max_bytes=MAX_SMALL_BYTES)
+    b = o.body
+    schema.exact_keys(
+        b, {"job_id", "job_digest", "outcome", "accepted_digest", "agreeing", "dissenting", "at"}
+    )
+    outcome = schema.text(b, "outcome", 16)
+    if outcome not in VERDICT_OUTCOMES:
+        raise ValidationError(f"outcome: must be one of {', '.join(VERDICT_OUTCOMES)}")
+    agreeing = schema.text_list(b, "agreeing", 16, 64)
+    dissenting = schema.text_list(b, "dissenting", 16, 64)
+    if set(agreeing) & set(dissenting):
+        raise ValidationError("a worker cannot both agree and dissent")
+    if o.signer in agreeing or o.signer in dissenting:
+        raise ValidationError("the requester cannot judge itself")
+    accepted = b.get("accepted_digest")
+    if outcome == "inconclusive":
+        if accepted != "":
+            raise ValidationError("accepted_digest: must be empty when inconclusive")
+    else:
+        accepted = _digest(b, "accepted_digest")
+        if len(agreeing) < 1:
+            raise ValidationError("agreeing: at least one worker")
+    return Verdict(
+        job_id=_job_id(b),
+        job_digest=_digest(b, "job_digest"),
+        requester=o.signer,
+        outcome=outcome,
+        accepted_digest=str(accepted),
+        agreeing=agreeing,
+        dissenting=dissenting,
+        at=schema.int_in(b, "at", 0, _U63),
+        raw=raw,
+    )

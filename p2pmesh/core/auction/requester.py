@@ -8,13 +8,21 @@ Theory of operation (PROTOCOL.md §7). States::
        ├─(deadline, never a bid) ─▶ no-bids
        any non-final ─(deadline) ─▶ timeout      any non-final ─(cancel) ─▶ cancelled
 
+Cross-validation (PROTOCOL.md §8). Results are grouped: successful ones by the job's
+``validation`` rule (exact: same canonical output digest; numeric: the driver compares the
+fetched outputs value by value and reports groups back), failed ones by (status, exit code).
+The largest group decides once it has at least two members (one for a credible worker running an
+``auto`` job alone) and is a strict majority of the replicas still in play. While no group can
+win, one more replica is added on a new peer, up to ``max_replicas`` (2k+1); then the job is
+``inconclusive``. Every decision is a signed ``verdict`` that is gossiped, and it is evidence for
+reputation: agreeing workers gain, dissenting ones lose, no-shows lose a little.
+
 A *replica* is one awarded worker. It is lost when it declines, when the award cannot be
 delivered, when it stays silent for ``SILENCE_S`` (workers send a status at least every
 ``HEARTBEAT_S``), or when it has not reported by ``timeout_s + GRACE_S`` after its award. A lost
 replica is replaced by the best unused bid of the current round, else by a new round of offers
 that excludes every peer already tried. The job needs ``k`` reported replicas; when all agree (same
 output digest, exit 0) the outputs are fetched by hash from one of them and the job is done.
-Disagreement is resolved by the cross-validation machine (trust issue); until then it fails.
 
 All times are integer unix seconds passed in by the driver.
 """
@@ -28,16 +36,25 @@ from p2pmesh.core import codec
 from p2pmesh.core.auction import messages as m
 from p2pmesh.core.auction.selection import choose_winners
 from p2pmesh.core.crypto import Signer
-from p2pmesh.core.effects import Effect, FetchOutputs, Log, Persist, Publish, SendMessage
+from p2pmesh.core.effects import (
+    CompareOutputs,
+    Effect,
+    FetchOutputs,
+    Log,
+    Persist,
+    Publish,
+    SendMessage,
+)
 from p2pmesh.core.jobspec import WireJob, job_from_wire, job_to_wire
+from p2pmesh.core.reputation import ReputationBook
 from p2pmesh.errors import DecodeError, ValidationError
 
 SILENCE_S = 45
 HEARTBEAT_S = 10
 ACCEPT_WITHIN_S = 30
 GRACE_S = 120
-FINAL = frozenset({"done", "failed", "timeout", "cancelled", "no-bids"})
-DEFAULT_AUTO_REDUNDANCY = 2
+FINAL = frozenset({"done", "failed", "timeout", "cancelled", "no-bids", "inconclusive"})
+DEFAULT_SPOT_CHECK = 0.10
 
 
 @dataclass(slots=True)
@@ -71,6 +88,14 @@ class RequesterJob:
     replicas: dict[str, Replica] = field(default_factory=dict)
     tried: set[str] = field(default_factory=set)
     tried_fetch: set[str] = field(default_factory=set)
+    auto: bool = False
+    max_replicas: int = 0
+    spot_check: bool = False
+    fetched: set[str] = field(default_factory=set)  # outputs held locally (numeric mode)
+    fetching: set[str] = field(default_factory=set)
+    groups: list[list[str]] | None = None  # numeric comparison of the current reported set
+    compared: tuple[str, ...] = ()
+    verdict_raw: bytes = b""
     accepted_digest: str = ""
     fetch_from: str = ""
     error: str = ""
@@ -93,10 +118,21 @@ class RequesterJob:
 
 
 class Requester:
-    def __init__(self, signer: Signer, reputation: Any) -> None:
+    def __init__(
+        self,
+        signer: Signer,
+        reputation: Any,
+        *,
+        book: ReputationBook | None = None,
+        rng: Any = None,
+        spot_check: float = DEFAULT_SPOT_CHECK,
+    ) -> None:
         self.signer = signer
         self.self_id = signer.peer_id
         self.reputation = reputation  # callable(peer_id) -> float
+        self.book = book if book is not None else ReputationBook(signer.peer_id)
+        self.rng = rng  # anything with .random() -> [0, 1); None: never spot-check
+        self.spot_check = spot_check
         self.jobs: dict[str, RequesterJob] = {}
 
     # -- commands -----------------------------------------------------------------------------
@@ -106,7 +142,10 @@ class Requester:
         if job_id in self.jobs:
             return [Log("warning", "job already submitted", {"job": job_id})]
         spec = job.spec
-        k = spec.redundancy if isinstance(spec.redundancy, int) else DEFAULT_AUTO_REDUNDANCY
+        auto = not isinstance(spec.redundancy, int)
+        # "auto": how many replicas is decided at the first award, from the best bidder's
+        # credibility; until then plan for two.
+        k = 2 if auto else int(spec.redundancy)
         deadline_s = spec.deadline_s or spec.timeout_s * 3 + 600
         j = RequesterJob(
             job_id=job_id,
@@ -116,6 +155,8 @@ class Requester:
             deadline_at=now + deadline_s,
             bid_window_s=bid_window_s,
             addrs=addrs,
+            auto=auto,
+            max_replicas=2 * k + 1,
         )
         self.jobs[job_id] = j
         j.note(now, f"submitted: {k} replica(s), deadline in {deadline_s} s")
@@ -232,7 +273,19 @@ class Requester:
         self, job_id: str, worker: str, ok: bool, error: str, now: int
     ) -> list[Effect]:
         j = self.jobs.get(job_id)
-        if j is None or j.state != "fetching" or worker != j.fetch_from:
+        if j is None:
+            return []
+        if j.state == "validating" and worker in j.fetching:
+            j.fetching.discard(worker)
+            if ok:
+                j.fetched.add(worker)
+                return [*self._maybe_decide(j, now), self._persist(j, now)]
+            rep = j.replicas.get(worker)
+            if rep is None:
+                return []
+            # Outputs we cannot fetch cannot be checked: that replica is lost.
+            return self._lose(j, rep, now, f"outputs could not be fetched: {error}")
+        if j.state != "fetching" or worker != j.fetch_from:
             return []
         if ok:
             rep = j.replicas[worker]
@@ -290,6 +343,15 @@ class Requester:
         return out
 
     # -- internals ----------------------------------------------------------------------------
+    def on_outputs_compared(
+        self, job_id: str, workers: tuple[str, ...], groups: list[list[str]], now: int
+    ) -> list[Effect]:
+        j = self.jobs.get(job_id)
+        if j is None or j.state != "validating" or tuple(sorted(workers)) != j.compared:
+            return []
+        j.groups = [list(g) for g in groups]
+        return [*self._maybe_decide(j, now), self._persist(j, now)]
+
     def _missing(self, j: RequesterJob) -> int:
         return j.k - len(j.active())
 
@@ -323,6 +385,8 @@ class Requester:
         if need <= 0:
             return []
         considered = list(j.bids.values())
+        if j.auto and not j.replicas:
+            need = self._auto_k(j, considered, now)
         winners = choose_winners(
             considered,
             k=need,
@@ -369,7 +433,31 @@ class Requester:
         out.append(self._persist(j, now))
         return out
 
+    def _auto_k(self, j: RequesterJob, bids: list[m.Bid], now: int) -> int:
+        """How many replicas an ``auto`` job gets, decided once, from the best bidder."""
+        best = choose_winners(
+            bids,
+            k=1,
+            budget_left=j.spec.budget,
+            max_price=j.spec.max_price,
+            reputation=self.reputation,
+            exclude=set(j.tried),
+        )
+        target = j.spec.validation.target_error
+        if best and self.book.credibility(best[0].bidder, now) >= 1.0 - target:
+            j.spot_check = self.rng is not None and self.rng.random() < self.spot_check
+            j.k = 2 if j.spot_check else 1
+            why = "spot check" if j.spot_check else "credible worker runs alone"
+        else:
+            j.k = 2
+            why = "no bidder credible enough to run alone"
+        j.max_replicas = 2 * j.k + 1
+        j.note(now, f"auto redundancy: {j.k} replica(s) ({why})")
+        return j.k
+
     def _lose(self, j: RequesterJob, rep: Replica, now: int, reason: str) -> list[Effect]:
+        if not reason.startswith(("declined", "award not delivered")):
+            self.book.record(rep.worker, "no-show", now, job_id=j.job_id)
         rep.state = "lost"
         rep.lost_reason = reason
         j.note(now, f"lost {rep.worker}: {reason}")
@@ -390,27 +478,153 @@ class Requester:
         out.append(self._persist(j, now))
         return out
 
-    def _maybe_decide(self, j: RequesterJob, now: int) -> list[Effect]:
-        reported = [r for r in j.active() if r.state == "reported" and r.result is not None]
-        if len(reported) < j.k:
-            return []
-        results = [r.result for r in reported if r.result is not None]
-        ok = [r for r in results if r.status == "exited" and r.exit_code == 0]
-        if len(ok) == len(results) and len({r.output_digest for r in ok}) == 1:
-            j.accepted_digest = ok[0].output_digest
-            return self._fetch(j, ok[0].worker, now)
-        if ok and len(ok) < len(results):
-            bad = next(r for r in results if r not in ok)
-            j.error = f"replica on {bad.worker} ended {bad.status} (exit {bad.exit_code})"
-        elif not ok:
-            first = results[0]
-            j.error = f"job ended {first.status} (exit {first.exit_code})"
+    def _groups(self, j: RequesterJob, reported: list[Replica]) -> list[list[str]] | None:
+        """Agreeing sets among the reported replicas; None while a comparison is pending."""
+        ok = sorted(r.worker for r in reported if _succeeded(r.result))
+        failed: dict[tuple[str, int | None], list[str]] = {}
+        for r in sorted(reported, key=lambda r: r.worker):
+            if r.result is not None and not _succeeded(r.result):
+                failed.setdefault((r.result.status, r.result.exit_code), []).append(r.worker)
+        if j.spec.validation.mode == "numeric" and len(ok) > 1:
+            if tuple(ok) != j.compared:
+                return None
+            success = [list(g) for g in (j.groups or [])]
         else:
-            j.error = "replicas returned different outputs"
-        # Fetch the first failing replica's outputs and logs, so the user can see why.
-        culprit = next((r for r in results if r not in ok), results[0])
-        j.accepted_digest = culprit.output_digest
-        return self._fetch(j, culprit.worker, now)
+            by_digest: dict[str, list[str]] = {}
+            for w in ok:
+                res = j.replicas[w].result
+                assert res is not None
+                by_digest.setdefault(res.output_digest, []).append(w)
+            success = list(by_digest.values())
+        groups = success + list(failed.values())
+        # Largest first; among equals a success group first, then the smallest worker ID.
+        return sorted(groups, key=lambda g: (-len(g), g[0] not in ok, min(g)))
+
+    def _maybe_decide(self, j: RequesterJob, now: int) -> list[Effect]:
+        active = j.active()
+        reported = [r for r in active if r.state == "reported" and r.result is not None]
+        if not reported:
+            return []
+        if j.spec.validation.mode == "numeric":
+            ok = sorted(r.worker for r in reported if _succeeded(r.result))
+            missing = [w for w in ok if w not in j.fetched]
+            if len(ok) > 1 and missing:
+                j.state = "validating"
+                out: list[Effect] = []
+                for w in missing:
+                    if w not in j.fetching:
+                        j.fetching.add(w)
+                        res = j.replicas[w].result
+                        assert res is not None
+                        out.append(
+                            FetchOutputs(
+                                j.job_id,
+                                w,
+                                res.output_digest,
+                                res.output_size,
+                                res.log_digest,
+                                res.log_size,
+                            )
+                        )
+                return out
+            if len(ok) > 1 and tuple(ok) != j.compared:
+                j.state = "validating"
+                j.compared = tuple(ok)
+                j.groups = None
+                outputs = tuple((w, j.replicas[w].result.output_digest) for w in ok)  # type: ignore[union-attr]
+                return [CompareOutputs(j.job_id, outputs, j.spec.validation)]
+        groups = self._groups(j, reported)
+        if groups is None:
+            return []
+        best = groups[0]
+        need = 1 if (j.auto and j.k == 1) else 2
+        if len(best) >= need and len(best) * 2 > len(active):
+            return self._decide(j, best, reported, now)
+        if len(reported) < len(active):
+            return []  # more results may still make a majority
+        if len(active) < j.max_replicas:
+            j.k = len(active) + 1
+            j.state = "awarded" if not any(r.state == "running" for r in active) else "running"
+            j.note(now, f"results disagree: adding replica {j.k} of at most {j.max_replicas}")
+            spare = [b for b in j.bids.values() if b.bidder not in j.tried]
+            extra = self._award(j, now) if spare else self._offer(j, now)
+            return [
+                Log("info", "replicas disagree; adding one", {"job": j.job_id, "replicas": j.k}),
+                *extra,
+            ]
+        verdict = m.build_verdict(
+            self.signer,
+            job_id=j.job_id,
+            job_digest=j.job.digest,
+            outcome="inconclusive",
+            accepted_digest="",
+            agreeing=[],
+            dissenting=[],
+            now=now,
+        )
+        j.verdict_raw = verdict.raw
+        return [
+            Publish(m.TOPIC_VERDICTS, verdict.raw),
+            *self._finish(
+                j,
+                "inconclusive",
+                now,
+                f"no majority after {len(active)} replicas (groups: "
+                f"{', '.join(str(len(g)) for g in groups)})",
+            ),
+        ]
+
+    def _decide(
+        self, j: RequesterJob, best: list[str], reported: list[Replica], now: int
+    ) -> list[Effect]:
+        first = j.replicas[best[0]].result
+        assert first is not None
+        agreeing = list(best)
+        dissenting = sorted(r.worker for r in reported if r.worker not in best)
+        outcome = "accepted" if _succeeded(first) else "failed"
+        verdict = m.build_verdict(
+            self.signer,
+            job_id=j.job_id,
+            job_digest=j.job.digest,
+            outcome=outcome,
+            accepted_digest=first.output_digest,
+            agreeing=agreeing,
+            dissenting=dissenting,
+            now=now,
+        )
+        j.verdict_raw = verdict.raw
+        for w in agreeing:
+            self.book.record(w, "agreed", now, job_id=j.job_id)
+        for w in dissenting:
+            self.book.record(w, "dissented", now, job_id=j.job_id)
+        j.note(now, f"verdict {outcome}: {len(agreeing)} agree, {len(dissenting)} dissent")
+        out: list[Effect] = [
+            Publish(m.TOPIC_VERDICTS, verdict.raw),
+            Log(
+                "info" if not dissenting else "warning",
+                "verdict",
+                {
+                    "job": j.job_id,
+                    "outcome": outcome,
+                    "agreeing": agreeing,
+                    "dissenting": dissenting,
+                },
+            ),
+        ]
+        # Replicas still running are no longer needed: stop them (and they are not paid).
+        cancel = m.build_cancel(self.signer, job_id=j.job_id, reason="decided", now=now)
+        for r in j.active():
+            if r.state != "reported":
+                r.state = "lost"
+                r.lost_reason = "not needed: a majority was reached"
+                out.append(SendMessage(r.worker, "cancel", cancel.raw, j.job_id))
+        if outcome == "failed":
+            j.error = (
+                f"job ended {first.status} (exit {first.exit_code}) on {len(agreeing)} "
+                "agreeing replica(s)"
+            )
+        j.accepted_digest = first.output_digest
+        return out + self._fetch(j, best[0], now)
 
     def _fetch(self, j: RequesterJob, worker: str, now: int) -> list[Effect]:
         rep = j.replicas[worker]
@@ -451,6 +665,10 @@ class Requester:
     def job_json(self, job_id: str) -> dict[str, Any] | None:
         j = self.jobs.get(job_id)
         return None if j is None else job_view(j)
+
+
+def _succeeded(r: m.Result | None) -> bool:
+    return r is not None and r.status == "exited" and r.exit_code == 0
 
 
 def _failure_state(r: m.Result) -> str:

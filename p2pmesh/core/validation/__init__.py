@@ -1,0 +1,1 @@
+"""p2pmesh/core/validation."""

@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--no-work", action="store_true", help="never run jobs (config: work)")
     up.add_argument(
+        "--spot-check",
+        type=float,
+        metavar="F",
+        help='share of "auto" jobs on a credible worker re-run elsewhere (config: spot_check)',
+    )
+    up.add_argument(
         "--record-ttl",
         type=int,
         metavar="S",

@@ -47,6 +47,7 @@ def run_up(args: argparse.Namespace, home: Path) -> int:
         "allow_image": args.allow_image,
         "no_work": args.no_work,
         "record_ttl": args.record_ttl,
+        "spot_check": args.spot_check,
     }
     ensure_home(home)
     settings = build_settings(home, flags)

@@ -88,9 +88,7 @@ def main() -> None:
         "total_probability": round(float(np.sum(probs)), DECIMALS),
         "max_abs_error_vs_closed_form": round(max_error, DECIMALS) + 0.0,
         "matches_closed_form": max_error < 1e-12,
-        "most_likely": [
-            {"state": format(i, f"0{n}b"), "probability": rounded[i]} for i in top
-        ],
+        "most_likely": [{"state": format(i, f"0{n}b"), "probability": rounded[i]} for i in top],
     }
     with open(args.out, "w", encoding="utf-8") as f:
         f.write(json.dumps(result, sort_keys=True, indent=1) + "\n")

@@ -61,10 +61,13 @@ class NodeConfig:
     bootstrap_backoff_max_s: float = 30.0
     min_republish_interval_s: float = 1.0
     allow_network: bool = False  # may jobs that ask for network access run here?
+    spot_check: float = 0.10  # share of "auto" jobs on a credible worker that are re-run
 
     def validate(self) -> None:
         if not 10 <= self.record_ttl_s <= capability.MAX_TTL_S:
             raise ValueError(f"record_ttl_s must be in [10, {capability.MAX_TTL_S}]")
+        if not 0.0 <= self.spot_check <= 1.0:
+            raise ValueError("spot_check must be in [0, 1]")
         if self.target_connections < 1:
             raise ValueError("target_connections must be >= 1")
 
@@ -117,7 +120,11 @@ class Node:
         self._boot_backoff = config.bootstrap_backoff_min_s
         self.stats = _Stats()
         self.requester = Requester(
-            signer, lambda pid: self.reputation_of(pid, self._now), book=self.book, rng=rng
+            signer,
+            lambda pid: self.reputation_of(pid, self._now),
+            book=self.book,
+            rng=rng,
+            spot_check=config.spot_check,
         )
         self.provider = Provider(signer, allow_network=config.allow_network)
         self._now = started_at

@@ -62,6 +62,8 @@ class JobRunner:
         fault: str | None = None,
     ) -> None:
         self.fault = fault
+        self.fault_after = fault_after
+        self.jobs_done = 0
         self.home = home
         self.net = net
         self.node = node
@@ -187,6 +189,7 @@ class JobRunner:
         self._running.add(eff.job_id)
         try:
             spec = self._container_spec(eff.job_id, eff.job)
+            assert spec.name == f"p2pmesh-{eff.job_id[:16]}-{self.short_id}"
             started = time.monotonic()
             try:
                 outcome = await trio.to_thread.run_sync(
@@ -244,7 +247,10 @@ class JobRunner:
     ) -> None:
         def pack() -> tuple[str, int, str, int]:
             if self.fault == "wrong-result" and out_dir.exists():
-                falsify_outputs(out_dir)
+                # P2PMESH_FAULT_AFTER=N: honest for the first N jobs, to earn credibility first.
+                self.jobs_done += 1
+                if self.jobs_done > self.fault_after:
+                    falsify_outputs(out_dir)
             try:
                 data = packing.pack_dir(out_dir, max_bytes=1 << 34) if out_dir.exists() else b""
             except PackingError as exc:
@@ -283,6 +289,16 @@ class JobRunner:
 
     def stop_container(self, eff: StopContainer) -> None:
         self._stop.add(eff.job_id)
+
+    def shutdown(self) -> None:
+        """On daemon exit: kill our running containers now (a restart re-runs the jobs)."""
+        for job_id in list(self._running):
+            self._stop.add(job_id)
+            name = f"p2pmesh-{job_id[:16]}-{self.short_id}"
+            try:
+                self.executor.kill(name)
+            except Exception as exc:
+                self.log("warning", "could not stop container on exit", name=name, error=str(exc))
 
     async def fetch_outputs(self, eff: FetchOutputs) -> None:
         rec = self.node.peers.get(eff.worker)

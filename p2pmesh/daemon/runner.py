@@ -124,7 +124,11 @@ class Daemon:
         self.started_at = time.time()
         self.profile = hardware.profile(self.home, check_docker=settings.work)
         self.node = Node(
-            NodeConfig(record_ttl_s=settings.record_ttl_s, bootstrap=tuple(bootstrap)),
+            NodeConfig(
+                record_ttl_s=settings.record_ttl_s,
+                bootstrap=tuple(bootstrap),
+                spot_check=settings.spot_check,
+            ),
             self.signer,
             caps_from_profile(self.profile, [], settings),
             last_seq=int(self.store.get_meta("record_seq", 0)),
@@ -156,7 +160,7 @@ class Daemon:
             return True
         if fault == "slow" and isinstance(eff, SendMessage) and eff.kind == "result":
             assert self.nursery is not None and self.jobs is not None
-            delay = float(os.environ.get("P2PMESH_FAULT_SLOW_S", "200"))
+            delay = self.settings.fault_slow_s
             self.log("warning", "FAULT slow: delaying result", seconds=delay)
 
             async def later() -> None:
@@ -429,6 +433,7 @@ class Daemon:
                     self.log,
                     self.node.peer_id[-8:],
                     fault=self.settings.fault,
+                    fault_after=self.settings.fault_after,
                 )
                 if self.settings.fault:
                     for _ in range(3):
@@ -480,6 +485,8 @@ class Daemon:
                         on_ready(self)
         finally:
             self.nursery = None
+            if self.jobs is not None:
+                self.jobs.shutdown()
             for name in (SOCKET_FILE, NODE_JSON):
                 p = self.home / name
                 if p.exists():

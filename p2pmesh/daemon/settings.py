@@ -10,6 +10,7 @@ Config keys (all optional) mirror the flags of ``p2pmesh up``::
     max_jobs = 2           # concurrent jobs
     allow_image = ["p2pmesh/*"]
     record_ttl_s = 300
+    spot_check = 0.1       # share of "auto" jobs run alone by a credible worker that are re-checked
     use_shipped_bootstrap = true
 """
 
@@ -40,7 +41,10 @@ class Settings:
     record_ttl_s: int = 300
     use_shipped_bootstrap: bool = True
     tui: bool = True
+    spot_check: float = 0.10
     fault: str | None = None  # deliberate misbehaviour for tests and demos (see below)
+    fault_after: int = 0  # P2PMESH_FAULT_AFTER: behave for this many jobs first
+    fault_slow_s: float = 200.0  # P2PMESH_FAULT_SLOW_S: how late "slow" answers
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -54,6 +58,7 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "allow_image": list,
     "record_ttl_s": int,
     "use_shipped_bootstrap": bool,
+    "spot_check": (float, int),
 }
 
 
@@ -70,7 +75,7 @@ def read_config(home: Path) -> dict[str, Any]:
         if want is None:
             raise ConfigError(f"{path}: unknown key {key!r} (known: {', '.join(sorted(_KEYS))})")
         if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-            raise ConfigError(f"{path}: {key} must be a {want.__name__}")  # type: ignore[union-attr]
+            raise ConfigError(f"{path}: {key} has the wrong type")
         if want is list and not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{path}: {key} must be a list of strings")
     return data
@@ -117,7 +122,10 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
         use_shipped_bootstrap=bool(cfg.get("use_shipped_bootstrap", True))
         and not flags.get("no_shipped_bootstrap", False),
         tui=not flags.get("no_tui", False),
+        spot_check=float(pick("spot_check", "spot_check", 0.10)),
         fault=read_fault(dict(os.environ)),
+        fault_after=int(os.environ.get("P2PMESH_FAULT_AFTER", "0") or 0),
+        fault_slow_s=float(os.environ.get("P2PMESH_FAULT_SLOW_S", "200") or 200),
     )
     if s.price < 0:
         raise ConfigError("price must be >= 0")
@@ -125,6 +133,8 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
         raise ConfigError("max_jobs must be >= 0")
     if not 10 <= s.record_ttl_s <= 3600:
         raise ConfigError("record_ttl_s must be in [10, 3600]")
+    if not 0.0 <= s.spot_check <= 1.0:
+        raise ConfigError("spot_check must be between 0 and 1")
     if len(s.allow_images) > 64 or any(not 0 < len(g) <= 256 for g in s.allow_images):
         raise ConfigError("allow_image: at most 64 patterns of 1..256 characters")
     for a in (*s.listen, *s.bootstrap):

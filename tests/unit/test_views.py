@@ -6,6 +6,10 @@ import io
 from typing import Any
 
 import pytest
+from rich.console import Console, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+
 from p2pmesh.cli import views
 from p2pmesh.cli.views import (
     dashboard,
@@ -14,9 +18,6 @@ from p2pmesh.cli.views import (
     peers_table,
     profile_table,
 )
-from rich.console import Console, RenderableType
-from rich.panel import Panel
-from rich.table import Table
 
 NOW = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 

@@ -31,14 +31,14 @@ STATUS_STATES = ("accepted", "declined", "fetching", "running")
 
 def _job_id(d: dict[str, Any]) -> str:
     v = d.get("job_id")
-    if not isinstance(v, str) or not _JOB_ID.match(v):
+    if not isinstance(v, str) or not _JOB_ID.fullmatch(v):
         raise ValidationError("job_id: must be 32 lowercase hex characters")
     return v
 
 
 def _digest(d: dict[str, Any], key: str) -> str:
     v = d.get(key)
-    if not isinstance(v, str) or not _DIGEST.match(v):
+    if not isinstance(v, str) or not _DIGEST.fullmatch(v):
         raise ValidationError(f"{key}: must be sha256:<64 hex>")
     return v
 

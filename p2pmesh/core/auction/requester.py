@@ -197,9 +197,10 @@ class Requester:
         if first:
             j.bids_seen += 1
         out: list[Effect] = [self._persist(j, now)]
-        # Late bids (after the window) can fill a replica that is still missing at once.
+        # Late bids (after the window) can fill a replica that is still missing at once; one
+        # that cannot be afforded waits for the next round rather than start one.
         if j.state != "bidding" and self._missing(j) > 0:
-            out += self._award(j, now)
+            out += self._award(j, now, reoffer=False)
         return out
 
     def on_status(self, data: bytes, from_peer: str, now: int) -> list[Effect]:
@@ -380,7 +381,7 @@ class Requester:
             self._persist(j, now),
         ]
 
-    def _award(self, j: RequesterJob, now: int) -> list[Effect]:
+    def _award(self, j: RequesterJob, now: int, *, reoffer: bool = True) -> list[Effect]:
         need = self._missing(j)
         if need <= 0:
             return []
@@ -397,6 +398,8 @@ class Requester:
         )
         out: list[Effect] = []
         if not winners:
+            if not reoffer:
+                return out
             if not j.active():
                 j.state = "bidding"
             return out + self._offer(j, now) if now < j.deadline_at else out
@@ -451,6 +454,12 @@ class Requester:
         else:
             j.k = 2
             why = "no bidder credible enough to run alone"
+        if best and j.k > 1 and best[0].price * j.k > j.spec.budget:
+            # The budget pays one worker only: run alone rather than wait for a second award
+            # that can never fit. The verdict still records a single, unchecked result.
+            j.k = 1
+            j.spot_check = False
+            why = "budget pays one worker only"
         j.max_replicas = 2 * j.k + 1
         j.note(now, f"auto redundancy: {j.k} replica(s) ({why})")
         return j.k

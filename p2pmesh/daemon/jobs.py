@@ -60,6 +60,7 @@ class JobRunner:
         short_id: str,
         *,
         fault: str | None = None,
+        fault_after: int = 0,
     ) -> None:
         self.fault = fault
         self.fault_after = fault_after

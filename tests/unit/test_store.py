@@ -1,0 +1,73 @@
+"""The SQLite store: a real file, WAL, forward-only migrations, one writer thread."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import trio
+
+from p2pmesh.adapters.sqlite.store import MIGRATIONS, Store, TrioStore
+from p2pmesh.errors import StoreError
+
+
+def test_fresh_database_is_migrated_to_the_latest_version(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db")
+    assert store.schema_version == len(MIGRATIONS)
+    mode = store._db.execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+    store.close()
+
+
+def test_migrations_run_only_the_missing_steps(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0])
+    db.execute("PRAGMA user_version = 1")
+    db.execute("INSERT INTO meta(key, value) VALUES('kept', '1')")
+    db.commit()
+    db.close()
+    store = Store(path)
+    assert store.schema_version == len(MIGRATIONS)
+    assert store.get_meta("kept") == 1
+    store.put_job("j1", "requester", "bidding", {"x": 1}, 1.0)
+    assert store.jobs()[0]["doc"] == {"x": 1}
+    store.close()
+
+
+def test_a_newer_schema_is_refused_with_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 5}")
+    db.close()
+    with pytest.raises(StoreError, match="newer"):
+        Store(path)
+
+
+def test_data_survives_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    s = Store(path)
+    s.set_meta("record_seq", 42)
+    s.put_peer("peerA", b"\x01\x02", 5.0)
+    s.put_job("j", "worker", "running", {"a": [1, 2]}, 2.0)
+    s.put_job("j", "worker", "reported", {"a": [3]}, 3.0)
+    s.close()
+    s = Store(path)
+    assert s.get_meta("record_seq") == 42
+    assert s.peer_records() == [b"\x01\x02"]
+    assert [(j["state"], j["doc"]) for j in s.jobs("worker")] == [("reported", {"a": [3]})]
+    s.put_peer("peerA", None, 6.0)
+    assert s.peer_records() == []
+    s.close()
+
+
+async def test_trio_store_runs_calls_in_order_on_one_thread(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db")
+    ts = TrioStore(store)
+    async with trio.open_nursery() as n:
+        for i in range(50):
+            n.start_soon(ts.call, store.set_meta, f"k{i}", i)
+    values = [await ts.call(store.get_meta, f"k{i}") for i in range(50)]
+    assert values == list(range(50))
+    store.close()

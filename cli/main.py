@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--no-work", action="store_true", help="never run jobs (config: work)")
     up.add_argument(
+        "--credit-base",
+        type=int,
+        metavar="N",
+        help="credits any peer may owe before it has earned (config: credit_base)",
+    )
+    up.add_argument(
         "--spot-check",
         type=float,
         metavar="F",
@@ -87,6 +93,16 @@ def build_parser() -> argparse.ArgumentParser:
     peers.add_argument("--watch", action="store_true", help="update live until Ctrl-C")
 
     jobs_cli.add_parsers(sub, _add_home)
+
+    bal = sub.add_parser("balance", help="credits: balance, credit limit, earned, spent, pending")
+    _add_home(bal)
+    bal.add_argument("--json", action="store_true")
+
+    led = sub.add_parser("ledger", help="the replicated ledger: blocks, balances, audit")
+    _add_home(led)
+    led.add_argument("--peer", metavar="ID", help="only this author's chain (ID or its end)")
+    led.add_argument("--verify", action="store_true", help="check everything; exit 1 if invalid")
+    led.add_argument("--json", action="store_true")
 
     rep = sub.add_parser("reputation", help="reputation scores and the evidence behind them")
     _add_home(rep)
@@ -154,6 +170,65 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_balance(args: argparse.Namespace) -> int:
+    b = client.request(_home(args), "balance")
+    if args.json:
+        _print_json(b)
+        return 0
+    print(f"balance       {b['balance']:>8} credits")
+    print(f"credit limit  {b['credit_limit']:>8}  (may go down to -{b['credit_limit']})")
+    print(f"earned        {b['earned']:>8}  in {b['payments_in']} payment(s)")
+    print(f"spent         {b['spent']:>8}  in {b['payments_out']} payment(s)")
+    print(f"pending       {b['pending']:>8}  proposed, not yet agreed")
+    return 0
+
+
+def cmd_ledger(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    doc = client.request(_home(args), "ledger", {"peer_id": args.peer, "verify": bool(args.verify)})
+    ok = True
+    if args.verify:
+        v = doc["verify"]
+        ok = bool(v["ok"])
+    if args.json:
+        _print_json(doc)
+        return 0 if ok else 1
+    console = make_console()
+    t = Table(title="Balances (derived from the chains)")
+    for col in ("peer", "balance", "limit", "earned", "spent", "pending", "excluded"):
+        t.add_column(col, justify="left" if col == "peer" else "right")
+    for peer, b in sorted(doc["balances"].items(), key=lambda kv: -kv[1]["balance"]):
+        t.add_row(
+            views.short_id(peer),
+            str(b["balance"]),
+            str(b["credit_limit"]),
+            str(b["earned"]),
+            str(b["spent"]),
+            str(b["pending"]),
+            "yes" if b["excluded"] else "",
+        )
+    console.print(t)
+    for author, blocks in doc["chains"].items():
+        console.print(f"chain {views.short_id(author)}: {len(blocks)} block(s)")
+        for blk in blocks[-10:]:
+            other = blk["payee"] if blk["kind"] == "proposal" else blk["payer"]
+            console.print(
+                f"  #{blk['seq']:<4} {blk['kind']:<9} {blk['amount']:>4} cr  "
+                f"job {blk['job_id'][:12]}  with {views.short_id(other)}  "
+                f"{blk['hash'][7:19]}"
+            )
+    if args.verify:
+        v = doc["verify"]
+        console.print(
+            f"verified {v['blocks']} block(s) in {v['chains']} chain(s), "
+            f"{v['fraud_proofs']} fraud proof(s); balances sum to {v['balances_sum']}"
+        )
+        for p in v["problems"]:
+            console.print(f"[red]INVALID[/red] {p}", markup=True)
+    return 0 if ok else 1
+
+
 def cmd_reputation(args: argparse.Namespace) -> int:
     from rich.table import Table
     from rich.text import Text
@@ -192,6 +267,8 @@ def cmd_reputation(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "reputation": cmd_reputation,
+    "balance": cmd_balance,
+    "ledger": cmd_ledger,
     "up": cmd_up,
     "id": cmd_id,
     "peers": cmd_peers,

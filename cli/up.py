@@ -48,6 +48,7 @@ def run_up(args: argparse.Namespace, home: Path) -> int:
         "no_work": args.no_work,
         "record_ttl": args.record_ttl,
         "spot_check": args.spot_check,
+        "credit_base": args.credit_base,
     }
     ensure_home(home)
     settings = build_settings(home, flags)

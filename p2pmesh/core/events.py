@@ -135,6 +135,14 @@ class OutputsCompared:
     groups: tuple[tuple[str, ...], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class BlocksReceived:
+    """Ledger blocks fetched from ``from_peer`` by a range or heads request."""
+
+    blocks: tuple[bytes, ...]
+    from_peer: str
+
+
 JobEvent = (
     JobSubmitted
     | MessageReceived
@@ -145,4 +153,5 @@ JobEvent = (
     | ContainerFinished
     | OutputsFetched
     | OutputsCompared
+    | BlocksReceived
 )

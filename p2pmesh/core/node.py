@@ -24,6 +24,7 @@ from p2pmesh.core.capability import Capabilities, CapabilityRecord
 from p2pmesh.core.crypto import Signer
 from p2pmesh.core.effects import DhtGet, DhtPut, Dial, Effect, ExchangePeers, Log, Persist, Publish
 from p2pmesh.core.events import (
+    BlocksReceived,
     CancelRequested,
     ContainerFinished,
     DialFailed,
@@ -43,6 +44,9 @@ from p2pmesh.core.events import (
     SendFailed,
     Ticked,
 )
+from p2pmesh.core.ledger.block import parse_block
+from p2pmesh.core.ledger.chain import open_fraud
+from p2pmesh.core.ledger.payments import LedgerMachine
 from p2pmesh.core.peers import PeerTable
 from p2pmesh.errors import DecodeError, ValidationError
 
@@ -62,6 +66,8 @@ class NodeConfig:
     min_republish_interval_s: float = 1.0
     allow_network: bool = False  # may jobs that ask for network access run here?
     spot_check: float = 0.10  # share of "auto" jobs on a credible worker that are re-run
+    credit_base: int = 100  # credit anyone may go negative by before earning anything
+    fault_fork_ledger: bool = False  # FAULT fork-ledger: sign two blocks at one height
 
     def validate(self) -> None:
         if not 10 <= self.record_ttl_s <= capability.MAX_TTL_S:
@@ -127,6 +133,15 @@ class Node:
             spot_check=config.spot_check,
         )
         self.provider = Provider(signer, allow_network=config.allow_network)
+        self.ledger = LedgerMachine(
+            signer,
+            self.book,
+            credit_base=config.credit_base,
+            fault_fork=config.fault_fork_ledger,
+        )
+        self.requester.pay = self.ledger.pay
+        self.requester.excluded = self.ledger.ledger.excluded
+        self.provider.requester_allowed = self.ledger.may_trade_with
         self._now = started_at
 
     # -- the one entry point -------------------------------------------------------------
@@ -134,7 +149,14 @@ class Node:
         self._now = now
         if isinstance(event, Ticked):
             t = int(now)
-            return self._tick(now) + self.requester.tick(t) + self.provider.tick(t)
+            return (
+                self._tick(now)
+                + self.requester.tick(t)
+                + self.provider.tick(t)
+                + self.ledger.tick(t)
+            )
+        if isinstance(event, BlocksReceived):
+            return self.ledger.on_blocks(list(event.blocks), event.from_peer, int(now))
         if isinstance(event, MessageReceived | JobSubmitted | SendFailed | MessageDelivered):
             return self._job_message(event, int(now))
         if isinstance(event, CancelRequested):
@@ -205,6 +227,14 @@ class Node:
             return self.provider.on_cancel(data, peer, now)
         if kind == "verdict":
             return self._verdict(data, now)
+        if kind == "pay":
+            return self.ledger.on_pay(data, peer, now, self.provider.award_price)
+        if kind == "paid":
+            return self.ledger.on_paid(data, peer, now)
+        if kind == "head":
+            return self.ledger.on_head(data, peer, now)
+        if kind == "fraud":
+            return self.ledger.on_fraud(data, now)
         return [Log("debug", "unknown message kind", {"kind": kind[:32], "from": peer})]
 
     def _verdict(self, data: bytes, now: int) -> list[Effect]:
@@ -237,6 +267,21 @@ class Node:
         except (DecodeError, ValidationError):
             return False
         return v.at <= now + capability.MAX_CLOCK_SKEW_S
+
+    def check_block(self, data: bytes, now: float) -> bool:
+        """Ledger-heads validator: a well-formed, signed block (chain rules apply on ingest)."""
+        try:
+            parse_block(data)
+        except (DecodeError, ValidationError):
+            return False
+        return True
+
+    def check_fraud(self, data: bytes, now: float) -> bool:
+        try:
+            open_fraud(data)
+        except (DecodeError, ValidationError):
+            return False
+        return True
 
     def check_offer(self, data: bytes, now: float) -> bool:
         """Offers-topic validator: signed, well-formed, within its deadline."""
@@ -365,6 +410,7 @@ class Node:
         out: list[Effect] = [
             Log("info", "peer connected", {"peer": peer_id}),
             ExchangePeers(peer_id),
+            *self.ledger.on_connected(peer_id),
         ]
         if self.peers.get(peer_id) is None:
             out.append(DhtGet(capability.dht_key(peer_id)))

@@ -29,6 +29,7 @@ from p2pmesh.core.effects import (
     StopContainer,
 )
 from p2pmesh.core.events import (
+    BlocksReceived,
     ContainerFinished,
     InputsFetched,
     JobSubmitted,
@@ -73,7 +74,12 @@ class JobRunner:
         self.blobs = BlobStore(home / "blobs")
         self.work = home / "work"
         self.work.mkdir(mode=0o700, exist_ok=True)
-        self.wire = JobWire(net, may_fetch=self.may_fetch, blob_path=self.blobs.path)
+        self.wire = JobWire(
+            net,
+            may_fetch=self.may_fetch,
+            blob_path=self.blobs.path,
+            ledger_blocks=self.ledger_blocks,
+        )
         self._executor: DockerExecutor | None = None
         self._stop: set[str] = set()
         self._running: set[str] = set()
@@ -96,6 +102,32 @@ class JobRunner:
             if w.requester == peer and res and digest in (res.output_digest, res.log_digest):
                 return True
         return False
+
+    def ledger_blocks(self, req: dict[str, Any]) -> list[bytes]:
+        """Serve a ledger request: ``{"heads": true}`` or ``{"author", "first", "last"}``."""
+        ledger = self.node.ledger
+        if req.get("heads") is True:
+            return ledger.on_heads_wanted()
+        author, first, last = req.get("author"), req.get("first"), req.get("last")
+        if (
+            isinstance(author, str)
+            and isinstance(first, int)
+            and isinstance(last, int)
+            and not isinstance(first, bool)
+            and not isinstance(last, bool)
+            and 1 <= first <= last
+        ):
+            return ledger.blocks_for(author, first, last)
+        return []
+
+    async def sync_chain(self, peer: str, request: dict[str, Any]) -> None:
+        try:
+            blocks = await self.wire.ledger_request(peer, request)
+        except TransportError as exc:
+            self.log("debug", "ledger sync failed", peer=peer, error=str(exc))
+            return
+        if blocks:
+            self.net.emit(BlocksReceived(tuple(blocks), peer))
 
     # -- submit (control socket) ---------------------------------------------------------------
     async def submit(self, job_file: str, bid_window_s: int) -> dict[str, Any]:

@@ -57,6 +57,13 @@ from p2pmesh.core.events import (
     RecordReceived,
     Ticked,
 )
+from p2pmesh.core.ledger.payments import (
+    TOPIC_FRAUD,
+    TOPIC_HEADS,
+    FetchHeads,
+    StoreBlock,
+    SyncChain,
+)
 from p2pmesh.core.node import TOPIC_CAPABILITIES, Node, NodeConfig
 from p2pmesh.daemon.control import open_control_listener, serve_control
 from p2pmesh.daemon.home import DB_FILE, NODE_JSON, SOCKET_FILE, ensure_home, load_or_create_key
@@ -128,6 +135,8 @@ class Daemon:
                 record_ttl_s=settings.record_ttl_s,
                 bootstrap=tuple(bootstrap),
                 spot_check=settings.spot_check,
+                credit_base=settings.credit_base,
+                fault_fork_ledger=settings.fault == "fork-ledger",
             ),
             self.signer,
             caps_from_profile(self.profile, [], settings),
@@ -220,6 +229,19 @@ class Daemon:
             elif isinstance(eff, FetchOutputs):
                 assert self.jobs is not None
                 self.nursery.start_soon(self.jobs.fetch_outputs, eff)
+            elif isinstance(eff, StoreBlock):
+                # Durable before anything that depends on it is sent: a block of ours that a
+                # peer holds but we lost would make our next block a fork.
+                self.tstore.call_now(self.store.put_block, eff.author, eff.seq, eff.raw)
+            elif isinstance(eff, SyncChain):
+                assert self.jobs is not None
+                req = {"author": eff.author, "first": eff.first, "last": eff.last}
+                self.nursery.start_soon(self._limited, self.jobs.sync_chain, eff.peer_id, req)
+            elif isinstance(eff, FetchHeads):
+                assert self.jobs is not None
+                self.nursery.start_soon(
+                    self._limited, self.jobs.sync_chain, eff.peer_id, {"heads": True}
+                )
             elif isinstance(eff, CompareOutputs):
                 assert self.jobs is not None
                 self.nursery.start_soon(self.jobs.compare_outputs, eff)
@@ -253,6 +275,10 @@ class Daemon:
                 await self.tstore.call(self.store.put_peer, eff.key, eff.value, now)
             elif eff.table == "meta":
                 await self.tstore.call(self.store.set_meta, eff.key, eff.value)
+            elif eff.table == "frauds":
+                await self.tstore.call(self.store.put_fraud, eff.key, eff.value)
+            elif eff.table == "payments":
+                await self.tstore.call(self.store.put_payment, eff.key, eff.value)
             elif eff.table == "jobs":
                 role, _, job_id = eff.key.partition(":")
                 doc = eff.value
@@ -279,6 +305,12 @@ class Daemon:
     async def _restore_jobs(self) -> list[Effect]:
         now = int(time.time())
         effects: list[Effect] = []
+        blocks = await self.tstore.call(self.store.blocks)
+        frauds = await self.tstore.call(self.store.frauds)
+        pending = await self.tstore.call(self.store.payments)
+        self.node.ledger.restore(blocks, frauds, pending)
+        if blocks:
+            self.log("info", "ledger restored", blocks=len(blocks), pending=len(pending))
         if self.settings.work and "docker" in self.profile.executors:
             assert self.jobs is not None
             try:
@@ -294,7 +326,7 @@ class Daemon:
                 if row["role"] == "requester":
                     j = requester_mod.from_doc(row["doc"], self.node.peer_id, now)
                     self.node.requester.jobs[j.job_id] = j
-                elif row["role"] == "worker" and row["state"] not in provider_mod.FINAL:
+                elif row["role"] == "worker":
                     effects += self.node.provider.restore(row["doc"], now)
             except Exception as exc:
                 self.log("error", "could not restore job", job=row["job_id"], error=repr(exc))
@@ -395,7 +427,53 @@ class Daemon:
             known = {*book.evidence, *(e.record.peer_id for e in self.node.peers.entries())}
             return sorted((book.explain(p, now) for p in known), key=lambda d: -d["reputation"])
 
+        async def balance(args: dict[str, Any]) -> Any:
+            peer = args.get("peer_id") or self.node.peer_id
+            return self.node.ledger.balance_json(str(peer))
+
+        async def ledger(args: dict[str, Any]) -> Any:
+            from p2pmesh.core.ledger.accounts import compute
+
+            lm = self.node.ledger
+            out: dict[str, Any] = {"self": self.node.peer_id}
+            peer = args.get("peer_id")
+            if args.get("verify"):
+                report = await trio.to_thread.run_sync(lm.ledger.verify_all)
+                books = compute(lm.ledger)
+                report["balances_sum"] = books.total()
+                report["balances_match"] = all(
+                    books.get(p).balance == lm.account(p).balance for p in books.accounts
+                )
+                if report["balances_sum"] != 0 or not report["balances_match"]:
+                    report["ok"] = False
+                    report["problems"].append("balances do not sum to zero or do not match")
+                out["verify"] = report
+            chains = {}
+            for author, chain in lm.ledger.chains.items():
+                if peer and not author.endswith(str(peer)):
+                    continue
+                chains[author] = [
+                    {
+                        "seq": b.seq,
+                        "kind": b.kind,
+                        "hash": b.hash,
+                        "prev": b.prev,
+                        "job_id": b.tx.job_id,
+                        "payer": b.tx.payer,
+                        "payee": b.tx.payee,
+                        "amount": b.tx.amount,
+                        "ts": b.ts,
+                    }
+                    for b in chain[-200:]
+                ]
+            out["chains"] = chains
+            out["balances"] = {p: lm.balance_json(p) for p in lm.live.books.accounts}
+            out["excluded"] = sorted(lm.ledger.frauds)
+            return out
+
         return {
+            "balance": balance,
+            "ledger": ledger,
             "reputation": reputation,
             "id": id_,
             "peers": peers,
@@ -448,6 +526,12 @@ class Daemon:
                 self.net.add_topic_validator(
                     TOPIC_VERDICTS, lambda data: self.node.check_verdict(data, time.time())
                 )
+                self.net.add_topic_validator(
+                    TOPIC_HEADS, lambda data: self.node.check_block(data, time.time())
+                )
+                self.net.add_topic_validator(
+                    TOPIC_FRAUD, lambda data: self.node.check_fraud(data, time.time())
+                )
                 resumed = await self._restore_jobs()
                 caps = caps_from_profile(self.profile, self.net.listen_addrs(), self.settings)
                 self.net.emit(ProfileChanged(caps))
@@ -479,6 +563,12 @@ class Daemon:
                         TOPIC_VERDICTS,
                         lambda data, sender: MessageReceived("verdict", data, sender),
                     )
+                    for topic, kind in ((TOPIC_HEADS, "head"), (TOPIC_FRAUD, "fraud")):
+                        nursery.start_soon(
+                            self.net.subscribe_loop,
+                            topic,
+                            lambda data, sender, kind=kind: MessageReceived(kind, data, sender),
+                        )
                     nursery.start_soon(serve_control, listener, self.handlers(), self.log)
                     self.dispatch(resumed)
                     if on_ready is not None:

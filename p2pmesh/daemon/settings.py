@@ -10,6 +10,7 @@ Config keys (all optional) mirror the flags of ``p2pmesh up``::
     max_jobs = 2           # concurrent jobs
     allow_image = ["p2pmesh/*"]
     record_ttl_s = 300
+    credit_base = 100      # credits anyone may owe before earning (mutual credit)
     spot_check = 0.1       # share of "auto" jobs run alone by a credible worker that are re-checked
     use_shipped_bootstrap = true
 """
@@ -42,6 +43,7 @@ class Settings:
     use_shipped_bootstrap: bool = True
     tui: bool = True
     spot_check: float = 0.10
+    credit_base: int = 100
     fault: str | None = None  # deliberate misbehaviour for tests and demos (see below)
     fault_after: int = 0  # P2PMESH_FAULT_AFTER: behave for this many jobs first
     fault_slow_s: float = 200.0  # P2PMESH_FAULT_SLOW_S: how late "slow" answers
@@ -59,6 +61,7 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "record_ttl_s": int,
     "use_shipped_bootstrap": bool,
     "spot_check": (float, int),
+    "credit_base": int,
 }
 
 
@@ -123,6 +126,7 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
         and not flags.get("no_shipped_bootstrap", False),
         tui=not flags.get("no_tui", False),
         spot_check=float(pick("spot_check", "spot_check", 0.10)),
+        credit_base=int(pick("credit_base", "credit_base", 100)),
         fault=read_fault(dict(os.environ)),
         fault_after=int(os.environ.get("P2PMESH_FAULT_AFTER", "0") or 0),
         fault_slow_s=float(os.environ.get("P2PMESH_FAULT_SLOW_S", "200") or 200),

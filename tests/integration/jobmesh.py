@@ -144,7 +144,7 @@ def write_job(
 class Offered:
     """One finished ``p2pmesh offer``: exit code, the JSON document (if any), stderr, time."""
 
-    rc: int
+    rc: int | None  # None: still running after the timeout (then killed)
     doc: dict[str, Any]
     stdout: str
     stderr: str
@@ -159,16 +159,25 @@ class Offered:
         return str(self.doc.get("state", ""))
 
     def describe(self) -> str:
-        return f"exit {self.rc}, state {self.state!r}, stderr: {self.stderr.strip()[-1500:]}"
+        head = "no exit before the timeout" if self.rc is None else f"exit {self.rc}"
+        return f"{head}, state {self.state!r}, stderr: {self.stderr.strip()[-1500:]}"
 
 
 def offer(
     node: MeshNode, job: Path | str, *args: str, timeout: float = 180.0, json_out: bool = True
 ) -> Offered:
-    """``p2pmesh offer JOB ARGS [--json]`` on ``node``; never raises on the exit code."""
+    """``p2pmesh offer JOB ARGS [--json]`` on ``node``; never raises on the exit code, nor
+    on a timeout (then ``rc`` is None and the process has been killed)."""
     extra = ["--json"] if json_out else []
     t0 = time.monotonic()
-    res = node.cli("offer", str(job), *args, *extra, timeout=timeout)
+    try:
+        res = node.cli("offer", str(job), *args, *extra, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        out, err = (
+            (x.decode(errors="replace") if isinstance(x, bytes) else x or "")
+            for x in (exc.stdout, exc.stderr)
+        )
+        return Offered(None, {}, out, err, time.monotonic() - t0)
     took = time.monotonic() - t0
     doc: dict[str, Any] = {}
     if json_out and res.stdout.strip():
@@ -190,6 +199,19 @@ def job_state(node: MeshNode, job_id: str) -> dict[str, Any]:
     return dict(request(node, "job", {"job_id": job_id}))
 
 
+def history(doc: dict[str, Any]) -> str:
+    """A job document's history, one event a line, for failure messages."""
+    lines = [f"job {doc.get('job_id', '?')} {doc.get('state', '?')}: {doc.get('error') or ''}"]
+    lines += [f"  {h['at']} {h['event']}" for h in doc.get("history", [])]
+    return "\n".join(lines)
+
+
+def last_job(node: MeshNode) -> dict[str, Any]:
+    """The newest job this node requested (to explain an ``offer`` that did not finish)."""
+    mine = [j for j in request(node, "jobs") if j.get("role") == "requester"]
+    return dict(mine[-1]) if mine else {}
+
+
 def wait_job(
     node: MeshNode,
     job_id: str,
@@ -206,9 +228,8 @@ def wait_job(
         return dict(last) if last.get("state") in wanted else None
 
     def describe() -> str:
-        hist = "\n".join(f"  {h['at']} {h['event']}" for h in last.get("history", []))
         tails = mesh.log_tails(10) if mesh is not None else node.log_tail(15)
-        return f"job {job_id} is {last.get('state')!r}, not in {sorted(wanted)}\n{hist}\n{tails}"
+        return f"not in {sorted(wanted)}: {history(last)}\n{tails}"
 
     return wait_until(reached, timeout, interval=0.2, message=describe)
 
@@ -256,8 +277,10 @@ __all__ = [
     "containers",
     "docker_client",
     "docker_missing",
+    "history",
     "job_doc",
     "job_state",
+    "last_job",
     "node_of",
     "offer",
     "remove_leftovers",

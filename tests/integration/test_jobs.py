@@ -29,8 +29,10 @@ from jobmesh import (
     containers,
     docker_client,
     docker_missing,
+    history,
     job_doc,
     job_state,
+    last_job,
     node_of,
     offer,
     remove_leftovers,
@@ -52,6 +54,7 @@ WORD_COUNT = EXAMPLES / "word-count"
 EXAMPLE_NAMES = sorted(p.parent.name for p in EXAMPLES.glob("*/job.json"))
 DISCOVERY_TIMEOUT_S = 45.0
 JOB_TIMEOUT_S = 120.0
+EXAMPLE_TIMEOUT_S = 60.0  # each example takes a few seconds
 GONE_TIMEOUT_S = 30.0  # a stopped container is removed by its daemon within this
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -352,10 +355,13 @@ def assert_matches_expected(example: Path, outputs: Path) -> None:
 def test_example_runs_end_to_end(name: str, mesh3: Mesh, engine: Any, tmp_path: Path) -> None:
     example = EXAMPLES / name
     requester = mesh3.nodes[0]
-    res = offer(
-        requester, example / "job.json", "--wait", "--out", str(tmp_path), "--bid-window", "1"
-    )
-    assert res.rc == 0, res.describe() + "\n" + mesh3.log_tails()
+    args = ("--wait", "--out", str(tmp_path), "--bid-window", "1")
+    res = offer(requester, example / "job.json", *args, timeout=EXAMPLE_TIMEOUT_S)
+    if res.rc is None:
+        doc = last_job(requester)
+        request(requester, "cancel", {"job_id": doc["job_id"]})
+        pytest.fail(f"{name}: not done in {EXAMPLE_TIMEOUT_S} s\n{history(doc)}")
+    assert res.rc == 0, res.describe() + "\n" + history(res.doc) + "\n" + mesh3.log_tails()
     assert res.state == "done"
     k = json.loads((example / "job.json").read_text()).get("redundancy", 2)
     assert_replicated(res.doc, mesh3, requester, k if isinstance(k, int) else 2)

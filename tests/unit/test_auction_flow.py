@@ -982,43 +982,68 @@ def test_garbage_and_unknown_kinds_are_logged_not_raised() -> None:
 
 
 # -- flaky peers (property) ----------------------------------------------------------------------
-_BEHAVIOUR = st.sampled_from(["honest", "slow", "mute", "down", "hang", "fail", "decline", "odd"])
+_BEHAVIOUR = st.sampled_from(
+    ["honest", "slow", "mute", "down", "hang", "fail", "decline", "odd", "restart"]
+)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     behaviours=st.lists(_BEHAVIOUR, min_size=1, max_size=4),
-    redundancy=st.integers(1, 3),
+    redundancy=st.sampled_from([2, 3, "auto"]),
     when=st.integers(0, 20),
+    requester_restarts=st.booleans(),
 )
 def test_flaky_peers_always_end_in_a_final_state(
-    behaviours: list[str], redundancy: int, when: int
+    behaviours: list[str], redundancy: int | str, when: int, requester_restarts: bool
 ) -> None:
     mesh = Mesh(prices=(3, *[1 + i for i in range(len(behaviours))]))
     workers = NAMES[1 : 1 + len(behaviours)]
+    plan = dict(zip(workers, behaviours, strict=True))
     scripts = {
         "slow": Script(run_s=50),
         "hang": Script(hang=True),
         "fail": Script(exit_code=2),
         "odd": Script(output_digest=_digest(b"odd")),
     }
-    mesh.scripts = {w: scripts[b] for w, b in zip(workers, behaviours, strict=True) if b in scripts}
+    mesh.scripts = {w: scripts[b] for w, b in plan.items() if b in scripts}
     job = make_job(redundancy=redundancy, budget=30, timeout_s=40, deadline_s=200)
     mesh.submit("A", job)
-    for w, b in zip(workers, behaviours, strict=True):
+    for w, b in plan.items():
         if b == "decline":
             mesh.nodes[w].caps = replace(mesh.node(w).caps, work=False)
     mesh.run(when)
-    for w, b in zip(workers, behaviours, strict=True):
-        if b in ("mute", "down"):
-            getattr(mesh, "muted" if b == "mute" else "down").add(w)
+    for w, b in plan.items():
+        if b == "mute":
+            mesh.muted.add(w)
+        elif b == "down":
+            mesh.down.add(w)
+        elif b == "restart":
+            mesh.restart(w)
+    if requester_restarts:
+        mesh.restart("A")
+    final_at = None
     for _ in range(220):
         mesh.tick()
         j = mesh.job()
-        assert len(j.active()) <= j.k
+        if not requester_restarts:  # from_doc loses max_replicas: see the xfail above
+            assert len(j.active()) <= j.max_replicas
         assert j.spent() <= j.spec.budget
+        for w in workers:
+            assert mesh.node(w).provider.active_count() <= mesh.node(w).caps.max_jobs
+        if final_at is None and j.state in requester_mod.FINAL:
+            final_at = mesh.now
     j = mesh.job()
     assert j.state in requester_mod.FINAL, j.history
+    assert final_at is not None and final_at <= T0 + 200
+    # Once final, the requester awards nothing and nobody starts a container.
+    late = [(n, e) for t, n, e in mesh.done if t > final_at]
+    assert not [e for n, e in late if n == "A" and isinstance(e, SendMessage) and e.kind == "award"]
+    assert not [e for _, e in late if isinstance(e, RunContainer)]
+    # Workers only ever talk to the requester.
+    for _, n, e in mesh.done:
+        if isinstance(e, SendMessage) and n != "A":
+            assert e.peer_id == mesh.ids["A"]
     if j.state == "done":
         # A strict majority of the replicas in play agreed on the accepted output.
         agreeing = [
@@ -1026,9 +1051,6 @@ def test_flaky_peers_always_end_in_a_final_state(
             for r in j.active()
             if r.result and r.result.output_digest == j.accepted_digest and r.result.exit_code == 0
         ]
-        assert len(agreeing) >= 2 and len(agreeing) * 2 > len(j.active())
-    # Honest workers that were awarded and never lost ended with a result on their side.
-    for w, b in zip(workers, behaviours, strict=True):
-        rep = j.replicas.get(mesh.ids[w])
-        if b == "honest" and rep is not None and rep.state != "lost" and j.state != "cancelled":
-            assert mesh.work(w).state in ("reported", "cancelled")
+        need = 1 if j.auto and j.k == 1 else 2
+        assert len(agreeing) >= need and len(agreeing) * 2 > len(j.active())
+        assert requester_mod.job_view(j)["price_total"] <= j.spec.budget

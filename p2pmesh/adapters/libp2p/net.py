@@ -358,7 +358,9 @@ class MeshNet:
 # -- job protocol and blob transfer (PROTOCOL.md §7.5, §7.6) ------------------------------------
 JOB_PROTOCOL = "/p2pmesh/job/1.0.0"
 BLOB_PROTOCOL = "/p2pmesh/blob/1.0.0"
-JOB_KINDS = frozenset({"bid", "award", "status", "result", "cancel"})
+JOB_KINDS = frozenset({"bid", "award", "status", "result", "cancel", "pay", "paid"})
+LEDGER_PROTOCOL = "/p2pmesh/ledger/1.0.0"
+MAX_LEDGER_REPLY = 4 * 1024 * 1024
 MAX_JOB_FRAME = 64 * 1024
 BLOB_CHUNK = 1 << 20
 BLOB_TIMEOUT_S = 30.0
@@ -377,12 +379,60 @@ class JobWire:
         *,
         may_fetch: Callable[[str, str], bool],
         blob_path: Callable[[str], Any],
+        ledger_blocks: Callable[[dict[str, Any]], list[bytes]] | None = None,
     ) -> None:
         self.net = net
         self._may_fetch = may_fetch
         self._blob_path = blob_path
+        self._ledger_blocks = ledger_blocks
         net.set_stream_handler(JOB_PROTOCOL, self._serve_job)
         net.set_stream_handler(BLOB_PROTOCOL, self._serve_blob)
+        net.set_stream_handler(LEDGER_PROTOCOL, self._serve_ledger)
+
+    async def _serve_ledger(self, stream: Any) -> None:
+        try:
+            req = codec.decode(await read_frame(stream, max_bytes=1024, timeout_s=STREAM_TIMEOUT_S))
+            blocks: list[bytes] = []
+            if isinstance(req, dict) and self._ledger_blocks is not None:
+                blocks = self._ledger_blocks(req)
+            await write_frame(
+                stream,
+                codec.encode({"blocks": blocks}, max_bytes=MAX_LEDGER_REPLY),
+                timeout_s=STREAM_TIMEOUT_S,
+            )
+        except (TransportError, DecodeError) as exc:
+            log.debug("ledger serve: %s", exc)
+        except Exception as exc:
+            log.debug("ledger serve failed: %r", exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.close()
+
+    async def ledger_request(self, peer_id: str, request: dict[str, Any]) -> list[bytes]:
+        """Ask a peer for ledger blocks (a range, or every head); raises ``TransportError``."""
+        pid = await self._connect(peer_id, ())
+        try:
+            with trio.fail_after(STREAM_TIMEOUT_S):
+                stream = await self.net.host.new_stream(pid, [LEDGER_PROTOCOL])
+        except trio.TooSlowError:
+            raise TransportError("stream open timed out") from None
+        except Exception as exc:
+            raise TransportError(f"cannot open stream: {type(exc).__name__}"[:200]) from exc
+        try:
+            await write_frame(stream, codec.encode(request), timeout_s=STREAM_TIMEOUT_S)
+            reply = codec.decode(
+                await read_frame(stream, max_bytes=MAX_LEDGER_REPLY, timeout_s=STREAM_TIMEOUT_S),
+                max_bytes=MAX_LEDGER_REPLY,
+            )
+        except DecodeError as exc:
+            raise TransportError(f"bad ledger reply: {exc}") from None
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.close()
+        blocks = reply.get("blocks") if isinstance(reply, dict) else None
+        if not isinstance(blocks, list):
+            raise TransportError("ledger reply without blocks")
+        return [b for b in blocks[:256] if isinstance(b, bytes)]
 
     async def _connect(self, peer_id: str, addrs: tuple[str, ...]) -> Any:
         pid = ID.from_base58(peer_id)

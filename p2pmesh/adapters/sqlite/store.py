@@ -48,6 +48,17 @@ MIGRATIONS: list[str] = [
         added_at REAL NOT NULL
     );
     """,
+    # 3: the replicated ledger (blocks exactly as signed), fraud proofs, unfinished payments.
+    """
+    CREATE TABLE blocks (
+        author TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        raw BLOB NOT NULL,
+        PRIMARY KEY (author, seq)
+    );
+    CREATE TABLE frauds (author TEXT PRIMARY KEY, proof BLOB NOT NULL);
+    CREATE TABLE payments (proposal_hash TEXT PRIMARY KEY, doc TEXT NOT NULL);
+    """,
 ]
 
 
@@ -136,6 +147,39 @@ class Store:
             for j, r, s, d, u in self._db.execute(q + " ORDER BY updated_at", args)
         ]
 
+    # -- ledger ------------------------------------------------------------------------------
+    def put_block(self, author: str, seq: int, raw: bytes) -> None:
+        # OR IGNORE: blocks are immutable; a second write of the same height is a no-op (a
+        # different block at that height is a fork, kept as a fraud proof, never stored here).
+        self._db.execute(
+            "INSERT OR IGNORE INTO blocks(author, seq, raw) VALUES(?, ?, ?)", (author, seq, raw)
+        )
+
+    def blocks(self) -> list[bytes]:
+        return [
+            bytes(r[0]) for r in self._db.execute("SELECT raw FROM blocks ORDER BY author, seq")
+        ]
+
+    def put_fraud(self, author: str, proof: bytes) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO frauds(author, proof) VALUES(?, ?)", (author, proof)
+        )
+
+    def frauds(self) -> list[bytes]:
+        return [bytes(r[0]) for r in self._db.execute("SELECT proof FROM frauds")]
+
+    def put_payment(self, proposal_hash: str, doc: dict[str, Any] | None) -> None:
+        if doc is None:
+            self._db.execute("DELETE FROM payments WHERE proposal_hash = ?", (proposal_hash,))
+        else:
+            self._db.execute(
+                "INSERT OR REPLACE INTO payments(proposal_hash, doc) VALUES(?, ?)",
+                (proposal_hash, json.dumps(doc)),
+            )
+
+    def payments(self) -> list[dict[str, Any]]:
+        return [json.loads(r[0]) for r in self._db.execute("SELECT doc FROM payments")]
+
     def put_blob(self, digest: str, size: int, kind: str, now: float) -> None:
         self._db.execute(
             "INSERT OR IGNORE INTO blobs(digest, size, kind, added_at) VALUES(?, ?, ?, ?)",
@@ -150,6 +194,15 @@ class TrioStore:
         self.store = store
         self._limiter = trio.CapacityLimiter(1)
         self._lock = threading.Lock()
+
+    def call_now(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run on the calling thread, serialised with the worker: for writes that must be
+        durable before the caller goes on (our own ledger blocks before they are sent)."""
+        with self._lock:
+            try:
+                return fn(*args)
+            except sqlite3.Error as exc:
+                raise StoreError(str(exc)) from exc
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         def run() -> T:

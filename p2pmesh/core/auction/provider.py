@@ -65,6 +65,8 @@ class Provider:
         self.allow_network = allow_network
         self.jobs: dict[str, WorkerJob] = {}
         self.last_decision: dict[str, str] = {}  # job_id -> why we did or did not bid
+        # Plugged in by the node: may we work for this requester at this price (ledger)?
+        self.requester_allowed: Any = lambda requester, amount: True
 
     def active_count(self) -> int:
         return sum(1 for j in self.jobs.values() if j.state in ACTIVE)
@@ -86,6 +88,7 @@ class Provider:
             active_jobs=self.active_count(),
             allow_network=self.allow_network,
             now=now,
+            requester_allowed=self.requester_allowed(offer.requester, offer.job.spec.max_price),
         )
         decision = decide_bid(offer, ctx)
         self._remember(offer.job_id, decision.reason)
@@ -302,6 +305,12 @@ class Provider:
         if j.state in ("fetching", "running"):
             return self._report_error(j, now, "worker restarted after the deadline")
         return []
+
+    def award_price(self, job_id: str, requester: str) -> int | None:
+        j = self.jobs.get(job_id)
+        if j is None or j.award is None or j.requester != requester or j.state != "reported":
+            return None
+        return j.award.price
 
 
 def worker_view(j: WorkerJob) -> dict[str, Any]:

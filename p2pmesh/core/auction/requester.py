@@ -133,6 +133,9 @@ class Requester:
         self.book = book if book is not None else ReputationBook(signer.peer_id)
         self.rng = rng  # anything with .random() -> [0, 1); None: never spot-check
         self.spot_check = spot_check
+        # Plugged in by the node: the ledger's payment hook and its exclusion list.
+        self.pay: Any = None  # callable(job_id=, payee=, amount=, accepted_digest=, verdict=, now=)
+        self.excluded: Any = lambda peer: False
         self.jobs: dict[str, RequesterJob] = {}
 
     # -- commands -----------------------------------------------------------------------------
@@ -185,6 +188,8 @@ class Requester:
             why = "bid for another round or job version"
         elif bid.price > j.spec.max_price:
             why = "price above max_price"
+        elif self.excluded(bid.bidder):
+            why = "bidder excluded by a fraud proof"
         elif bid.bidder in j.tried or bid.bidder == self.self_id:
             why = "bidder already tried for this job"
         if why:
@@ -633,6 +638,16 @@ class Requester:
                 "agreeing replica(s)"
             )
         j.accepted_digest = first.output_digest
+        if outcome == "accepted" and self.pay is not None:
+            for w in agreeing:
+                out += self.pay(
+                    job_id=j.job_id,
+                    payee=w,
+                    amount=j.replicas[w].price,
+                    accepted_digest=first.output_digest,
+                    verdict=verdict.raw,
+                    now=now,
+                )
         return out + self._fetch(j, best[0], now)
 
     def _fetch(self, j: RequesterJob, worker: str, now: int) -> list[Effect]:
@@ -751,6 +766,7 @@ def to_doc(j: RequesterJob) -> dict[str, Any]:
         "error": j.error,
         "finished_at": j.finished_at,
         "history": j.history,
+        "verdict": j.verdict_raw.hex(),
     }
 
 
@@ -776,6 +792,7 @@ def from_doc(doc: dict[str, Any], requester_id: str, now: int) -> RequesterJob:
         bids_seen=doc["bids_seen"],
         tried=set(doc["tried"]),
         tried_fetch=set(doc.get("tried_fetch", [])),
+        verdict_raw=bytes.fromhex(doc.get("verdict", "")),
         accepted_digest=doc["accepted_digest"],
         fetch_from=doc["fetch_from"],
         error=doc["error"],

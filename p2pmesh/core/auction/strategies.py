@@ -97,7 +97,7 @@ def _price(o: Offer, c: BidContext) -> str | None:
 
 
 def _requester(o: Offer, c: BidContext) -> str | None:
-    return None if c.requester_allowed else "requester past its credit limit"
+    return None if c.requester_allowed else "requester excluded or past its credit limit"
 
 
 CHAIN: tuple[Check, ...] = (

@@ -40,10 +40,10 @@ import io
 import itertools
 import json
 import math
-import re
+import operator
 import struct
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from fractions import Fraction
@@ -58,6 +58,7 @@ __all__ = [
     "MAX_FILES",
     "MAX_JSON_DEPTH",
     "MAX_NPY_HEADER_BYTES",
+    "MAX_REORDER_SLICES",
     "MAX_VALUES",
     "Comparison",
     "equivalent",
@@ -77,6 +78,8 @@ MAX_CSV_ROWS = 1_000_000
 MAX_NPY_HEADER_BYTES = 64 * 1024
 # numpy's own limit on dimensions is 32 (64 since numpy 2); more is not an array numpy wrote.
 MAX_NPY_DIMS = 64
+# Strided copies allowed to reorder one column-major array (see _to_c_order).
+MAX_REORDER_SLICES = 1_000_000
 MAX_NAME_BYTES = 4096
 
 _NUMERIC_EXTS = (".json", ".csv", ".npy")
@@ -84,6 +87,7 @@ _NUMERIC_EXTS = (".json", ".csv", ".npy")
 # enough that two chunks of Python floats stay a few MiB.
 _CHUNK = 1 << 16
 _SHOWN_CHARS = 48
+_TINY = 5e-324  # the smallest positive float
 # How reasons name the two sides: the first and the second argument of ``equivalent``.
 _A, _B = "archive a", "archive b"
 
@@ -370,6 +374,48 @@ class _Tally:
         if self.budget < 0:
             raise _Dissent(f"more than {MAX_VALUES} values to compare")
 
+    def numbers(
+        self, xs: Sequence[float | int], ys: Sequence[float | int], where: Callable[[int], str]
+    ) -> None:
+        """Check two equally long sequences of numbers (no bools) pair by pair.
+
+        Raises:
+            _Dissent: at the first pair out of tolerance, named by ``where(index)``.
+        """
+        if xs == ys or self._all_close_fast(xs, ys):
+            return
+        for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+            if x != y and not self.close(x, y):
+                raise _out_of_tolerance(where(i), x, y)
+
+    def _all_close_fast(self, xs: Sequence[float | int], ys: Sequence[float | int]) -> bool:
+        """The common case at C speed: every value finite and every pair within tolerance.
+
+        The arithmetic is exactly that of ``close``, so both decide alike; False only means
+        "look pair by pair" (a NaN, an infinity, an overflow, or a pair out of tolerance).
+        """
+        at, rt = self.abs_tol, self.rel_tol
+        try:
+            diffs = list(map(abs, map(operator.sub, xs, ys)))
+            # A NaN or an infinity in a pair makes its diff NaN or inf, and a float sum stays
+            # non-finite once any term is: a finite total means every pair is finite (a total
+            # that merely overflows only sends us to the slow path).
+            if not math.isfinite(sum(diffs)):
+                return False
+            worst = max(diffs)
+            scales = list(map(max, map(abs, xs), map(abs, ys)))
+            # The abs_tol test alone settles many chunks without a tolerance per pair.
+            if worst > at:
+                tols = map(at.__add__, map(rt.__mul__, scales))
+                if any(map(operator.gt, diffs, tols)):
+                    return False
+            # A zero scale has a zero diff; the floor only avoids dividing by zero.
+            rel = max(map(operator.truediv, diffs, map(max, scales, itertools.repeat(_TINY))))
+        except OverflowError:  # ints beyond float range
+            return False
+        self._record(float(worst), rel)
+        return True
+
     def close(self, x: float | int, y: float | int) -> bool:
         """Whether two unequal numbers (``x != y``, bools excluded) are within tolerance."""
         if x != x or y != y:  # NaN agrees only with NaN
@@ -380,20 +426,19 @@ class _Tally:
             scale = max(abs(x), abs(y))
             fdiff, fscale = float(diff), float(scale)
         except OverflowError:  # an int beyond float range (JSON allows ~4300 digits)
-            return self._record(math.inf, math.inf, self._exact_close(x, y))
+            self._record(math.inf, math.inf)
+            return self._exact_close(x, y)
         if math.isinf(fscale):  # an infinity against a different number
             return False
         tol = self.abs_tol + self.rel_tol * fscale
+        self._record(fdiff, fdiff / fscale)
         if math.isfinite(fdiff) and math.isfinite(tol):
-            ok = fdiff <= tol
-        else:  # the float terms overflowed; decide on the exact values instead
-            ok = self._exact_close(x, y)
-        return self._record(fdiff, fdiff / fscale, ok)
+            return diff <= tol  # an int diff compares exactly with the float tolerance
+        return self._exact_close(x, y)  # the float terms overflowed: decide on exact values
 
-    def _record(self, diff: float, rel: float, ok: bool) -> bool:
+    def _record(self, diff: float, rel: float) -> None:
         self.max_abs = max(self.max_abs, diff)
         self.max_rel = max(self.max_rel, rel)
-        return ok
 
     def _exact_close(self, x: float | int, y: float | int) -> bool:
         if (isinstance(x, float) and not math.isfinite(x)) or (
@@ -464,6 +509,11 @@ def _walk_json(x: Any, y: Any, where: str, depth: int, tally: _Tally) -> None:
     elif tx == "array":
         if len(x) != len(y):
             raise _Dissent(f"{where}: {len(x)} vs {len(y)} elements")
+        if _NUMBER_TYPES.issuperset(map(type, x)) and _NUMBER_TYPES.issuperset(map(type, y)):
+            # A flat array of numbers (the bulk of numeric output) in one pass, at C speed.
+            tally.spend(len(x))
+            tally.numbers(x, y, lambda i: f"{where}[{i}]")
+            return
         for i, (u, v) in enumerate(zip(x, y, strict=True)):
             _walk_json(u, v, f"{where}[{i}]", depth + 1, tally)
     elif tx == "number":
@@ -471,6 +521,10 @@ def _walk_json(x: Any, y: Any, where: str, depth: int, tally: _Tally) -> None:
             raise _out_of_tolerance(where, x, y)
     elif x != y:  # strings, booleans, null: exact
         raise _Dissent(f"{where}: {_show_value(x)} vs {_show_value(y)}")
+
+
+# Exact types: json builds no subclasses, and bool (an int subclass) is not a number here.
+_NUMBER_TYPES = frozenset({int, float})
 
 
 def _json_kind(v: Any) -> str:
@@ -489,13 +543,6 @@ def _json_kind(v: Any) -> str:
 
 
 # --- CSV -----------------------------------------------------------------------------------------
-
-# A decimal number as written by numeric tools; stricter than float(), which would also take
-# '1_000', non-ASCII digits and other spellings no CSV writer means as a number.
-_CSV_NUMBER = re.compile(
-    r"\s*[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|nan|inf|infinity)\s*",
-    re.ASCII | re.IGNORECASE,
-)
 
 
 def _compare_csv(a: bytes, b: bytes, tally: _Tally) -> None:
@@ -531,15 +578,28 @@ def _csv_rows(raw: bytes, side: str) -> Iterator[list[str]]:
 
 
 def _compare_csv_row(x: list[str], y: list[str], row: int, tally: _Tally) -> None:
+    try:
+        fx, fy = list(map(float, x)), list(map(float, y))
+    except ValueError:
+        pass  # some cell is text: go cell by cell
+    else:
+        tally.numbers(fx, fy, lambda i: f"row {row}, column {i + 1}")
+        return
     for col, (u, v) in enumerate(zip(x, y, strict=True), start=1):
         if u == v:
             continue
-        where = f"row {row}, column {col}"
-        if not (_CSV_NUMBER.fullmatch(u) and _CSV_NUMBER.fullmatch(v)):
-            raise _Dissent(f"{where}: {_show_value(u)} vs {_show_value(v)}")
-        fu, fv = float(u), float(v)
+        fu, fv = _float_or_none(u), _float_or_none(v)
+        if fu is None or fv is None:
+            raise _Dissent(f"row {row}, column {col}: {_show_value(u)} vs {_show_value(v)}")
         if fu != fv and not tally.close(fu, fv):
-            raise _out_of_tolerance(where, fu, fv)
+            raise _out_of_tolerance(f"row {row}, column {col}", fu, fv)
+
+
+def _float_or_none(cell: str) -> float | None:
+    try:
+        return float(cell)
+    except ValueError:
+        return None
 
 
 # --- NumPy .npy ----------------------------------------------------------------------------------
@@ -583,7 +643,8 @@ class _Npy:
     dtype: _DType
     shape: tuple[int, ...]
     count: int
-    data: memoryview  # the elements in C order
+    fortran: bool  # the layout of ``data``: column-major, else row-major
+    data: memoryview
 
 
 def _compare_npy(a: bytes, b: bytes, tally: _Tally) -> None:
@@ -593,19 +654,22 @@ def _compare_npy(a: bytes, b: bytes, tally: _Tally) -> None:
     if x.dtype.kind != y.dtype.kind:
         raise _Dissent(f"dtype {_KIND_NAMES[x.dtype.kind]} vs {_KIND_NAMES[y.dtype.kind]}")
     tally.spend(x.count)
+    # Same layout on both sides (the usual case): walk both in storage order, no copy.
+    if x.fortran != y.fortran and _layout_matters(x.shape):
+        x, y = _to_c_order(x), _to_c_order(y)
     for start in range(0, x.count, _CHUNK):
         n = min(_CHUNK, x.count - start)
         xs, ys = _unpack(x, start, n), _unpack(y, start, n)
         if xs == ys:
             continue
-        for i, (u, v) in enumerate(zip(xs, ys, strict=True), start=start):
-            if u == v:
-                continue
-            where = f"element {_show_index(i, x.shape)}"
-            if x.dtype.kind == "b":
-                raise _Dissent(f"{where}: {u} vs {v}")
-            if not tally.close(u, v):
-                raise _out_of_tolerance(where, u, v)
+
+        def where(i: int, start: int = start) -> str:
+            return f"element {_show_index(start + i, x.shape, fortran=x.fortran)}"
+
+        if x.dtype.kind == "b":
+            i = next(i for i, (u, v) in enumerate(zip(xs, ys, strict=True)) if u != v)
+            raise _Dissent(f"{where(i)}: {xs[i]} vs {ys[i]}")
+        tally.numbers(xs, ys, where)
 
 
 def _unpack(arr: _Npy, start: int, n: int) -> tuple[Any, ...]:
@@ -656,9 +720,7 @@ def _parse_npy(raw: bytes, side: str) -> _Npy:
         raise _Dissent(
             f"{side}: .npy data is {len(data)} bytes, shape and dtype need {count * dtype.size}"
         )
-    if fortran:
-        data = _fortran_to_c(data, shape, dtype.size)
-    return _Npy(dtype=dtype, shape=shape, count=count, data=data)
+    return _Npy(dtype=dtype, shape=shape, count=count, fortran=fortran, data=data)
 
 
 def _npy_header(header: str, side: str) -> dict[str, Any]:
@@ -675,32 +737,58 @@ def _npy_header(header: str, side: str) -> dict[str, Any]:
     return fields
 
 
-def _fortran_to_c(data: memoryview, shape: tuple[int, ...], size: int) -> memoryview:
-    """Reorder column-major elements into row-major order.
-
-    Axes of length 1 do not change the layout, so they are dropped. Along the longest remaining
-    axis, each run of elements is one strided slice on both sides, so Python loops over the
-    other axes only (count / longest axis iterations).
-    """
+def _layout_matters(shape: tuple[int, ...]) -> bool:
+    # Axes of length 1 do not move elements; with at most one longer axis, or no elements,
+    # row- and column-major storage are the same bytes.
     dims = [d for d in shape if d != 1]
-    if len(dims) <= 1 or 0 in dims:
-        return data
-    code = _RAW_CODES[size]
-    src = data.cast(code)
-    out = bytearray(len(data))
-    dst = memoryview(out).cast(code)
+    return len(dims) > 1 and 0 not in dims
+
+
+def _to_c_order(arr: _Npy) -> _Npy:
+    """Reorder a column-major array's elements into row-major order (a copy).
+
+    Along the longest axis, each run of elements is one strided slice on both sides, so Python
+    steps only over the other axes: count / longest-axis slices, capped at MAX_REORDER_SLICES
+    (only absurd shapes, like twenty axes of length 2, get near it).
+    """
+    if not arr.fortran:
+        return arr
+    dims = [d for d in arr.shape if d != 1]
     n = len(dims)
-    f_strides = [math.prod(dims[:k]) for k in range(n)]
-    c_strides = [math.prod(dims[k + 1 :]) for k in range(n)]
     axis = max(range(n), key=lambda k: dims[k])
     length = dims[axis]
+    steps = arr.count // length
+    if steps > MAX_REORDER_SLICES:
+        raise _Dissent(
+            f"shape {_show_shape(arr.shape)} needs {steps} steps to reorder from column-major "
+            f"(limit {MAX_REORDER_SLICES}); write both outputs in the same order"
+        )
+    code = _RAW_CODES[arr.dtype.size]
+    src = arr.data.cast(code)
+    out = bytearray(len(arr.data))
+    dst = memoryview(out).cast(code)
+    f_strides = [math.prod(dims[:k]) for k in range(n)]
+    c_strides = [math.prod(dims[k + 1 :]) for k in range(n)]
     fs, cs = f_strides[axis], c_strides[axis]
     others = [k for k in range(n) if k != axis]
-    for idx in itertools.product(*(range(dims[k]) for k in others)):
-        bf = sum(i * f_strides[k] for i, k in zip(idx, others, strict=True))
-        bc = sum(i * c_strides[k] for i, k in zip(idx, others, strict=True))
+    index = [0] * len(others)
+    bf = bc = 0  # where the current run starts, column- and row-major
+    for _ in range(steps):
         dst[bc : bc + cs * (length - 1) + 1 : cs] = src[bf : bf + fs * (length - 1) + 1 : fs]
-    return memoryview(out)
+        # Advance the other axes like an odometer, keeping both offsets in step.
+        for j in range(len(others) - 1, -1, -1):
+            k = others[j]
+            index[j] += 1
+            bf += f_strides[k]
+            bc += c_strides[k]
+            if index[j] < dims[k]:
+                break
+            index[j] = 0
+            bf -= f_strides[k] * dims[k]
+            bc -= c_strides[k] * dims[k]
+    return _Npy(
+        dtype=arr.dtype, shape=arr.shape, count=arr.count, fortran=False, data=dst.cast("B")
+    )
 
 
 # --- grouping ------------------------------------------------------------------------------------
@@ -754,9 +842,10 @@ def _show_shape(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join(dims) + ("," if len(shape) == 1 else "") + ")"
 
 
-def _show_index(flat: int, shape: tuple[int, ...]) -> str:
+def _show_index(flat: int, shape: tuple[int, ...], *, fortran: bool) -> str:
+    """The multi-index of the ``flat``-th stored element."""
     index = []
-    for d in reversed(shape):
+    for d in shape if fortran else reversed(shape):
         flat, i = divmod(flat, d)
         index.append(i)
-    return "[" + ", ".join(map(str, reversed(index))) + "]"
+    return "[" + ", ".join(map(str, index if fortran else reversed(index))) + "]"

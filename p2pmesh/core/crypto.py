@@ -8,6 +8,7 @@ cheaper stand-in with the same interface.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Protocol
 
 import nacl.exceptions
@@ -59,12 +60,29 @@ class Ed25519Signer:
         return self._key.sign(signing_input(purpose, payload)).signature
 
 
+# One message is verified several times on its way through a node (topic validator, then the
+# core; a verdict by every peer of a simulation), and Ed25519 verification dominates the cost of
+# handling small messages. Verification is a pure function, so successes are memoised: the key
+# binds the public key, the signature and a hash of the exact signed bytes. Bounded, FIFO.
+_VERIFIED: dict[bytes, None] = {}
+VERIFY_CACHE_SIZE = 1 << 16
+
+
 def verify(public_key: bytes, purpose: str, payload: bytes, signature: bytes) -> bool:
     """True only for a valid Ed25519 signature by ``public_key`` for this purpose and payload."""
     if len(public_key) != 32 or len(signature) != 64:
         return False
+    if purpose not in PURPOSES:
+        return False
+    message = signing_input(purpose, payload)
+    key = public_key + signature + hashlib.sha256(message).digest()
+    if key in _VERIFIED:
+        return True
     try:
-        nacl.signing.VerifyKey(public_key).verify(signing_input(purpose, payload), signature)
+        nacl.signing.VerifyKey(public_key).verify(message, signature)
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
         return False
+    if len(_VERIFIED) >= VERIFY_CACHE_SIZE:
+        _VERIFIED.pop(next(iter(_VERIFIED)), None)
+    _VERIFIED[key] = None
     return True

@@ -51,19 +51,26 @@ def start_mesh(
     *,
     node_env: Mapping[int, Mapping[str, str]] | None = None,
     node_args: Mapping[int, Sequence[str]] | None = None,
-    max_jobs: int = 4,
+    allow: Mapping[int, Sequence[str]] | None = None,
+    max_jobs: int = 20,
     discovery_timeout: float = 45.0,
 ) -> Mesh:
-    """Start ``n`` daemons that allow our images, and wait until each lists all the others.
+    """Start ``n`` daemons and wait until each lists all the others.
 
-    The caller closes the mesh (``mesh.close()``), also on failure after this returns.
+    Every node allows ``p2pmesh/*`` images unless ``allow`` gives it its own patterns. The
+    default ``max_jobs`` is high on purpose: a worker awarded more jobs than it has slots
+    declines, and a decline excludes it from that job for good (see the trust tests' module
+    docstring), which in a 4-node mesh can leave a job with nobody to run it.
+    The caller closes the mesh (``mesh.close()``).
     """
+    allow = dict(allow or {})
+    args: dict[int, list[str]] = {}
+    for i in range(n):
+        patterns = allow.get(i, [ALLOW_OURS[1]])
+        args[i] = [a for p in patterns for a in ("--allow-image", p)]
+        args[i] += list((node_args or {}).get(i, ()))
     mesh = Mesh(
-        base,
-        n,
-        extra_args=[*ALLOW_OURS, "--max-jobs", str(max_jobs)],
-        node_env=node_env,
-        node_args=node_args,
+        base, n, extra_args=["--max-jobs", str(max_jobs)], node_env=node_env, node_args=args
     )
     mesh.start()
     try:

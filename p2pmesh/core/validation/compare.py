@@ -35,6 +35,7 @@ limits only bite on files that actually differ.
 from __future__ import annotations
 
 import ast
+import bisect
 import csv
 import io
 import itertools
@@ -382,11 +383,14 @@ class _Tally:
         Raises:
             _Dissent: at the first pair out of tolerance, named by ``where(index)``.
         """
-        if xs == ys or self._all_close_fast(xs, ys):
-            return
-        for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
-            if x != y and not self.close(x, y):
-                raise _out_of_tolerance(where(i), x, y)
+        for start in range(0, len(xs), _CHUNK):
+            # Chunks keep the fast path's temporary lists small.
+            cx, cy = xs[start : start + _CHUNK], ys[start : start + _CHUNK]
+            if cx == cy or self._all_close_fast(cx, cy):
+                continue
+            for i, (x, y) in enumerate(zip(cx, cy, strict=True), start=start):
+                if x != y and not self.close(x, y):
+                    raise _out_of_tolerance(where(i), x, y)
 
     def _all_close_fast(self, xs: Sequence[float | int], ys: Sequence[float | int]) -> bool:
         """The common case at C speed: every value finite and every pair within tolerance.
@@ -547,11 +551,12 @@ def _json_kind(v: Any) -> str:
 
 def _compare_csv(a: bytes, b: bytes, tally: _Tally) -> None:
     rows_a, rows_b = _csv_rows(a, _A), _csv_rows(b, _B)
+    batch = _CsvBatch(tally)
     try:
         for row in itertools.count(1):
             x, y = next(rows_a, None), next(rows_b, None)
             if x is None and y is None:
-                return
+                break
             if row > MAX_CSV_ROWS:
                 raise _Dissent(f"more than {MAX_CSV_ROWS} rows")
             if x is None or y is None:
@@ -560,7 +565,8 @@ def _compare_csv(a: bytes, b: bytes, tally: _Tally) -> None:
                 raise _Dissent(f"row {row}: {len(x)} vs {len(y)} columns")
             tally.spend(len(x))
             if x != y:
-                _compare_csv_row(x, y, row, tally)
+                _compare_csv_row(x, y, row, batch)
+        batch.flush()
     except csv.Error as exc:
         raise _Dissent(f"malformed CSV: {_clip(str(exc))}") from None
 
@@ -577,21 +583,54 @@ def _csv_rows(raw: bytes, side: str) -> Iterator[list[str]]:
     return csv.reader(io.StringIO(text, newline=""))
 
 
-def _compare_csv_row(x: list[str], y: list[str], row: int, tally: _Tally) -> None:
+class _CsvBatch:
+    """Numeric cells of differing rows, checked a chunk at a time.
+
+    Rows are short, so one fast-path pass per row would cost more than the comparison itself.
+    """
+
+    def __init__(self, tally: _Tally) -> None:
+        self.tally = tally
+        self.xs: list[float] = []
+        self.ys: list[float] = []
+        self.rows: list[tuple[int, int]] = []  # (first index in xs, row number)
+
+    def add(self, row: int, xs: list[float], ys: list[float]) -> None:
+        self.rows.append((len(self.xs), row))
+        self.xs += xs
+        self.ys += ys
+        if len(self.xs) >= _CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        xs, ys, rows = self.xs, self.ys, self.rows
+        self.xs, self.ys, self.rows = [], [], []
+        starts = [first for first, _ in rows]
+
+        def where(i: int) -> str:
+            first, row = rows[bisect.bisect_right(starts, i) - 1]
+            return f"row {row}, column {i - first + 1}"
+
+        self.tally.numbers(xs, ys, where)
+
+
+def _compare_csv_row(x: list[str], y: list[str], row: int, batch: _CsvBatch) -> None:
     try:
         fx, fy = list(map(float, x)), list(map(float, y))
     except ValueError:
         pass  # some cell is text: go cell by cell
     else:
-        tally.numbers(fx, fy, lambda i: f"row {row}, column {i + 1}")
+        batch.add(row, fx, fy)
         return
+    # Earlier rows first, so the reason names the first difference in the file.
+    batch.flush()
     for col, (u, v) in enumerate(zip(x, y, strict=True), start=1):
         if u == v:
             continue
         fu, fv = _float_or_none(u), _float_or_none(v)
         if fu is None or fv is None:
             raise _Dissent(f"row {row}, column {col}: {_show_value(u)} vs {_show_value(v)}")
-        if fu != fv and not tally.close(fu, fv):
+        if fu != fv and not batch.tally.close(fu, fv):
             raise _out_of_tolerance(f"row {row}, column {col}", fu, fv)
 
 

@@ -23,16 +23,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jobmesh import ALLOW_OURS, BUSYBOX, job_doc, job_state, request, write_job
+from jobmesh import ALLOW_OURS, BUSYBOX, PYTHON, job_doc, job_state, request, write_job
 from mesh import Mesh, MeshNode, wait_until
 
 FINAL = frozenset({"done", "failed", "timeout", "cancelled", "no-bids", "inconclusive"})
 FAULT_ENV = "P2PMESH_FAULT"
 
 WORDS = (
-    "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november "
-    "oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu"
-).split()
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+    "kilo",
+    "lima",
+    "mike",
+    "november",
+    "oscar",
+    "papa",
+    "quebec",
+    "romeo",
+    "sierra",
+    "tango",
+    "uniform",
+    "victor",
+    "whiskey",
+    "xray",
+    "yankee",
+    "zulu",
+)
 
 
 def fault_env(fault: str, *, after: int = 0, slow_s: float | None = None) -> dict[str, str]:
@@ -146,6 +170,34 @@ def script_job(folder: Path, name: str, script: str, **changes: Any) -> JobCase:
     return JobCase(name, write_job(d, doc=doc))
 
 
+def py_sum_job(folder: Path, i: int, **changes: Any) -> JobCase:
+    """Python image: the sum of squares below a number of its own (input ``n.txt``)."""
+    d = folder / f"py{i:03d}"
+    d.mkdir(parents=True, exist_ok=True)
+    n = 1000 + 37 * i
+    (d / "n.txt").write_text(f"{n}\n")
+    (d / "run.py").write_text(
+        "n = int(open('/in/n.txt').read())\n"
+        "open('/out/sum.txt', 'w').write(f'{sum(k * k for k in range(n))}\\n')\n"
+    )
+    path = write_job(
+        d,
+        **{
+            "name": f"py-sum-{i}",
+            "image": PYTHON,
+            "command": ["python3", "/in/run.py"],
+            "inputs": {"n.txt": "n.txt", "run.py": "run.py"},
+            "timeout_s": 60,
+            "deadline_s": 400,
+            "max_price": 10,
+            "budget": 100,
+            **changes,
+        },
+    )
+    truth = f"{sum(k * k for k in range(n))}\n".encode()
+    return JobCase(f"py-sum-{i}", path, {"sum.txt": truth})
+
+
 # -- submitting and following ---------------------------------------------------------------------
 @dataclass
 class Submitted:
@@ -163,7 +215,9 @@ class Submitted:
 
 def submit(node: MeshNode, case: JobCase, bid_window_s: int = 1) -> Submitted:
     """What ``p2pmesh offer JOB --bid-window N`` (no ``--wait``) does, over the control socket."""
-    sub = request(node, "submit", {"job_file": str(case.path.absolute()), "bid_window_s": bid_window_s})
+    sub = request(
+        node, "submit", {"job_file": str(case.path.absolute()), "bid_window_s": bid_window_s}
+    )
     return Submitted(node, str(sub["job_id"]), case)
 
 
@@ -272,16 +326,29 @@ def dump(obj: Any) -> str:
     return json.dumps(obj, indent=1, sort_keys=True, default=str)[:6000]
 
 
+def add_worker(
+    mesh: Mesh, *, allow: Sequence[str] = (ALLOW_OURS[1],), args: Sequence[str] = ()
+) -> MeshNode:
+    """Start one more node (bootstrapping from node0) with its own image patterns."""
+    mesh.node_args[len(mesh.nodes)] = [
+        *(a for p in allow for a in ("--allow-image", p)),
+        *args,
+    ]
+    return mesh.add_node()
+
+
 __all__ = [
     "FINAL",
     "JobCase",
     "Submitted",
     "accepted_wrong",
+    "add_worker",
     "auto_choice",
     "dump",
     "export",
     "fault_env",
     "history",
+    "py_sum_job",
     "replicas",
     "reported_workers",
     "reputation_of",

@@ -120,7 +120,7 @@ def test_fits() -> None:
         (OFFER, _ctx(active=2), "busy (2/2 jobs)"),
         (OFFER, _ctx(active=5, max_jobs=1), "busy (5/1 jobs)"),
         (OFFER, _ctx(price=11), "price 11 above max_price 10"),
-        (OFFER, _ctx(allowed=False), "requester past its credit limit"),
+        (OFFER, _ctx(allowed=False), "requester excluded or past its credit limit"),
     ],
 )
 def test_each_reason(offer: m.Offer, ctx: BidContext, reason: str) -> None:

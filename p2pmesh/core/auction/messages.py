@@ -22,6 +22,7 @@ TOPIC_OFFERS = "p2pmesh/offers/1"
 # envelope, 16 addresses and 64 excluded peer IDs.
 MAX_OFFER_BYTES = 64 * 1024
 MAX_SMALL_BYTES = 4 * 1024
+MAX_ROUND = 1000  # re-offers of one job; a requester stops re-offering here (requester._offer)
 _U63 = 2**63 - 1
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -125,7 +126,7 @@ def parse_offer(raw: bytes) -> Offer:
         created_at=created,
         deadline_at=deadline,
         bid_window_s=schema.int_in(b, "bid_window_s", 1, 600),
-        round=schema.int_in(b, "round", 0, 1000),
+        round=schema.int_in(b, "round", 0, MAX_ROUND),
         addrs=schema.text_list(b, "addrs", 16, 256),
         exclude=schema.text_list(b, "exclude", 64, 64),
         raw=raw,

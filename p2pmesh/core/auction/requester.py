@@ -363,6 +363,10 @@ class Requester:
 
     def _offer(self, j: RequesterJob, now: int) -> list[Effect]:
         if j.offer_raw:
+            if j.round >= m.MAX_ROUND:
+                # Receivers refuse later rounds: keep collecting bids on the last one instead.
+                j.window_ends = now + j.bid_window_s
+                return []
             j.round += 1
         j.bids = {}
         j.state = "bidding" if not j.active() else j.state
@@ -551,7 +555,9 @@ class Requester:
         if groups is None:
             return []
         best = groups[0]
-        need = 1 if (j.auto and j.k == 1) else 2
+        # One agreeing result suffices only when one replica was asked for: an explicit
+        # redundancy of 1 (the user opted out of checking), or "auto" on a credible worker.
+        need = 1 if (j.auto and j.k == 1) or j.spec.redundancy == 1 else 2
         if len(best) >= need and len(best) * 2 > len(active):
             return self._decide(j, best, reported, now)
         if len(reported) < len(active):
@@ -767,6 +773,12 @@ def to_doc(j: RequesterJob) -> dict[str, Any]:
         "finished_at": j.finished_at,
         "history": j.history,
         "verdict": j.verdict_raw.hex(),
+        "auto": j.auto,
+        "max_replicas": j.max_replicas,
+        "spot_check": j.spot_check,
+        "fetched": sorted(j.fetched),
+        "compared": list(j.compared),
+        "groups": j.groups,
     }
 
 
@@ -793,6 +805,12 @@ def from_doc(doc: dict[str, Any], requester_id: str, now: int) -> RequesterJob:
         tried=set(doc["tried"]),
         tried_fetch=set(doc.get("tried_fetch", [])),
         verdict_raw=bytes.fromhex(doc.get("verdict", "")),
+        auto=doc.get("auto", False),
+        max_replicas=doc.get("max_replicas", 2 * doc["k"] + 1),
+        spot_check=doc.get("spot_check", False),
+        fetched=set(doc.get("fetched", [])),
+        compared=tuple(doc.get("compared", [])),
+        groups=doc.get("groups"),
         accepted_digest=doc["accepted_digest"],
         fetch_from=doc["fetch_from"],
         error=doc["error"],

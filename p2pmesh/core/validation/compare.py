@@ -8,7 +8,7 @@ job's ``ValidationRule`` says what "the same result" means:
 * ``exact``: the archives are canonical (a function of the folder's content), so two outputs
   agree exactly when their bytes are equal.
 * ``numeric``: both archives must hold the same file names. A file whose path matches one of
-  ``rule.files`` (every file when ``files`` is empty) and that is JSON, CSV or NumPy ``.npy``
+  ``rule.files`` (all files when ``files`` is empty) and that is JSON, CSV or NumPy ``.npy``
   (by extension, any case) is compared **value by value**; every other file byte by byte.
   Two numbers ``x``, ``y`` agree when
 
@@ -16,8 +16,8 @@ job's ``ValidationRule`` says what "the same result" means:
 
   like ``numpy.isclose`` but symmetric in ``x`` and ``y`` (numpy scales by ``|y|`` only), so
   ``equivalent(a, b)`` and ``equivalent(b, a)`` always agree. NaN agrees only with NaN and an
-  infinity only with itself; ``0.0`` and ``-0.0`` agree. The test runs in floating point, with
-  an exact fallback where the floating-point terms overflow.
+  infinity only with itself; ``0.0`` and ``-0.0`` agree. The check is computed in floating
+  point, with an exact fallback where the floating-point terms overflow.
 
 Globs follow docs/JOBS.md: matched against the path relative to ``/out``, part by part with
 ``fnmatch`` rules (``*``, ``?`` and ``[…]`` never cross a ``/``), and a whole part ``**`` matches
@@ -83,7 +83,6 @@ MAX_NPY_DIMS = 64
 MAX_REORDER_SLICES = 1_000_000
 MAX_NAME_BYTES = 4096
 
-_NUMERIC_EXTS = (".json", ".csv", ".npy")
 # Values unpacked per step when walking arrays: large enough that struct does the work, small
 # enough that two chunks of Python floats stay a few MiB.
 _CHUNK = 1 << 16

@@ -1,0 +1,480 @@
+"""SimPeer: one real ``core.Node`` plus a modelled machine, driven like the daemon drives it.
+
+Theory of operation. ``deliver(event)`` is the simulator's ``Daemon._owner``: it hands one event
+to ``Node.handle`` with the virtual ``now`` and carries out every effect the node returns, as
+``Daemon.dispatch`` and ``daemon/jobs.py`` do for real:
+
+* network effects (``SendMessage``, ``Publish``, ``SyncChain``, ``FetchHeads``) go to the
+  network model, which answers with ``MessageReceived``/``MessageDelivered``/``SendFailed``/
+  ``BlocksReceived`` events later in virtual time;
+* ``FetchInputs`` → ``InputsFetched`` after the modelled transfer of the inputs this machine does
+  not hold yet (the daemon's blob store skips blobs it has, and so does the model);
+* ``RunContainer`` → ``ContainerFinished`` after a run time drawn from the job's intrinsic work ×
+  this machine's speed × a little noise; the output's value class comes from the behaviour;
+* ``StopContainer`` → ``ContainerFinished(status="killed")`` at once (the daemon's executor
+  returns when stopped, and the core ignores the report);
+* ``FetchOutputs`` → ``OutputsFetched`` after the transfer from the worker;
+  ``CompareOutputs`` → ``OutputsCompared``, grouping workers by value class (numeric jobs:
+  honest replicas differ in bytes but agree within tolerance);
+* ``StoreBlock``/``Persist`` are counted; ``Persist`` of a finished requester job tells the
+  metrics the job is final, exactly the moment the daemon's store would see it;
+* ``DhtPut``/``DhtGet``/``Dial``/``ExchangePeers`` are counted and not answered (network.py).
+
+Ticks. The daemon ticks every node once a second. Here a node that has something in flight
+(an open requester job, an accepted award, an unconfirmed payment) is ticked every
+``BUSY_TICK_S``; an idle node every ``IDLE_TICK_S``, which only delays its periodic ledger-head
+announcement and record refresh (nothing else in ``Node.handle(Ticked)`` acts on an idle node).
+An event that may start timed work pulls the next tick forward. This is a driver scheduling
+choice, not protocol logic; the core change that would make it exact is ``Node.next_wakeup``
+(docs/SIMULATIONS.md).
+
+Churn. Leaving stops the machine (containers and transfers die). Coming back is a daemon
+restart: a new ``Node`` restored through the same calls as ``Daemon._restore_jobs`` from what
+the node had persisted: ledger blocks, fraud proofs, pending payments and job documents.
+Reputation is not persisted by the daemon, so a restarted node forgets it, here as there.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from p2pmesh.core.auction import provider as provider_mod
+from p2pmesh.core.auction import requester as requester_mod
+from p2pmesh.core.capability import Capabilities
+from p2pmesh.core.crypto import Ed25519Signer
+from p2pmesh.core.effects import (
+    CompareOutputs,
+    DhtGet,
+    DhtPut,
+    Dial,
+    ExchangePeers,
+    FetchInputs,
+    FetchOutputs,
+    Log,
+    Persist,
+    Publish,
+    RunContainer,
+    SendMessage,
+    StopContainer,
+)
+from p2pmesh.core.events import (
+    ContainerFinished,
+    InputsFetched,
+    JobSubmitted,
+    OutputsCompared,
+    OutputsFetched,
+    Ticked,
+)
+from p2pmesh.core.ledger.payments import FetchHeads, StoreBlock, SyncChain
+from p2pmesh.core.node import Node, NodeConfig
+from p2pmesh.simulations.behaviours import HONEST, Behaviour, Churn
+from p2pmesh.simulations.simcrypto import SimSigner
+from p2pmesh.simulations.workloads import BID_WINDOW_S, JobMeta, digest_of
+
+if TYPE_CHECKING:
+    from p2pmesh.simulations.sim import Simulation
+
+BUSY_TICK_S = 1.0  # the daemon's TICK_S
+IDLE_TICK_S = 60.0
+COMPARE_S = 0.05  # CPU time to compare two numeric outputs, small next to any transfer
+RUN_NOISE_SIGMA = 0.1  # replica-to-replica variation of one job's run time on equal machines
+LOG_BYTES = 2_000
+REQ_FINAL = requester_mod.FINAL
+# Send kinds after which the sender has something timed to watch (a bid alone does not:
+# the worker only forgets an unanswered bid at the offer's deadline).
+_POKE_KINDS = frozenset({"award", "status", "result", "pay", "paid", "cancel"})
+
+
+def capabilities(idx: int, behaviour: Behaviour) -> Capabilities:
+    """A mid-range workstation; every simulated worker has the same capacity."""
+    work = behaviour.work
+    return Capabilities(
+        addrs=(f"/ip4/10.{(idx >> 16) & 255}.{(idx >> 8) & 255}.{idx & 255}/tcp/4001",),
+        cpus=8,
+        cpus_physical=4,
+        ram_mb=16_384,
+        disk_free_mb=200_000,
+        load_milli=0,
+        gpus=(),
+        executors=("docker",) if work else (),
+        price=behaviour.price,
+        max_jobs=2 if work else 0,
+        work=work,
+        allow_images=("p2pmesh/*",),
+        agent="p2pmesh-sim/1",
+    )
+
+
+class SimPeer:
+    """One simulated machine. ``idx`` is its index in ``Simulation.peers``."""
+
+    def __init__(
+        self,
+        sim: Simulation,
+        idx: int,
+        behaviour: Behaviour,
+        *,
+        churn: Churn | None = None,
+        speed: float = 1.0,
+        real_crypto: bool = False,
+    ) -> None:
+        self.sim = sim
+        self.idx = idx
+        self.behaviour = behaviour
+        self.churn = churn
+        self.speed = speed
+        seed = sim.engine.rng.getrandbits(256).to_bytes(32, "big")
+        self.signer: Any = Ed25519Signer(seed) if real_crypto else SimSigner(seed)
+        self.peer_id: str = self.signer.peer_id
+        self.caps = capabilities(idx, behaviour)
+        self.worker = behaviour.work
+        self.config = NodeConfig(
+            # Records are not delivered in the model (network.py); the longest TTL the core
+            # allows keeps the node from re-signing one every 150 s for nobody.
+            record_ttl_s=3600,
+            fault_fork_ledger=behaviour.fork_ledger,
+        )
+        self.rng = random.Random(sim.engine.rng.getrandbits(64))
+        self.node: Node | None = None
+        self.online = False
+        self.epoch = 0  # bumped when the machine goes down: in-flight work of before is void
+        self.tick_gen = 0
+        self.next_tick = math.inf
+        self.req_open: set[str] = set()
+        self.work_open: set[str] = set()
+        self.running: dict[str, tuple[int, float]] = {}  # job -> (token, started_at)
+        self._token = 0
+        self.blobs: set[str] = set()
+        self.record_seq = 0
+        self.payments: dict[str, Any] = {}  # what Persist("payments") holds, for restarts
+        self.frauds: dict[str, Any] = {}
+        self.online_since = 0.0
+        self.online_s = 0.0  # total time online so far (for utilisation)
+        self.busy_s = 0.0  # container-seconds run
+        self.restarts = 0
+
+    # -- life cycle -------------------------------------------------------------------------
+    def come_online(self, _: Any = None) -> None:
+        if self.online:
+            return
+        now = self.sim.engine.now
+        if self.node is None:
+            self.node = Node(
+                self.config, self.signer, self.caps, started_at=now, rng=self.rng
+            )
+            resumed: list[Any] = []
+        else:
+            resumed = self._restart(now)
+            self.restarts += 1
+        self.online = True
+        self.online_since = now
+        self.sim.net.set_online(self.idx, True, self.worker)
+        self._execute(resumed)
+        self._schedule_tick(self.rng.random() * BUSY_TICK_S)
+        if self.churn is not None:
+            self.sim.engine.after(self.churn.session(self.sim.engine.rng), self.go_offline)
+
+    def go_offline(self, _: Any = None) -> None:
+        if not self.online:
+            return
+        now = self.sim.engine.now
+        self.online = False
+        self.online_s += now - self.online_since
+        for _job, (_, started) in self.running.items():
+            self.busy_s += now - started
+        self.running.clear()
+        self.epoch += 1
+        self.tick_gen += 1
+        self.next_tick = math.inf
+        self.sim.net.set_online(self.idx, False, self.worker)
+        if self.churn is not None:
+            self.sim.engine.after(self.churn.offline(self.sim.engine.rng), self.come_online)
+
+    def _restart(self, now: float) -> list[Any]:
+        """A daemon restart: a fresh Node restored from what the old one persisted."""
+        old = self.node
+        assert old is not None
+        node = Node(
+            self.config,
+            self.signer,
+            self.caps,
+            last_seq=self.record_seq,
+            started_at=now,
+            rng=self.rng,
+        )
+        blocks = [b.raw for chain in old.ledger.ledger.chains.values() for b in chain]
+        node.ledger.restore(blocks, list(self.frauds.values()), list(self.payments.values()))
+        t = int(now)
+        resumed: list[Any] = []
+        for j in old.requester.jobs.values():
+            if j.state not in REQ_FINAL:
+                node.requester.jobs[j.job_id] = requester_mod.from_doc(
+                    requester_mod.to_doc(j), node.peer_id, t
+                )
+        self.work_open.clear()
+        for w in old.provider.jobs.values():
+            # Bids are never persisted (provider.on_offer has no Persist): only awarded work is.
+            if w.state != "bid":
+                resumed += node.provider.restore(provider_mod.to_doc(w), t)
+        self.node = node
+        return resumed
+
+    # -- jobs from the workload ----------------------------------------------------------------
+    def submit(self, job_id: str, job: Any) -> None:
+        """The user runs ``p2pmesh offer``: the job enters the node, which is now busy."""
+        if not self.online:
+            return
+        self.req_open.add(job_id)
+        self._handle(JobSubmitted(job_id, job, BID_WINDOW_S))
+        if self.next_tick > self.sim.engine.now + BUSY_TICK_S:
+            self._schedule_tick(BUSY_TICK_S)
+
+    # -- the owner task: one event in, its effects out ------------------------------------------
+    def deliver(self, event: Any) -> None:
+        if not self.online:
+            return
+        if self._handle(event) and self.next_tick > self.sim.engine.now + BUSY_TICK_S:
+            self._schedule_tick(BUSY_TICK_S)
+
+    deliver_event = deliver  # engine callback spelling: ``engine.after(d, peer.deliver_event, ev)``
+
+    def _handle(self, event: Any) -> bool:
+        node = self.node
+        assert node is not None
+        sim = self.sim
+        sim.handled += 1
+        return self._execute(node.handle(event, sim.engine.now))
+
+    def _execute(self, effects: list[Any]) -> bool:
+        poke = False
+        for eff in effects:
+            if _EXEC[type(eff)](self, eff):
+                poke = True
+        return poke
+
+    # -- ticks ----------------------------------------------------------------------------------
+    def _schedule_tick(self, delay: float) -> None:
+        self.tick_gen += 1
+        self.next_tick = self.sim.engine.now + delay
+        self.sim.engine.at(self.next_tick, self._tick, self.tick_gen)
+
+    def _tick(self, gen: int) -> None:
+        if gen != self.tick_gen or not self.online:
+            return
+        self.sim.ticks += 1
+        self._handle(Ticked())
+        self._schedule_tick(BUSY_TICK_S if self._busy() else IDLE_TICK_S)
+
+    def _busy(self) -> bool:
+        node = self.node
+        assert node is not None
+        if self.req_open:
+            jobs = node.requester.jobs
+            for jid in [j for j in self.req_open if j not in jobs or jobs[j].state in REQ_FINAL]:
+                self.req_open.discard(jid)
+        if self.work_open:
+            wjobs = node.provider.jobs
+            done = [
+                jid
+                for jid in self.work_open
+                if jid not in wjobs
+                or wjobs[jid].state in ("cancelled", "expired")
+                or (wjobs[jid].state == "reported" and wjobs[jid].result_sent)
+            ]
+            for jid in done:
+                self.work_open.discard(jid)
+        return bool(self.req_open or self.work_open or node.ledger.pending)
+
+    # -- effects --------------------------------------------------------------------------------
+    def _send(self, eff: SendMessage) -> bool:
+        self.sim.net.send(self, eff)
+        return eff.kind in _POKE_KINDS
+
+    def _publish(self, eff: Publish) -> bool:
+        self.sim.net.publish(self, eff)
+        return False
+
+    def _sync(self, eff: SyncChain | FetchHeads) -> bool:
+        self.sim.net.sync(self, eff)
+        return False
+
+    def _later(self, delay: float, event: Any) -> None:
+        """Feed ``event`` back after ``delay`` unless the machine went down meanwhile."""
+        self.sim.engine.after(delay, self._if_same_epoch, (self.epoch, event))
+
+    def _if_same_epoch(self, arg: tuple[int, Any]) -> None:
+        epoch, event = arg
+        if epoch == self.epoch:
+            self.deliver(event)
+
+    def _fetch_inputs(self, eff: FetchInputs) -> bool:
+        self.work_open.add(eff.job_id)
+        missing = {digest: size for _, digest, size, _ in eff.refs if digest not in self.blobs}
+        if not missing:
+            self._later(0.0, InputsFetched(eff.job_id, True))
+            return True
+        src = self.sim.index.get(eff.requester)
+        epoch = self.epoch
+        if src is None:
+            self._later(0.0, InputsFetched(eff.job_id, False, "unknown requester"))
+            return True
+
+        def done(ok: bool, error: str) -> None:
+            if epoch != self.epoch:
+                return
+            if ok:
+                self.blobs.update(missing)
+            self.deliver(InputsFetched(eff.job_id, ok, error))
+
+        self.sim.net.blob(src, self.idx, sum(missing.values()), done)
+        return True
+
+    def _run(self, eff: RunContainer) -> bool:
+        now = self.sim.engine.now
+        meta = self.sim.jobs[eff.job_id]
+        node = self.node
+        assert node is not None
+        w = node.provider.jobs.get(eff.job_id)
+        winners = tuple(p for p, _ in w.award.winners) if w is not None and w.award else ()
+        value = self.behaviour.output(self.idx, winners, self.rng)
+        run_s = meta.work_s * self.speed * math.exp(self.rng.gauss(0.0, RUN_NOISE_SIGMA))
+        status = "exited"
+        timeout = eff.job.spec.timeout_s
+        if run_s > timeout:
+            run_s, status = float(timeout), "timeout"
+        self._token += 1
+        self.running[eff.job_id] = (self._token, now)
+        self.sim.engine.after(
+            run_s, self._finished, (self._token, meta, value, status, run_s, self.epoch)
+        )
+        return True
+
+    def _finished(self, arg: tuple[int, JobMeta, str, str, float, int]) -> None:
+        token, meta, value, status, run_s, epoch = arg
+        if epoch != self.epoch or self.running.get(meta.job_id, (None,))[0] != token:
+            return
+        del self.running[meta.job_id]
+        self.busy_s += run_s
+        digest = self.sim.output_digest(meta, value, self.idx)
+        self.blobs.add(digest)
+        self.deliver(
+            ContainerFinished(
+                job_id=meta.job_id,
+                status=status,
+                exit_code=0 if status == "exited" else None,
+                output_digest=digest,
+                output_size=meta.template.output_bytes,
+                log_digest=digest_of(f"log|{meta.job_id}|{self.idx}"),
+                log_size=LOG_BYTES,
+                log_truncated=False,
+                run_ms=int(run_s * 1000),
+                cpu_ms=int(run_s * 900),
+                max_memory_mb=256,
+            )
+        )
+
+    def _stop(self, eff: StopContainer) -> bool:
+        entry = self.running.pop(eff.job_id, None)
+        if entry is None:
+            return False
+        self.busy_s += self.sim.engine.now - entry[1]
+        self._later(
+            0.0,
+            ContainerFinished(
+                job_id=eff.job_id,
+                status="killed",
+                exit_code=137,
+                output_digest=digest_of(""),
+                output_size=0,
+                log_digest=digest_of(""),
+                log_size=0,
+                log_truncated=False,
+                run_ms=0,
+                cpu_ms=0,
+                max_memory_mb=0,
+            ),
+        )
+        return False
+
+    def _fetch_outputs(self, eff: FetchOutputs) -> bool:
+        if eff.output_digest in self.blobs:
+            self._later(0.0, OutputsFetched(eff.job_id, eff.worker, True))
+            return True
+        src = self.sim.index.get(eff.worker)
+        if src is None:
+            self._later(0.0, OutputsFetched(eff.job_id, eff.worker, False, "unknown worker"))
+            return True
+        epoch = self.epoch
+
+        def done(ok: bool, error: str) -> None:
+            if epoch != self.epoch:
+                return
+            if ok:
+                self.blobs.add(eff.output_digest)
+            self.deliver(OutputsFetched(eff.job_id, eff.worker, ok, error))
+
+        self.sim.net.blob(src, self.idx, eff.output_size + eff.log_size, done)
+        return True
+
+    def _compare(self, eff: CompareOutputs) -> bool:
+        by_value: dict[str, list[str]] = {}
+        for worker, digest in eff.outputs:
+            by_value.setdefault(self.sim.value_of(digest), []).append(worker)
+        groups = tuple(tuple(sorted(g)) for g in sorted(by_value.values(), key=min))
+        workers = tuple(sorted(w for w, _ in eff.outputs))
+        self._later(COMPARE_S * len(workers), OutputsCompared(eff.job_id, workers, groups))
+        return True
+
+    def _store_block(self, eff: StoreBlock) -> bool:
+        self.sim.stored_blocks += 1
+        return False
+
+    def _persist(self, eff: Persist) -> bool:
+        table = eff.table
+        if table == "jobs":
+            if eff.key.startswith("requester:") and eff.value["state"] in REQ_FINAL:
+                self.sim.job_final(self, eff.key[len("requester:") :])
+        elif table == "payments":
+            if eff.value is None:
+                self.payments.pop(eff.key, None)
+            else:
+                self.payments[eff.key] = eff.value
+        elif table == "frauds":
+            self.frauds[eff.key] = eff.value
+        elif table == "meta" and eff.key == "record_seq":
+            self.record_seq = int(eff.value)
+        return False
+
+    def _log(self, eff: Log) -> bool:
+        if eff.level in ("warning", "error"):
+            self.sim.count_log(eff.msg)
+        return False
+
+    def _ignored(self, eff: Any) -> bool:
+        self.sim.net.count_ignored(type(eff).__name__)
+        return False
+
+
+_EXEC: dict[type, Callable[[SimPeer, Any], bool]] = {
+    SendMessage: SimPeer._send,
+    Publish: SimPeer._publish,
+    SyncChain: SimPeer._sync,
+    FetchHeads: SimPeer._sync,
+    FetchInputs: SimPeer._fetch_inputs,
+    RunContainer: SimPeer._run,
+    StopContainer: SimPeer._stop,
+    FetchOutputs: SimPeer._fetch_outputs,
+    CompareOutputs: SimPeer._compare,
+    StoreBlock: SimPeer._store_block,
+    Persist: SimPeer._persist,
+    Log: SimPeer._log,
+    DhtPut: SimPeer._ignored,
+    DhtGet: SimPeer._ignored,
+    Dial: SimPeer._ignored,
+    ExchangePeers: SimPeer._ignored,
+}
+
+__all__ = ["BUSY_TICK_S", "IDLE_TICK_S", "HONEST", "SimPeer", "capabilities"]

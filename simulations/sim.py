@@ -1,0 +1,241 @@
+"""One simulation run: peers, network, workload and the bookkeeping the metrics read.
+
+``Simulation(plan).run()`` builds every peer (a real ``core.Node`` each), brings them online,
+submits ``plan.jobs`` jobs at Poisson arrival times, and runs the engine until every job is
+final (or the last deadline has passed), then hands itself to ``metrics.report``.
+
+Everything random comes from ``engine.rng`` (one seeded ``random.Random``) or per-peer
+generators seeded from it, in a fixed order, so the same plan and seed replay the same run.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from p2pmesh.core.events import PeerConnected
+from p2pmesh.simulations.behaviours import HONEST, Behaviour, Churn
+from p2pmesh.simulations.engine import Engine
+from p2pmesh.simulations.network import NetConfig, Network
+from p2pmesh.simulations.peer import SimPeer
+from p2pmesh.simulations.simcrypto import sim_signatures
+from p2pmesh.simulations.workloads import (
+    JobMeta,
+    WorkloadConfig,
+    arrival_rate,
+    build_jobs,
+    digest_of,
+    intrinsic_work,
+    pick,
+)
+
+# A realistic epoch: signed messages carry unix timestamps that the core checks against now.
+T0 = 1_700_000_000.0
+WARMUP_S = 5.0  # let every node publish its record and settle before the first job
+
+
+@dataclass(slots=True)
+class Plan:
+    """Everything that defines a run. ``scenarios.py`` builds these.
+
+    ``behaviours[i]`` and ``churn[i]`` describe peer ``i``. ``hooks`` are (time after start,
+    function of the simulation) for scheduled events such as partitions.
+    """
+
+    name: str
+    seed: int
+    jobs: int
+    behaviours: list[Behaviour]
+    churn: list[Churn | None]
+    net: NetConfig = field(default_factory=NetConfig)
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    utilisation: float = 0.3  # target share of worker slots kept busy by the arrivals
+    rate: float | None = None  # jobs per second; derived from ``utilisation`` when None
+    one_job_per_requester: bool = False
+    real_crypto: bool = False
+    hooks: list[tuple[float, Callable[[Simulation], None]]] = field(default_factory=list)
+    sybil_window: tuple[float, float] | None = None  # (from, to) seconds after the start
+    fraction: float = 0.0
+
+
+class Simulation:
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.engine = Engine(plan.seed, start=T0)
+        self.net = Network(self, plan.net)
+        self.peers: list[SimPeer] = []
+        self.index: dict[str, int] = {}
+        self.jobs: dict[str, JobMeta] = {}
+        self.value_class: dict[str, str] = {}
+        self.templates = build_jobs(plan.workload)
+        self.handled = 0
+        self.ticks = 0
+        self.stored_blocks = 0
+        self.submitted = 0
+        self.finals = 0
+        self.not_submitted = 0  # arrivals whose requester was offline (the user waits)
+        self.awards: list[tuple[float, int]] = []  # (time, worker index) of every award
+        self.logs: dict[str, int] = {}
+        self.last_arrival = T0
+        self.wall_s = 0.0
+        for i, b in enumerate(plan.behaviours):
+            idx = self.net.add_peer()
+            assert idx == i
+            churn = plan.churn[i] if i < len(plan.churn) else None
+            peer = SimPeer(self, i, b, churn=churn, real_crypto=plan.real_crypto)
+            self.peers.append(peer)
+            self.index[peer.peer_id] = i
+        weights = [b.requester_weight for b in plan.behaviours]
+        self._req_cum = list(itertools.accumulate(weights))
+        self._req_order: list[int] = []
+        if plan.one_job_per_requester:
+            self._req_order = [i for i, w in enumerate(weights) if w > 0]
+            self.engine.rng.shuffle(self._req_order)
+        slots = sum(p.caps.max_jobs for p in self.peers if p.worker)
+        k = 2.0 if not isinstance(plan.workload.redundancy, int) else plan.workload.redundancy
+        self.rate = plan.rate or arrival_rate(
+            len(self.peers), slots // max(1, len(self.peers)), plan.utilisation, k,
+            plan.workload.templates,
+        )  # fmt: skip
+
+    # -- running ------------------------------------------------------------------------------
+    def run(self, progress: Callable[[float, int, int], None] | None = None) -> Any:
+        """Run to the end and return ``metrics.Report``. ``progress(frac, done, total)``."""
+        from p2pmesh.simulations.metrics import report
+
+        started = time.perf_counter()
+        with self._crypto():
+            self._start()
+            horizon = self._horizon()
+
+            def tick_progress(now: float) -> None:
+                if progress is not None:
+                    progress(min(1.0, (now - T0) / (horizon - T0)), self.finals, self.plan.jobs)
+
+            self.engine.run_until(
+                horizon,
+                stop=lambda: self.submitted >= self.plan.jobs and self.finals >= self.submitted,
+                progress=tick_progress,
+            )
+            if progress is not None:
+                progress(1.0, self.finals, self.plan.jobs)
+            self.wall_s = time.perf_counter() - started
+            return report(self)
+
+    def _crypto(self) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext() if self.plan.real_crypto else sim_signatures()
+
+    def _start(self) -> None:
+        eng = self.engine
+        for p in self.peers:
+            b = p.behaviour
+            if b.join_at > 0:
+                eng.at(T0 + b.join_at, p.come_online)
+            elif p.churn is not None and eng.rng.random() > p.churn.online_share():
+                eng.after(p.churn.offline(eng.rng), p.come_online)
+            else:
+                eng.at(T0 + eng.rng.random(), p.come_online)
+        for at, hook in self.plan.hooks:
+            eng.at(T0 + at, lambda _, h=hook: h(self))
+        eng.at(T0 + WARMUP_S, self._arrive)
+
+    def _horizon(self) -> float:
+        """Latest time worth simulating: every arrival plus the longest job deadline."""
+        expected = self.plan.jobs / self.rate
+        longest = max(j.spec.deadline_s for _, j in self.templates)
+        return T0 + WARMUP_S + expected * 1.5 + longest + 600.0
+
+    # -- workload -----------------------------------------------------------------------------
+    def _arrive(self, _: Any = None) -> None:
+        if self.submitted + self.not_submitted >= self.plan.jobs:
+            return
+        rng = self.engine.rng
+        req = self._pick_requester(rng)
+        if req is None or not self.peers[req].online:
+            self.not_submitted += 1
+        else:
+            t_i = pick(rng, [t.weight for t, _ in self.templates])
+            template, wire = self.templates[t_i]
+            job_id = f"{rng.getrandbits(128):032x}"
+            meta = JobMeta(
+                job_id=job_id,
+                template=template,
+                requester=req,
+                submitted_at=self.engine.now,
+                work_s=intrinsic_work(template, rng),
+                honest=digest_of(f"{HONEST}|{job_id}"),
+            )
+            self.jobs[job_id] = meta
+            self.submitted += 1
+            self.last_arrival = self.engine.now
+            self.peers[req].submit(job_id, wire)
+        self.engine.after(rng.expovariate(self.rate), self._arrive)
+
+    def _pick_requester(self, rng: Any) -> int | None:
+        if self.plan.one_job_per_requester:
+            return self._req_order.pop() if self._req_order else None
+        total = self._req_cum[-1]
+        if total <= 0:
+            return None
+        return bisect.bisect_right(self._req_cum, rng.random() * total)
+
+    # -- model facts ----------------------------------------------------------------------------
+    def output_digest(self, meta: JobMeta, value: str, worker: int) -> str:
+        """The digest a container's output has: equal for equal values (exact jobs), distinct
+        per worker but of one value class for numeric jobs (floating-point noise)."""
+        if meta.template.numeric:
+            d = digest_of(f"{value}|{meta.job_id}|{worker}")
+        elif value == HONEST:
+            d = meta.honest
+        else:
+            d = digest_of(f"{value}|{meta.job_id}")
+        self.value_class[d] = value
+        return d
+
+    def value_of(self, digest: str) -> str:
+        return self.value_class.get(digest, "unknown")
+
+    # -- observations ---------------------------------------------------------------------------
+    def job_final(self, peer: SimPeer, job_id: str) -> None:
+        meta = self.jobs.get(job_id)
+        node = peer.node
+        if meta is None or meta.final_state or node is None:
+            return
+        j = node.requester.jobs[job_id]
+        meta.final_state = j.state
+        meta.finished_at = self.engine.now
+        meta.replicas = len(j.replicas)
+        if j.state == "done" and j.accepted_digest:
+            meta.accepted_class = "honest" if self.value_of(j.accepted_digest) == HONEST else "wrong"
+        self.finals += 1
+
+    def award_seen(self, worker_peer_id: str) -> None:
+        i = self.index.get(worker_peer_id)
+        if i is not None:
+            self.awards.append((self.engine.now - T0, i))
+
+    def count_log(self, msg: str) -> None:
+        self.logs[msg] = self.logs.get(msg, 0) + 1
+
+    # -- scheduled scenario events --------------------------------------------------------------
+    def split(self, groups: list[int]) -> None:
+        self.net.partition(groups)
+
+    def heal(self, links_per_peer: int = 2) -> None:
+        """End a partition: one group again, and each peer connects to a few peers it could
+        not reach, as libp2p reconnects would (the core then asks them for ledger heads)."""
+        before = list(self.net.group)
+        self.net.partition([0] * len(self.peers))
+        rng = self.engine.rng
+        online = [p for p in self.peers if p.online]
+        for p in online:
+            others = [q for q in rng.sample(online, min(len(online), 8)) if before[q.idx] != before[p.idx]]
+            for q in others[:links_per_peer]:
+                p.deliver(PeerConnected(q.peer_id))
+                q.deliver(PeerConnected(p.peer_id))

@@ -126,7 +126,10 @@ def colluder(ring: Ring, *, p: float = 1.0, strategy: str = "together") -> Behav
 
 
 def sybil(ring: Ring, *, join_at: float, price: int = 1) -> Behaviour:
-    return Colluder(name="sybil", bad=True, ring=ring, price=price, join_at=join_at)
+    # Sybils exist to win work, not to ask for it.
+    return Colluder(
+        name="sybil", bad=True, ring=ring, price=price, join_at=join_at, requester_weight=0.0
+    )
 
 
 def free_rider(weight: float = 20.0) -> Behaviour:

@@ -290,6 +290,8 @@ class SimPeer:
 
     # -- effects --------------------------------------------------------------------------------
     def _send(self, eff: SendMessage) -> bool:
+        if eff.kind == "award":
+            self.sim.award_seen(eff.peer_id)
         self.sim.net.send(self, eff)
         return eff.kind in _POKE_KINDS
 

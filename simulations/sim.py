@@ -97,10 +97,7 @@ class Simulation:
             self.engine.rng.shuffle(self._req_order)
         slots = sum(p.caps.max_jobs for p in self.peers if p.worker)
         k = 2.0 if not isinstance(plan.workload.redundancy, int) else plan.workload.redundancy
-        self.rate = plan.rate or arrival_rate(
-            len(self.peers), slots // max(1, len(self.peers)), plan.utilisation, k,
-            plan.workload.templates,
-        )  # fmt: skip
+        self.rate = plan.rate or arrival_rate(slots, plan.utilisation, k, plan.workload.templates)
 
     # -- running ------------------------------------------------------------------------------
     def run(self, progress: Callable[[float, int, int], None] | None = None) -> Any:

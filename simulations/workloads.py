@@ -153,12 +153,12 @@ def intrinsic_work(t: Template, rng: Any) -> float:
     return t.run_s * math.exp(rng.gauss(0.0, t.run_sigma))
 
 
-def arrival_rate(n_workers: int, slots: int, util: float, k: float, templates: tuple[Template, ...]) -> float:
-    """Jobs per second that keep about ``util`` of all worker slots busy with ``k`` replicas."""
+def arrival_rate(slots: int, util: float, k: float, templates: tuple[Template, ...]) -> float:
+    """Jobs per second that keep about ``util`` of ``slots`` worker slots busy with ``k``
+    replicas per job (Little's law: busy slots = rate × k × mean run time)."""
     total_w = sum(t.weight for t in templates)
     mean_work = sum(t.weight * t.run_s * math.exp(t.run_sigma**2 / 2) for t in templates) / total_w
-    capacity = max(1, n_workers * slots)
-    return util * capacity / (k * mean_work)
+    return util * max(1, slots) / (k * mean_work)
 
 
 def pick(rng: Any, weights: list[float]) -> int:

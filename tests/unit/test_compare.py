@@ -1014,7 +1014,7 @@ def test_npy_reader_agrees_with_numpy() -> None:
                         arr = rng.integers(0, 2, size=shape).astype(dtype)
                     else:
                         arr = (np.abs(rng.standard_normal(size=shape)) * 50).astype(dtype)
-                    arr = np.asfortranarray(arr) if fortran else np.ascontiguousarray(arr)
+                    arr = np.array(arr, order="F" if fortran else "C")  # keeps 0-d arrays 0-d
                     buf = io.BytesIO()
                     np.lib.format.write_array(buf, arr, version=version)
                     values = arr.ravel(order="C").tolist()

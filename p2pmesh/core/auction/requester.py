@@ -96,6 +96,7 @@ class RequesterJob:
     groups: list[list[str]] | None = None  # numeric comparison of the current reported set
     compared: tuple[str, ...] = ()
     verdict_raw: bytes = b""
+    resumed: bool = False  # restored after a restart: transfers in flight must be re-issued
     accepted_digest: str = ""
     fetch_from: str = ""
     error: str = ""
@@ -318,6 +319,9 @@ class Requester:
         for j in list(self.jobs.values()):
             if j.state in FINAL:
                 continue
+            if j.resumed:
+                j.resumed = False
+                out += self._resume(j, now)
             if now >= j.deadline_at:
                 out += self._cancel_replicas(j, now, "deadline passed")
                 final = "no-bids" if not j.replicas and j.bids_seen == 0 else "timeout"
@@ -357,6 +361,17 @@ class Requester:
             return []
         j.groups = [list(g) for g in groups]
         return [*self._maybe_decide(j, now), self._persist(j, now)]
+
+    def _resume(self, j: RequesterJob, now: int) -> list[Effect]:
+        """Re-issue what a restart interrupted: output fetches and comparisons."""
+        if j.state == "fetching" and j.fetch_from in j.replicas:
+            return self._fetch(j, j.fetch_from, now)
+        if j.state == "validating":
+            j.fetching.clear()
+            j.compared = ()
+            j.groups = None
+            return self._maybe_decide(j, now)
+        return []
 
     def _missing(self, j: RequesterJob) -> int:
         return j.k - len(j.active())
@@ -811,6 +826,7 @@ def from_doc(doc: dict[str, Any], requester_id: str, now: int) -> RequesterJob:
         fetched=set(doc.get("fetched", [])),
         compared=tuple(doc.get("compared", [])),
         groups=doc.get("groups"),
+        resumed=True,
         accepted_digest=doc["accepted_digest"],
         fetch_from=doc["fetch_from"],
         error=doc["error"],

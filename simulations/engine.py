@@ -50,6 +50,10 @@ class Engine:
         """Run ``fn(arg)`` ``delay`` virtual seconds from now."""
         self.at(self.now + max(0.0, delay), fn, arg)
 
+    def stop(self) -> None:
+        """End ``run_until`` after the callback that is running now."""
+        self.stopped = True
+
     def pending(self) -> int:
         return len(self._heap)
 
@@ -68,33 +72,30 @@ class Engine:
         self,
         until: float,
         *,
-        stop: Callable[[], bool] | None = None,
         progress: Callable[[float], None] | None = None,
         progress_every: int = 20_000,
     ) -> None:
-        """Run callbacks in (time, seq) order up to and including virtual time ``until``.
+        """Run callbacks in (time, seq) order up to and including virtual time ``until``, or
+        until a callback calls ``stop()``.
 
         Args:
-            until: last virtual time to process; ``now`` is ``until`` afterwards (unless stopped).
-            stop: checked every ``progress_every`` events; True ends the run early.
+            until: last virtual time to process; ``now`` is ``until`` afterwards unless stopped.
             progress: called with ``now`` every ``progress_every`` events (for a progress bar).
         """
         heap = self._heap
         pop = heapq.heappop
         count = 0
-        while heap and heap[0][0] <= until:
-            when, _, fn, arg = pop(heap)
-            self.now = when
-            fn(arg)
-            count += 1
-            if count % progress_every == 0:
-                self.events += progress_every
-                count = 0
-                if progress is not None:
-                    progress(self.now)
-                if stop is not None and stop():
-                    self.events += count
-                    self.stopped = True
+        self.stopped = False
+        try:
+            while heap and heap[0][0] <= until:
+                when, _, fn, arg = pop(heap)
+                self.now = when
+                fn(arg)
+                count += 1
+                if self.stopped:
                     return
-        self.events += count
-        self.now = max(self.now, until)
+                if progress is not None and count % progress_every == 0:
+                    progress(self.now)
+            self.now = max(self.now, until)
+        finally:
+            self.events += count

@@ -178,6 +178,13 @@ def evidence_for_job(node: MeshNode, peer: str, job_id: str) -> list[dict[str, A
     return [e for e in reputation_of(node, peer)["evidence"] if e["job"] == job_id]
 
 
+def five_workers(mesh: Mesh) -> None:
+    """2k+1 = 5 replicas need 5 workers besides the requester: node0..3 and one more."""
+    if len(mesh.nodes) < 6:
+        add_worker(mesh)
+        mesh.wait_all_listed(45.0)
+
+
 def read_mean(folder: Path) -> float:
     return float(json.loads((folder / "outputs" / "result.json").read_text())["mean"])
 
@@ -316,10 +323,7 @@ def test_nondeterministic_job_ends_inconclusive_after_2k_plus_1(
     mixed: Mesh, tmp_path: Path
 ) -> None:
     requester = mixed.nodes[QUIET_REQUESTER]
-    # 2k+1 = 5 replicas need 5 workers besides the requester: node0..3 and one more.
-    while len(mixed.nodes) < 6:
-        add_worker(mixed)
-    mixed.wait_all_listed(45.0)
+    five_workers(mixed)
     case = script_job(tmp_path, "random-bytes", RANDOM_SH, redundancy=2)
     sub = submit(requester, case)
     wait_final([sub], JOB_TIMEOUT_S, mixed)
@@ -343,7 +347,8 @@ def test_nondeterministic_job_ends_inconclusive_after_2k_plus_1(
 )
 def test_offer_wait_returns_when_the_job_is_inconclusive(mixed: Mesh, tmp_path: Path) -> None:
     requester = mixed.nodes[QUIET_REQUESTER]
-    case = script_job(tmp_path, "random-bytes-k1", RANDOM_SH, redundancy=1)
+    five_workers(mixed)
+    case = script_job(tmp_path, "random-bytes-cli", RANDOM_SH, redundancy=2)
     cmd = [*p2pmesh_cmd(), "offer", "--home", str(requester.home), str(case.path), "--wait"]
     cmd += ["--json", "--bid-window", "1", "--out", str(tmp_path / "out")]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -351,7 +356,7 @@ def test_offer_wait_returns_when_the_job_is_inconclusive(mixed: Mesh, tmp_path: 
 
         def job_id() -> str | None:
             for j in request(requester, "jobs"):
-                if j["role"] == "requester" and j["name"] == "random-bytes-k1":
+                if j["role"] == "requester" and j["name"] == "random-bytes-cli":
                     return str(j["job_id"])
             return None
 
@@ -361,9 +366,7 @@ def test_offer_wait_returns_when_the_job_is_inconclusive(mixed: Mesh, tmp_path: 
             JOB_TIMEOUT_S,
             message=lambda: mixed.log_tails(8),
         )
-        # Redundancy 1 still needs two agreeing results (one suffices only for "auto"), so a
-        # nondeterministic job gets 2k+1 = 3 replicas here.
-        assert doc["state"] == "inconclusive" and replicas(doc) == 3, doc
+        assert doc["state"] == "inconclusive" and replicas(doc) == 5, doc
         try:
             out, err = proc.communicate(timeout=10)
         except subprocess.TimeoutExpired:

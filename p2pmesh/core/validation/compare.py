@@ -309,9 +309,9 @@ def _same_names(fa: dict[str, bytes], fb: dict[str, bytes]) -> None:
     if fa.keys() == fb.keys():
         return
     only_a, only_b = sorted(fa.keys() - fb.keys()), sorted(fb.keys() - fa.keys())
-    if only_a:
-        raise _Dissent(f"{_show_name(only_a[0])}: only in {_A} ({len(only_a)} such files)")
-    raise _Dissent(f"{_show_name(only_b[0])}: only in {_B} ({len(only_b)} such files)")
+    names, side = (only_a, _A) if only_a else (only_b, _B)
+    more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
+    raise _Dissent(f"{_show_name(names[0])}: only in {side}{more}")
 
 
 def _value_comparer(

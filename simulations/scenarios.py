@@ -1,0 +1,182 @@
+"""Named scenarios: who the peers are, what they do, and what happens to the network.
+
+``build_plan(name, peers=…, jobs=…, seed=…, fraction=…)`` returns a ``sim.Plan``; ``run`` builds
+and runs it. ``fraction`` is the share of peers with the scenario's bad behaviour (its
+default is in ``DEFAULT_FRACTION``). Every peer not otherwise described is honest, and every
+honest peer both works and asks for work.
+
+=============  =================================================================================
+honest         everyone honest, equal machines, equal prices
+saboteurs      ``fraction`` lazy saboteurs: each job, with p = 0.5, the same cheap wrong answer
+colluders      ``fraction`` colluders in one ring, cheating whenever the ring holds the majority
+               of a job's winners (behaviours.py)
+sybil          ``peers`` honest peers, then ``fraction × peers`` fresh identities of one owner
+               join at ``SYBIL_JOIN_S``, bid price 1 and collude; measured over the next hour
+churn          ``fraction`` of the peers come and go (Pareto sessions, log-normal gaps)
+free-riders    ``fraction`` never work and ask for work 20× as often as an honest peer
+partition      the mesh splits in two (``fraction`` on one side) for the middle third of the
+               run, then heals
+forkers        ``fraction`` honest workers that fork their ledger (extra, not in the brief)
+all            everything at once: saboteurs, colluders, free riders, forkers and Sybils at
+               ``fraction``/4 each, churn on a quarter of the honest peers
+=============  =================================================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from p2pmesh.simulations import behaviours as bh
+from p2pmesh.simulations.network import NetConfig
+from p2pmesh.simulations.sim import Plan, Simulation
+from p2pmesh.simulations.workloads import TEMPLATES, WorkloadConfig, arrival_rate
+
+SCENARIOS = (
+    "honest",
+    "saboteurs",
+    "colluders",
+    "sybil",
+    "churn",
+    "free-riders",
+    "partition",
+    "forkers",
+    "all",
+)
+DEFAULT_FRACTION = {
+    "honest": 0.0,
+    "saboteurs": 0.2,
+    "colluders": 0.2,
+    "sybil": 0.1,
+    "churn": 0.5,
+    "free-riders": 0.1,
+    "partition": 0.5,
+    "forkers": 0.05,
+    "all": 0.2,
+}
+SYBIL_JOIN_S = 1800.0  # the honest mesh has run for half an hour when the swarm arrives
+SYBIL_WINDOW_S = 3600.0
+SABOTEUR_P = 0.5
+
+
+def _spread(n: int, count: int) -> set[int]:
+    """``count`` indices spread evenly over ``0..n-1`` (deterministic, no RNG draw)."""
+    if count <= 0:
+        return set()
+    step = n / count
+    return {int(i * step) for i in range(count)}
+
+
+def build_plan(
+    name: str,
+    *,
+    peers: int = 200,
+    jobs: int = 500,
+    seed: int = 1,
+    fraction: float | None = None,
+    redundancy: int | str = 2,
+    target_error: float | None = None,
+    net: NetConfig | None = None,
+    **overrides: Any,
+) -> Plan:
+    """The plan of scenario ``name``. ``overrides`` set ``Plan`` fields directly."""
+    if name not in SCENARIOS:
+        raise ValueError(f"unknown scenario {name!r}; one of: {', '.join(SCENARIOS)}")
+    if peers < 3:
+        raise ValueError("peers must be at least 3")
+    f = DEFAULT_FRACTION[name] if fraction is None else fraction
+    if not 0.0 <= f <= 1.0:
+        raise ValueError("fraction must be in [0, 1]")
+    workload = WorkloadConfig(redundancy=redundancy, target_error=target_error)
+    behaviours: list[bh.Behaviour] = [bh.honest() for _ in range(peers)]
+    churn: list[bh.Churn | None] = [None] * peers
+    hooks: list[Any] = []
+    sybil_window = None
+    # How long the arrivals take at the default utilisation: places mid-run events.
+    k = redundancy if isinstance(redundancy, int) else 2
+    rate = arrival_rate(2 * peers, 0.3, k, TEMPLATES)
+    span = jobs / rate
+
+    if name == "saboteurs":
+        for i in _spread(peers, round(f * peers)):
+            behaviours[i] = bh.saboteur(SABOTEUR_P, lazy=True)
+    elif name == "colluders":
+        ring = bh.Ring("ring")
+        for i in _spread(peers, round(f * peers)):
+            behaviours[i] = bh.colluder(ring)
+    elif name == "sybil":
+        ring = bh.Ring("sybil")
+        count = round(f * peers)
+        behaviours += [bh.sybil(ring, join_at=SYBIL_JOIN_S) for _ in range(count)]
+        churn += [None] * count
+        sybil_window = (SYBIL_JOIN_S, SYBIL_JOIN_S + SYBIL_WINDOW_S)
+    elif name == "churn":
+        for i in _spread(peers, round(f * peers)):
+            churn[i] = bh.Churn()
+    elif name == "free-riders":
+        for i in _spread(peers, round(f * peers)):
+            behaviours[i] = bh.free_rider()
+    elif name == "forkers":
+        for i in _spread(peers, round(f * peers)):
+            behaviours[i] = bh.forker()
+    elif name == "partition":
+        minority = round(f * peers) if f <= 0.5 else peers - round(f * peers)
+        side = _spread(peers, minority)
+        groups = [1 if i in side else 0 for i in range(peers)]
+        hooks.append((span / 3, lambda sim, g=groups: sim.split(g)))
+        hooks.append((2 * span / 3, lambda sim: sim.heal()))
+    elif name == "all":
+        quarter = round(f * peers / 4)
+        ring = bh.Ring("ring")
+        sybils = bh.Ring("sybil")
+        bad = sorted(_spread(peers, 3 * quarter + max(1, quarter // 4)))
+        for n, i in enumerate(bad):
+            if n % 4 == 0:
+                behaviours[i] = bh.saboteur(SABOTEUR_P, lazy=True)
+            elif n % 4 == 1:
+                behaviours[i] = bh.colluder(ring)
+            elif n % 4 == 2:
+                behaviours[i] = bh.free_rider()
+            else:
+                behaviours[i] = bh.forker()
+        honest = [i for i in range(peers) if behaviours[i].name == "honest"]
+        for i in honest[::4]:
+            churn[i] = bh.Churn()
+        behaviours += [bh.sybil(sybils, join_at=SYBIL_JOIN_S) for _ in range(quarter)]
+        churn += [None] * quarter
+        sybil_window = (SYBIL_JOIN_S, SYBIL_JOIN_S + SYBIL_WINDOW_S)
+    _register_rings(behaviours)
+
+    plan = Plan(
+        name=name,
+        seed=seed,
+        jobs=jobs,
+        behaviours=behaviours,
+        churn=churn,
+        net=net or NetConfig(),
+        workload=workload,
+        hooks=hooks,
+        sybil_window=sybil_window,
+        fraction=f,
+    )
+    return dataclasses.replace(plan, **overrides) if overrides else plan
+
+
+def _register_rings(behaviours: list[bh.Behaviour]) -> None:
+    """Rings learn their members' peer IDs once the peers exist (see ``run``)."""
+    for b in behaviours:
+        if isinstance(b, bh.Colluder):
+            b.ring.members.clear()
+
+
+def make_simulation(plan: Plan) -> Simulation:
+    sim = Simulation(plan)
+    for p in sim.peers:
+        if isinstance(p.behaviour, bh.Colluder):
+            p.behaviour.ring.members.add(p.peer_id)
+    return sim
+
+
+def run(name: str, progress: Any = None, **kwargs: Any) -> Any:
+    """Build, run and report scenario ``name`` (keyword arguments as ``build_plan``)."""
+    return make_simulation(build_plan(name, **kwargs)).run(progress)

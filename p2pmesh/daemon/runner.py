@@ -197,6 +197,9 @@ class Daemon:
                 continue
             if isinstance(eff, Log):
                 self.log(eff.level, eff.msg, **eff.fields)
+            elif isinstance(eff, Persist) and eff.table == "payments":
+                # Durable with the proposal it describes: a restart must resend it.
+                self.tstore.call_now(self.store.put_payment, eff.key, eff.value)
             elif isinstance(eff, Persist):
                 try:
                     self.persist_send.send_nowait(eff)

@@ -22,13 +22,14 @@ from p2pmesh.core.jobspec import InputRef, job_digest, job_to_wire
 from p2pmesh.errors import JobSpecError
 from p2pmesh.jobfile import load_job_file
 
-FINAL = ("done", "failed", "timeout", "cancelled", "no-bids")
+FINAL = ("done", "failed", "timeout", "cancelled", "no-bids", "inconclusive")
 POLL_S = 0.25
 STATE_STYLE = {
     "done": "green",
     "failed": "red",
     "timeout": "red",
     "cancelled": "yellow",
+    "inconclusive": "yellow",
     "no-bids": "red",
     "bidding": "cyan",
     "awarded": "cyan",

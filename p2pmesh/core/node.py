@@ -253,7 +253,7 @@ class Node:
         weight = max(0.0, (self.book.score(v.requester, now) - prior) / (1 - prior))
         if weight <= 0 or v.outcome == "inconclusive":
             return []
-        for w in v.agreeing:
+        for w in v.agreeing if len(v.agreeing) >= 2 else ():
             self.book.record(w, "agreed", now, weight=weight, job_id=v.job_id, source=v.requester)
         for w in v.dissenting:
             self.book.record(

@@ -79,7 +79,9 @@ def credibility(e: Evidence | None, now: float, f: float = ASSUMED_SABOTEUR_FRAC
     if e is None:
         return 1.0 - f
     e.decay_to(now)
-    if e.checks_failed >= 0.5:
+    # A quarter of one failed check (say, a dissent reported by a peer we trust moderately)
+    # is enough: credibility is about the worst case, not the average.
+    if e.checks_failed >= 0.25:
         return 0.0
     return 1.0 - f / ((1.0 - f) * math.e * (e.checks_passed + 1.0))
 

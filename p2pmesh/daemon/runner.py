@@ -329,6 +329,8 @@ class Daemon:
                 if row["role"] == "requester":
                     j = requester_mod.from_doc(row["doc"], self.node.peer_id, now)
                     self.node.requester.jobs[j.job_id] = j
+                    if j.verdict_raw:
+                        self.node.requester.replay_verdict(j.verdict_raw)
                 elif row["role"] == "worker":
                     effects += self.node.provider.restore(row["doc"], now)
             except Exception as exc:

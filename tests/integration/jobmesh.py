@@ -27,7 +27,7 @@ from mesh import CLI_TIMEOUT_S, Mesh, MeshNode, wait_until
 BUSYBOX = "p2pmesh/busybox:1"
 PYTHON = "p2pmesh/python:1"
 ALLOW_OURS = ("--allow-image", "p2pmesh/*")
-FINAL = frozenset({"done", "failed", "timeout", "cancelled", "no-bids"})
+FINAL = frozenset({"done", "failed", "timeout", "cancelled", "no-bids", "inconclusive"})
 JOB_LABEL = "p2pmesh.job"
 NODE_LABEL = "p2pmesh.node"
 

@@ -341,10 +341,6 @@ def test_nondeterministic_job_ends_inconclusive_after_2k_plus_1(
     print(f"\ninconclusive after {replicas(doc)} replicas: {doc['history'][-3:]}")
 
 
-@pytest.mark.xfail(
-    reason="BUG: cli/jobs.py FINAL lacks 'inconclusive', so `offer --wait` polls forever",
-    strict=False,
-)
 def test_offer_wait_returns_when_the_job_is_inconclusive(mixed: Mesh, tmp_path: Path) -> None:
     requester = mixed.nodes[QUIET_REQUESTER]
     five_workers(mixed)

@@ -80,7 +80,12 @@ class Provider:
         if offer.created_at > now + MAX_CLOCK_SKEW_S:
             return [Log("debug", "offer from the future refused", {"job": offer.job_id})]
         prior = self.jobs.get(offer.job_id)
-        if prior is not None and (prior.state != "bid" or prior.offer.round >= offer.round):
+        if prior is not None and prior.offer.round >= offer.round:
+            return []
+        busy_before = (
+            prior is not None and prior.state == "expired" and prior.detail == "no free slot"
+        )
+        if prior is not None and prior.state != "bid" and not busy_before:
             return []
         ctx = BidContext(
             self_id=self.self_id,

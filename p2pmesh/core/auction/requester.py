@@ -191,6 +191,9 @@ class Requester:
             why = "price above max_price"
         elif self.excluded(bid.bidder):
             why = "bidder excluded by a fraud proof"
+        elif self.book.credibility(bid.bidder, now) == 0.0:
+            # Caught returning a wrong result: no work until that evidence has decayed.
+            why = "bidder was caught dissenting"
         elif bid.bidder in j.tried or bid.bidder == self.self_id:
             why = "bidder already tried for this job"
         if why:
@@ -362,6 +365,20 @@ class Requester:
         j.groups = [list(g) for g in groups]
         return [*self._maybe_decide(j, now), self._persist(j, now)]
 
+    def replay_verdict(self, raw: bytes) -> None:
+        """After a restart: rebuild reputation evidence from one of our own stored verdicts."""
+        try:
+            v = m.parse_verdict(raw)
+        except (DecodeError, ValidationError):
+            return
+        if v.requester != self.self_id or v.outcome == "inconclusive":
+            return
+        if len(v.agreeing) >= 2:
+            for w in v.agreeing:
+                self.book.record(w, "agreed", v.at, job_id=v.job_id)
+        for w in v.dissenting:
+            self.book.record(w, "dissented", v.at, job_id=v.job_id)
+
     def _resume(self, j: RequesterJob, now: int) -> list[Effect]:
         """Re-issue what a restart interrupted: output fetches and comparisons."""
         if j.state == "fetching" and j.fetch_from in j.replicas:
@@ -493,6 +510,10 @@ class Requester:
             self.book.record(rep.worker, "no-show", now, job_id=j.job_id)
         rep.state = "lost"
         rep.lost_reason = reason
+        if reason.startswith("declined: no free slot"):
+            # Busy, not faulty: it may bid again in a later round.
+            j.tried.discard(rep.worker)
+            j.bids.pop(rep.worker, None)
         j.note(now, f"lost {rep.worker}: {reason}")
         cancel = m.build_cancel(self.signer, job_id=j.job_id, reason=reason, now=now)
         out: list[Effect] = [
@@ -628,8 +649,9 @@ class Requester:
             now=now,
         )
         j.verdict_raw = verdict.raw
-        for w in agreeing:
-            self.book.record(w, "agreed", now, job_id=j.job_id)
+        if len(agreeing) >= 2:  # a lone result (auto, or redundancy 1) was not checked
+            for w in agreeing:
+                self.book.record(w, "agreed", now, job_id=j.job_id)
         for w in dissenting:
             self.book.record(w, "dissented", now, job_id=j.job_id)
         j.note(now, f"verdict {outcome}: {len(agreeing)} agree, {len(dissenting)} dissent")

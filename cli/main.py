@@ -109,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("peer", nargs="?", help="peer ID (or its last characters)")
     rep.add_argument("--json", action="store_true")
 
+    from p2pmesh.simulations.cli import add_parser as add_sim_parser
+
+    add_sim_parser(sub)
+
     status = sub.add_parser("status", help="this node's state, peers and recent events")
     _add_home(status)
     status.add_argument("--json", action="store_true")
@@ -168,6 +172,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         make_console().print(views.dashboard(snap, time.time()))
     return 0
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from p2pmesh.simulations.cli import cmd_sim
+
+    return cmd_sim(args)
 
 
 def cmd_balance(args: argparse.Namespace) -> int:
@@ -267,6 +277,7 @@ def cmd_reputation(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "reputation": cmd_reputation,
+    "sim": lambda a: _sim(a),
     "balance": cmd_balance,
     "ledger": cmd_ledger,
     "up": cmd_up,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from p2pmesh.core.ledger.block import Block
+from p2pmesh.core.ledger.block import Block, Tx
 from p2pmesh.core.ledger.chain import Ledger
 
 
@@ -41,41 +41,56 @@ class Books:
 
 
 def compute(ledger: Ledger) -> Books:
+    """Balances from scratch. Where one (payer, job, payee) was paid twice, the pair whose
+    proposal comes first in the payer's chain counts: chain order is the same on every peer."""
     books = Books()
-    paid: set[tuple[str, str, str]] = set()
     agreed: set[str] = set()
+    chosen: dict[tuple[str, str, str], Block] = {}
     for chain in ledger.chains.values():
         for blk in chain:
             if blk.kind != "agreement":
                 continue
             proposal = ledger.by_hash.get(blk.link_hash)
-            if (
-                proposal is None
-                or proposal.kind != "proposal"
-                or proposal.tx != blk.tx
-                or proposal.author != blk.link_author
-                or proposal.seq != blk.link_seq
-            ):
+            if proposal is None or not _matches(proposal, blk):
                 continue
-            if ledger.excluded(blk.tx.payer) or ledger.excluded(blk.tx.payee):
+            if proposal.hash in agreed:
+                books.duplicates += 1  # a second agreement for one proposal
                 continue
             agreed.add(proposal.hash)
-            key = (blk.tx.payer, blk.tx.job_id, blk.tx.payee)
-            if key in paid:
-                books.duplicates += 1
+            if ledger.excluded(blk.tx.payer) or ledger.excluded(blk.tx.payee):
                 continue
-            paid.add(key)
-            payer = books.accounts.setdefault(blk.tx.payer, Account())
-            payee = books.accounts.setdefault(blk.tx.payee, Account())
-            payer.spent += blk.tx.amount
-            payer.payments_out += 1
-            payee.earned += blk.tx.amount
-            payee.payments_in += 1
+            key = (blk.tx.payer, blk.tx.job_id, blk.tx.payee)
+            held = chosen.get(key)
+            if held is not None:
+                books.duplicates += 1
+                if held.seq <= proposal.seq:
+                    continue
+            chosen[key] = proposal
+    for proposal in chosen.values():
+        _apply(books, proposal.tx, +1)
     for chain in ledger.chains.values():
         for blk in chain:
             if blk.kind == "proposal" and blk.hash not in agreed:
                 books.accounts.setdefault(blk.author, Account()).pending_out += blk.tx.amount
     return books
+
+
+def _matches(proposal: Block, agreement: Block) -> bool:
+    return (
+        proposal.kind == "proposal"
+        and proposal.tx == agreement.tx
+        and proposal.author == agreement.link_author
+        and proposal.seq == agreement.link_seq
+    )
+
+
+def _apply(books: Books, tx: Tx, sign: int) -> None:
+    payer = books.accounts.setdefault(tx.payer, Account())
+    payee = books.accounts.setdefault(tx.payee, Account())
+    payer.spent += sign * tx.amount
+    payer.payments_out += sign
+    payee.earned += sign * tx.amount
+    payee.payments_in += sign
 
 
 def credit_limit(account: Account, base: int) -> int:
@@ -92,50 +107,43 @@ class LiveBooks:
 
     def __init__(self) -> None:
         self.books = Books()
-        self._paid: set[tuple[str, str, str]] = set()
-        self._agreed: set[str] = set()  # proposal hashes that have their agreement
-        self._waiting: dict[str, Block] = {}  # proposal hash -> agreement seen before it
+        self._paid: dict[tuple[str, str, str], Block] = {}  # key -> the proposal that counts
+        self._agreed: set[str] = set()  # proposal hashes that have a matching agreement
+        self._waiting: dict[str, list[Block]] = {}  # proposal hash -> agreements seen first
 
     def add(self, ledger: Ledger, blk: Block) -> None:
         if blk.kind == "proposal":
-            early = self._waiting.pop(blk.hash, None)
-            if early is not None:
+            self.books.accounts.setdefault(blk.author, Account()).pending_out += blk.tx.amount
+            for early in self._waiting.pop(blk.hash, []):
                 self._pair(ledger, blk, early)
-            elif blk.hash not in self._agreed:
-                self.books.accounts.setdefault(blk.author, Account()).pending_out += blk.tx.amount
             return
         proposal = ledger.by_hash.get(blk.link_hash)
         if proposal is None:
-            self._waiting[blk.link_hash] = blk
+            self._waiting.setdefault(blk.link_hash, []).append(blk)
             return
-        if proposal.hash not in self._agreed:
-            acct = self.books.accounts.setdefault(proposal.author, Account())
-            acct.pending_out -= proposal.tx.amount
         self._pair(ledger, proposal, blk)
 
     def _pair(self, ledger: Ledger, proposal: Block, agreement: Block) -> None:
-        if (
-            proposal.kind != "proposal"
-            or proposal.tx != agreement.tx
-            or proposal.author != agreement.link_author
-            or proposal.seq != agreement.link_seq
-            or proposal.hash in self._agreed
-        ):
+        # The same rules as ``compute``, kept incrementally: a mismatched agreement changes
+        # nothing; of two pairs for one (payer, job, payee), the earlier proposal counts.
+        if not _matches(proposal, agreement):
+            return
+        if proposal.hash in self._agreed:
+            self.books.duplicates += 1
             return
         self._agreed.add(proposal.hash)
+        self.books.accounts.setdefault(proposal.author, Account()).pending_out -= proposal.tx.amount
         if ledger.excluded(proposal.tx.payer) or ledger.excluded(proposal.tx.payee):
             return
         key = (proposal.tx.payer, proposal.tx.job_id, proposal.tx.payee)
-        if key in self._paid:
+        held = self._paid.get(key)
+        if held is not None:
             self.books.duplicates += 1
-            return
-        self._paid.add(key)
-        payer = self.books.accounts.setdefault(proposal.tx.payer, Account())
-        payee = self.books.accounts.setdefault(proposal.tx.payee, Account())
-        payer.spent += proposal.tx.amount
-        payer.payments_out += 1
-        payee.earned += proposal.tx.amount
-        payee.payments_in += 1
+            if held.seq <= proposal.seq:
+                return
+            _apply(self.books, held.tx, -1)
+        self._paid[key] = proposal
+        _apply(self.books, proposal.tx, +1)
 
     def rebuild(self, ledger: Ledger) -> None:
         """After an exclusion: replay every chain (an exclusion voids the author's payments)."""

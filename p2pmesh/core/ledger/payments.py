@@ -153,6 +153,14 @@ class LedgerMachine:
         for blk in self.ledger.chains.get(self.self_id, []):
             if blk.kind == "proposal" and blk.tx.job_id == job_id and blk.tx.payee == payee:
                 return []  # already proposed: at most one payment per replica
+        if self.ledger.excluded(self.self_id):
+            return [
+                Log(
+                    "error",
+                    "cannot pay: our own chain is excluded by a fork proof",
+                    {"job": job_id},
+                )
+            ]
         tx = Tx(job_id, self.self_id, payee, amount, accepted_digest, raw_digest(verdict))
         blk = self.ledger.append_own(
             self.signer,
@@ -225,7 +233,14 @@ class LedgerMachine:
         except (DecodeError, ValidationError):
             return out
         p = self.pending.pop(agreement.link_hash, None)
-        if p is not None and agreement.author == p.payee:
+        proposal = self.ledger.by_hash.get(agreement.link_hash)
+        if (
+            p is not None
+            and agreement.author == p.payee
+            and agreement.kind == "agreement"
+            and proposal is not None
+            and proposal.tx == agreement.tx
+        ):
             out.append(self._persist_pending(agreement.link_hash))
             out.append(Log("info", "payment agreed", {"job": p.job_id, "payee": p.payee}))
         elif p is not None:
@@ -262,11 +277,14 @@ class LedgerMachine:
             or verdict.accepted_digest != prop.tx.accepted_digest
         ):
             why = "the verdict does not accept our result for this payment"
-        elif self.ledger.excluded(prop.author):
-            why = "payer excluded by a fraud proof"
         if why:
             return [Log("warning", "payment refused", {"job": prop.tx.job_id, "reason": why})]
+        # Ingest first: the proposal itself may reveal a fork of the payer.
         out = self._ingest_effects(prop.raw, from_peer, now)
+        if self.ledger.excluded(prop.author) or self.ledger.excluded(self.self_id):
+            who = "payer" if self.ledger.excluded(prop.author) else "our own chain"
+            refused = {"job": prop.tx.job_id, "reason": f"{who} excluded by a fraud proof"}
+            return [*out, Log("warning", "payment refused", refused)]
         existing = self._our_agreement_for(prop)
         if existing is None:
             for blk in self.ledger.chains.get(self.self_id, []):

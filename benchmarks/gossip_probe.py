@@ -52,6 +52,7 @@ class _Node:
     status_first: dict[str, Any] | None = None
     status_last: dict[str, Any] | None = None
     failures: int = 0
+    last_ok: bool = True
 
 
 @dataclass
@@ -90,7 +91,9 @@ class GossipProbe:
                     peers = client.request(node.home, "peers", timeout=10)
             except Exception:
                 node.failures += 1
+                node.last_ok = False
                 continue
+            node.last_ok = True
             for p in peers:
                 key = (node.peer_id, p["peer_id"], int(p["record_seq"]))
                 if key not in self.seen:
@@ -112,6 +115,8 @@ class GossipProbe:
     def result(self, t_from: float, t_to: float) -> dict[str, Any]:
         """Delivery and latency for records published in [t_from, t_to] (unix seconds)."""
         ids = [n.peer_id for n in self.nodes]
+        # A daemon that stopped answering (it died) is no receiver; its records still count.
+        receivers = {n.peer_id for n in self.nodes if n.last_ok}
         published: dict[str, set[int]] = {pid: set(s) for pid, s in self.own.items()}
         for _recv, origin, seq in self.seen:
             if origin in published:
@@ -125,7 +130,7 @@ class GossipProbe:
                 if not t_from <= t_pub <= t_to:
                     continue
                 for recv in ids:
-                    if recv == origin:
+                    if recv == origin or recv not in receivers:
                         continue
                     expected += 1
                     t_recv = self.seen.get((recv, origin, seq))
@@ -170,6 +175,7 @@ class GossipProbe:
                 "publish_failed": counter("publish_failed"),
                 "records_refused": counter("records_refused", "stats"),
             },
+            "unresponsive_at_end": sorted(n.name for n in self.nodes if not n.last_ok),
             "polls": self.polls,
             "poll_interval_s": self.interval,
             "poll_failures": sum(n.failures for n in self.nodes),

@@ -64,6 +64,15 @@ class NodeConfig:
     bootstrap_backoff_min_s: float = 1.0
     bootstrap_backoff_max_s: float = 30.0
     min_republish_interval_s: float = 1.0
+    # Announce again this long after the first connection: the start-up announcement went out
+    # before we had any peer, and the next timed one is half a TTL away (150 s by default).
+    reannounce_after_join_s: float = 2.0
+    # Ask one connected peer (in turn) for its records this often: gossip at start-up misses
+    # some peers, and peer exchange otherwise happens only when a connection opens.
+    anti_entropy_s: float = 5.0
+    # A dial in flight counts toward target_connections for this long.
+    dial_pending_s: float = 10.0
+    dht_lookup_after_s: float = 5.0  # no record from peer exchange by then: ask the DHT
     allow_network: bool = False  # may jobs that ask for network access run here?
     spot_check: float = 0.10  # share of "auto" jobs on a credible worker that are re-run
     credit_base: int = 100  # credit anyone may go negative by before earning anything
@@ -124,6 +133,10 @@ class Node:
         self._dialled: dict[str, float] = {}
         self._boot_next = 0.0
         self._boot_backoff = config.bootstrap_backoff_min_s
+        self._reannounce_at: float | None = None
+        self._next_exchange = 0.0
+        self._exchange_turn = 0
+        self._dht_lookup_at: dict[str, float] = {}
         self.stats = _Stats()
         self.requester = Requester(
             signer,
@@ -308,6 +321,19 @@ class Node:
         for pid in self.peers.expire(now):
             out.append(Log("info", "peer aged out", {"peer": pid}))
             out.append(Persist("peers", pid, None))
+        if self._reannounce_at is not None and now >= self._reannounce_at:
+            self._reannounce_at = None
+            self._dirty = True
+        for pid, at in list(self._dht_lookup_at.items()):
+            if now >= at:
+                del self._dht_lookup_at[pid]
+                if self.peers.get(pid) is None and self.peers.is_connected(pid):
+                    out.append(DhtGet(capability.dht_key(pid)))
+        connected = self.peers.connected_ids()
+        if connected and now >= self._next_exchange:
+            self._next_exchange = now + self.config.anti_entropy_s
+            self._exchange_turn += 1
+            out.append(ExchangePeers(connected[self._exchange_turn % len(connected)]))
         half_life = self.own is None or now >= (self.own.issued_at + self.own.expires_at) / 2
         if (self._dirty or half_life) and now - self._last_publish >= (
             self.config.min_republish_interval_s
@@ -382,11 +408,21 @@ class Node:
                 self._dirty = True
             return []
         self.stats.records_accepted += 1
-        out: list[Effect] = [Persist("peers", rec.peer_id, rec.raw)]
+        out: list[Effect] = []
+        # A refresh with the same capabilities needs no disk write: the stored copy only
+        # seeds the table after a restart, and an expired one is refused there anyway.
+        previous = self.peers.replaced
+        if previous is None or _material(previous.caps) != _material(rec.caps):
+            out.append(Persist("peers", rec.peer_id, rec.raw))
         if not self.peers.is_connected(rec.peer_id) and rec.caps.addrs:
             last = self._dialled.get(rec.peer_id, float("-inf"))
+            pending = sum(
+                1
+                for pid, t in self._dialled.items()
+                if now - t < self.config.dial_pending_s and not self.peers.is_connected(pid)
+            )
             if (
-                self.peers.connected_count() < self.config.target_connections
+                self.peers.connected_count() + pending < self.config.target_connections
                 and now - last >= self.config.redial_after_s
             ):
                 self._dialled[rec.peer_id] = now
@@ -404,6 +440,8 @@ class Node:
 
     def _connected(self, peer_id: str, now: float) -> list[Effect]:
         first = not self.peers.is_connected(peer_id)
+        if first and self.peers.connected_count() == 0:
+            self._reannounce_at = now + self.config.reannounce_after_join_s
         self.peers.set_connected(peer_id, True, now)
         if not first:
             return []
@@ -413,7 +451,9 @@ class Node:
             *self.ledger.on_connected(peer_id),
         ]
         if self.peers.get(peer_id) is None:
-            out.append(DhtGet(capability.dht_key(peer_id)))
+            # Peer exchange with that peer usually brings its record within a second; look it
+            # up in the DHT only if it has not (a DHT query costs far more CPU than an exchange).
+            self._dht_lookup_at[peer_id] = now + self.config.dht_lookup_after_s
         return out
 
     # -- read-only views -------------------------------------------------------------------

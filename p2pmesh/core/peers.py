@@ -31,6 +31,7 @@ class PeerTable:
         # later is still refused.
         self._seen_seq: dict[str, int] = {}
         self._connected: set[str] = set()
+        self.replaced: CapabilityRecord | None = None  # what the last ``offer`` replaced
 
     def check(self, data: bytes, now: float) -> CapabilityRecord:
         """Validate without changing anything (used by gossip validators before forwarding)."""
@@ -50,6 +51,7 @@ class PeerTable:
         if rec.peer_id == self._self_id:
             return rec
         entry = self._entries.get(rec.peer_id)
+        self.replaced = entry.record if entry is not None else None
         if entry is None:
             self._entries[rec.peer_id] = PeerEntry(
                 rec, now, now, connected=rec.peer_id in self._connected
@@ -77,6 +79,9 @@ class PeerTable:
 
     def connected_count(self) -> int:
         return len(self._connected)
+
+    def connected_ids(self) -> list[str]:
+        return sorted(self._connected)
 
     def expire(self, now: float) -> list[str]:
         gone = [pid for pid, e in self._entries.items() if e.record.expires_at <= now]

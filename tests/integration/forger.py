@@ -12,7 +12,8 @@ daemon's GossipSub parameters and protocol IDs, that connects to one node and
    random bytes, an oversized request), then one proper request to check the node still serves;
 4. answers the node's own peer-exchange requests (it asks every new connection) with forged
    records, with non-msgpack garbage, and with an absurd frame header, reconnecting so that the
-   node asks again.
+   node asks again;
+5. last, opens a GossipSub stream and a DHT stream of its own and writes RPCs that do not parse.
 
 Every forged record carries ``agent = "forger/1"`` and ``cpus = 4242``, so a test can recognise it.
 Prints one JSON document on stdout: the identities that no node may ever list and what was sent.
@@ -40,7 +41,7 @@ from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 
-from p2pmesh.adapters.libp2p.net import GOSSIPSUB_ID, MAX_PEX_BYTES, PEX_PROTOCOL
+from p2pmesh.adapters.libp2p.net import DHT_PREFIX, GOSSIPSUB_ID, MAX_PEX_BYTES, PEX_PROTOCOL
 from p2pmesh.adapters.libp2p.streams import read_frame, write_frame
 from p2pmesh.core import capability, codec
 from p2pmesh.core.capability import Capabilities
@@ -175,6 +176,7 @@ class Forger:
             "pex_garbage_sent": [],
             "pex_served": [],
             "pex_ok_after_garbage": False,
+            "protocol_garbage_sent": [],
             "errors": [],
         }
         self._serve_modes = ["forged_records", "garbage", "absurd_header"]
@@ -276,6 +278,22 @@ class Forger:
         except Exception as exc:
             self.report["errors"].append(f"pex after garbage: {type(exc).__name__}: {exc}"[:200])
 
+    async def _protocol_garbage(self) -> None:
+        """Length-prefixed bytes that are no protobuf (field 1 with the invalid wire type 7)."""
+        junk = b"\x0f" * 16
+        frame = bytes([len(junk)]) + junk
+        for name, proto in (("gossipsub", GOSSIPSUB_ID), ("dht", DHT_PREFIX + "/kad/1.0.0")):
+            try:
+                with trio.fail_after(10):
+                    stream = await self.host.new_stream(self.target.peer_id, [proto])
+                    await stream.write(frame)
+                    await trio.sleep(0.5)
+                with contextlib.suppress(Exception):
+                    await stream.close()
+                self.report["protocol_garbage_sent"].append(name)
+            except Exception as exc:
+                self.report["errors"].append(f"{name} garbage: {type(exc).__name__}: {exc}"[:200])
+
     async def _wait_target_subscribed(self) -> None:
         with trio.move_on_after(10):
             while self.target.peer_id not in self.pubsub.peer_topics.get(TOPIC_CAPABILITIES, ()):
@@ -316,6 +334,7 @@ class Forger:
                 for name, data in self.forgeries.items():
                     await self._publish(name, data)
                 await trio.sleep(1.0)  # let the last messages leave our queues
+                await self._protocol_garbage()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from p2pmesh.errors import MeshError
+
 T = TypeVar("T")
 
 LOCAL_LISTEN = "/ip4/127.0.0.1/tcp/0"
@@ -453,13 +455,24 @@ class Mesh:
         return out
 
     def wait_all_listed(
-        self, timeout: float, nodes: Iterable[MeshNode] | None = None, interval: float = 0.25
+        self,
+        timeout: float,
+        nodes: Iterable[MeshNode] | None = None,
+        interval: float = 0.25,
+        *,
+        ignore_dead: bool = False,
     ) -> None:
-        """Wait until each given node (default: all running) lists all the others."""
+        """Wait until each given node (default: all running) lists all the others.
+
+        With ``ignore_dead`` a node that dies meanwhile is dropped from the group (benchmarks
+        report deaths instead of stopping); otherwise its death fails the wait.
+        """
         group = list(self.alive_nodes() if nodes is None else nodes)
         state: dict[str, Any] = {}
 
         def done() -> bool:
+            if ignore_dead:
+                group[:] = [n for n in group if n.alive]
             state["missing"] = self.missing(group)
             return not state["missing"]
 
@@ -468,7 +481,13 @@ class Mesh:
             gaps = {k: sorted(names.get(p, p) for p in v) for k, v in state["missing"].items()}
             return f"nodes missing peers: {gaps}\n" + "\n".join(n.log_tail(8) for n in group)
 
-        wait_until(done, timeout, interval=interval, message=describe)
+        wait_until(
+            done,
+            timeout,
+            interval=interval,
+            message=describe,
+            ignore=(MeshError,) if ignore_dead else (),
+        )
 
     def log_tails(self, lines: int = 15) -> str:
         return "\n".join(n.log_tail(lines) for n in self.nodes)

@@ -312,15 +312,20 @@ def test_mdns_discovery_dials_with_suppression() -> None:
     assert len(n.peers) == 0
 
 
-def test_peer_connected_asks_for_peers_and_dht_once() -> None:
+def test_peer_connected_asks_for_peers_then_the_dht_if_no_record_came() -> None:
     n = _node(0)
     a, b = _signer(1).peer_id, _signer(2).peer_id
     out = n.handle(PeerConnected(a), T0)
-    assert ExchangePeers(a) in out and DhtGet(capability.dht_key(a)) in out
+    assert ExchangePeers(a) in out and _of(out, DhtGet) == []
     assert n.handle(PeerConnected(a), T0 + 1) == []  # second connection to the same peer
+    # No record of `a` arrived by peer exchange within the delay: look it up in the DHT, once.
+    later = n.handle(Ticked(), T0 + n.config.dht_lookup_after_s + 1)
+    assert DhtGet(capability.dht_key(a)) in later
+    assert _of(n.handle(Ticked(), T0 + 30), DhtGet) == []
     n.handle(RecordReceived(_record_of(2, 1), "gossip"), T0)
     out = n.handle(PeerConnected(b), T0 + 2)
-    assert ExchangePeers(b) in out and _of(out, DhtGet) == []  # already known: no lookup
+    assert ExchangePeers(b) in out
+    assert _of(n.handle(Ticked(), T0 + 60), DhtGet) == []  # already known: no lookup
     assert len(n.peers) == 1  # connections alone never create entries
 
 

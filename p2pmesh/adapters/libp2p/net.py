@@ -299,6 +299,9 @@ class MeshNet:
                 continue
             with trio.move_on_after(DIAL_TIMEOUT_S):
                 try:
+                    # py-libp2p refuses every dial to a peer whose last dial failed in the past
+                    # 60 s (the swarm's negative cache); the core's backoff decides retries.
+                    self.host.get_network().unblock_peer(info.peer_id)
                     await self.host.connect(info)
                     try:
                         await self.dht.add_peer(info.peer_id)

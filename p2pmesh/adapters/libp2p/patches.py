@@ -7,9 +7,17 @@
 2. ``KadDHT(protocol_prefix=…)`` is stored but ignored: every module registers and dials the
    module constant ``/ipfs/kad/1.0.0``, which would join us to the public IPFS DHT. We rebind
    that constant in every module that imported it, so our DHT speaks ``/p2pmesh/kad/1.0.0``.
+3. ``Pubsub.stream_handler`` lets any error but three stream errors escape, and one escaping
+   error stops the whole host: one RPC that does not parse as protobuf (``DecodeError``), or
+   one over the size limit, from any peer, killed the daemon. We wrap the handler so such a
+   peer only loses its stream, as on a stream error.
 """
 
 from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
 
 import libp2p.kad_dht.common as _kad_common
 import libp2p.kad_dht.kad_dht as _kad
@@ -24,6 +32,23 @@ SUBSCRIPTION_QUEUE = 1024
 OUTBOUND_RPC_QUEUE = 1024
 DHT_PROTOCOL_ID = TProtocol("/p2pmesh/kad/1.0.0")
 _applied = False
+_log = logging.getLogger("p2pmesh.net")
+
+
+def _guard_pubsub_streams() -> None:
+    original = _pubsub.Pubsub.stream_handler
+
+    async def stream_handler(self: _pubsub.Pubsub, stream: Any) -> None:
+        try:
+            await original(self, stream)
+        except Exception as exc:  # whatever one peer sends must not stop the node
+            peer_id = stream.muxed_conn.peer_id
+            _log.debug("pubsub stream from %s dropped: %r", peer_id, exc)
+            with contextlib.suppress(Exception):
+                await stream.reset()
+            self._handle_dead_peer(peer_id)
+
+    _pubsub.Pubsub.stream_handler = stream_handler  # type: ignore[method-assign]
 
 
 def apply() -> None:
@@ -39,4 +64,5 @@ def apply() -> None:
         init.__defaults__ = (OUTBOUND_RPC_QUEUE, *defaults[1:])
     for module in (_kad_common, _kad, _kad_routing, _kad_providers, _kad_values):
         module.PROTOCOL_ID = DHT_PROTOCOL_ID  # type: ignore[attr-defined]
+    _guard_pubsub_streams()
     _applied = True

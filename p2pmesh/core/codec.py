@@ -94,12 +94,38 @@ def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
         )
     except Exception as exc:  # msgpack raises a zoo of types on hostile bytes
         raise DecodeError(f"not msgpack: {type(exc).__name__}") from None
+    # Canonical iff every map's keys are text in strictly ascending byte order (so no
+    # duplicates), only canonical types occur, nesting is within MAX_DEPTH, and msgpack's own
+    # (shortest-form) encoding of the value gives back exactly these bytes.
+    _check_canonical(value, 0)
     try:
-        again = encode(value, max_bytes=max_bytes)
-    except DecodeError:
-        raise
+        again = msgpack.packb(value, use_bin_type=True)
     except Exception as exc:
         raise DecodeError(f"not canonical: {type(exc).__name__}") from None
     if again != data:
         raise DecodeError("not in canonical form")
     return value
+
+
+_SCALARS = (str, bytes, int, bool, type(None))
+
+
+def _check_canonical(value: Any, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise DecodeError(f"nesting deeper than {MAX_DEPTH}")
+    kind = type(value)
+    if kind is dict:
+        prev = None
+        for key, item in value.items():
+            if type(key) is not str:
+                raise DecodeError("map keys must be text")
+            kb = key.encode("utf-8", "surrogatepass")
+            if prev is not None and kb <= prev:
+                raise DecodeError("not in canonical form")
+            prev = kb
+            _check_canonical(item, depth + 1)
+    elif kind is list:
+        for item in value:
+            _check_canonical(item, depth + 1)
+    elif kind not in _SCALARS:
+        raise DecodeError(f"type {kind.__name__} has no canonical encoding")

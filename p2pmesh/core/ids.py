@@ -7,6 +7,7 @@ key is the peer ID it claims without a network round trip.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from p2pmesh.errors import ValidationError
@@ -41,6 +42,7 @@ def b58decode(text: str) -> bytes:
     return b"\x00" * pad + body
 
 
+@functools.lru_cache(maxsize=4096)  # pure; the same few keys sign almost everything we see
 def peer_id_from_public_key(public_key: bytes) -> str:
     """The libp2p peer ID (``12D3KooW…``) of a raw 32-byte Ed25519 public key."""
     if len(public_key) != 32:

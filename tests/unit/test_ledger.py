@@ -14,8 +14,8 @@ Pure and fast: real Ed25519 keys (fixed seeds), no I/O. What is pinned here:
 * payments between two ``LedgerMachine``s: at most once per (job, payee) whatever the retries,
   refused when the payee, price, verdict, sender or payer is wrong, resent after a restart.
 
-Tests marked ``xfail(strict=True)`` pin core bugs reported to the lead (the reason names the
-bug); they turn into failures, to be unmarked, once the code is fixed.
+The tests of mismatched, repeated and double agreements, of the books after an exclusion, and
+of an excluded node asked to sign pin bugs found here and fixed in 58b76ec.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from p2pmesh.core import codec
@@ -793,12 +793,6 @@ def test_exclusion_voids_the_authors_payments() -> None:
     assert live.books.get(B.peer_id).earned == 3 and live.books.total() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: LiveBooks.rebuild replays an agreement whose proposal is already in "
-    "by_hash but not yet replayed, subtracting its pending amount once too often "
-    "(pending_out goes negative after every exclusion)",
-)
 def test_rebuild_after_an_exclusion_equals_compute() -> None:
     src = Ledger("src")
     p = propose(src, A, B, 1, amount=7)
@@ -809,11 +803,6 @@ def test_rebuild_after_an_exclusion_equals_compute() -> None:
     assert nonzero(live.books) == nonzero(compute(led))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: LiveBooks.add subtracts a proposal's pending amount for any agreement "
-    "linking to it, also one whose tx does not match (then pending_out differs from compute)",
-)
 def test_a_mismatched_agreement_leaves_the_proposal_pending_in_live_books() -> None:
     src = Ledger("src")
     p = propose(src, A, B, 1, amount=7)
@@ -823,11 +812,6 @@ def test_a_mismatched_agreement_leaves_the_proposal_pending_in_live_books() -> N
     assert live.books.get(A.peer_id).pending_out == 7
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: LiveBooks keeps one waiting agreement per proposal hash; a second "
-    "agreement linking to the same not-yet-seen proposal replaces the first",
-)
 def test_a_valid_agreement_waiting_for_its_proposal_is_not_displaced() -> None:
     src = Ledger("src")
     p = propose(src, A, B, 1, amount=7)
@@ -838,12 +822,6 @@ def test_a_valid_agreement_waiting_for_its_proposal_is_not_displaced() -> None:
     assert live.books.get(B.peer_id).earned == 7
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: two paid pairs for one (payer, job, payee) with different amounts: "
-    "which counts depends on delivery order (LiveBooks) or chain order (compute), so nodes "
-    "with the same blocks can disagree on balances and `ledger --verify` fails",
-)
 def test_duplicate_payments_count_the_same_everywhere() -> None:
     src = Ledger("src")
     p1 = propose(src, A, B, 1, amount=7)
@@ -859,11 +837,6 @@ def test_duplicate_payments_count_the_same_everywhere() -> None:
     assert len(seen) == 1, seen
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: compute() leaves a proposal pending when a party is excluded (it marks "
-    "it agreed only after the exclusion check) while LiveBooks marks it agreed first",
-)
 def test_pending_amounts_agree_when_a_party_is_excluded() -> None:
     src = Ledger("src")
     p = propose(src, C, A, 1, amount=7)  # C pays A; A is then excluded
@@ -1012,17 +985,7 @@ def _check_books(led: Ledger, live: LiveBooks) -> None:
     assert all(a.pending_out >= 0 for a in live.books.accounts.values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bugs (see the xfail tests above): LiveBooks differs from compute once "
-    "peers sign mismatched, repeated or double agreements, or after an exclusion",
-)
-@settings(
-    max_examples=60,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-    phases=[Phase.explicit, Phase.reuse, Phase.generate],  # no shrinking while it is xfail
-)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(hostile_runs(), st.randoms(use_true_random=False))
 def test_books_agree_whatever_peers_sign_and_whatever_the_order(
     run: tuple[list[Block], list[int]], rnd: Any
@@ -1363,12 +1326,6 @@ def test_a_pay_message_with_the_verdict_in_place_of_the_proposal_is_refused() ->
     assert refusals(got) and pr.w.ledger.block_count() == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: on_pay checks the payer's exclusion before ingesting the proposal; when "
-    "that ingest itself reveals a fork (the twin came first by gossip) it still signs an "
-    "agreement with the now-excluded payer",
-)
 def test_no_agreement_when_the_proposal_itself_reveals_a_fork() -> None:
     pr = Pair()
     prop = _proposal(pr)
@@ -1377,6 +1334,34 @@ def test_no_agreement_when_the_proposal_itself_reveals_a_fork() -> None:
     got = pr.w.on_pay(pay_message(prop, pr.verdict), R.peer_id, 101, pr.award_price)
     assert pr.w.ledger.excluded(R.peer_id)
     assert sends(got, "paid") == [] and pr.w.ledger.head_seq(W.peer_id) == 0
+
+
+@pytest.mark.parametrize("side", ["payer", "payee"])
+def test_an_excluded_node_refuses_to_sign_instead_of_raising(side: str) -> None:
+    pr = Pair()
+    own = R if side == "payer" else W
+    machine = pr.r if side == "payer" else pr.w
+    twin_a, twin_b = (
+        build_block(
+            own,
+            seq=1,
+            prev=GENESIS,
+            kind="proposal",
+            tx=tx(own, X, 1, amount),
+            link_author=X.peer_id,
+            link_seq=0,
+            link_hash="",
+            ts=1,
+        )
+        for amount in (1, 2)
+    )
+    machine.on_fraud(seal_fraud(X, check_fraud(twin_a.raw, twin_b.raw)), 90)
+    assert machine.ledger.excluded(own.peer_id)
+    if side == "payer":
+        eff = pr.pay()
+    else:
+        eff = pr.w.on_pay(pay_message(_proposal(pr), pr.verdict), R.peer_id, 101, pr.award_price)
+    assert sends(eff, "pay") == [] and sends(eff, "paid") == []
 
 
 def test_an_agreement_from_another_peer_does_not_settle_a_payment() -> None:
@@ -1401,12 +1386,6 @@ def test_an_agreement_from_another_peer_does_not_settle_a_payment() -> None:
     assert prop.hash in pr.r.pending
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: on_paid settles a pending payment on any agreement by the payee that "
-    "links to the proposal, also one whose tx differs (which never counts in the books), "
-    "so the payment is neither paid nor resent",
-)
 def test_a_mismatched_agreement_does_not_settle_a_payment() -> None:
     pr = Pair()
     eff = pr.pay()

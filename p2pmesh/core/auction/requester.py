@@ -53,6 +53,7 @@ SILENCE_S = 45
 HEARTBEAT_S = 10
 ACCEPT_WITHIN_S = 30
 GRACE_S = 120
+FETCH_RETRY_S = 15
 FINAL = frozenset({"done", "failed", "timeout", "cancelled", "no-bids", "inconclusive"})
 DEFAULT_SPOT_CHECK = 0.10
 
@@ -96,6 +97,7 @@ class RequesterJob:
     groups: list[list[str]] | None = None  # numeric comparison of the current reported set
     compared: tuple[str, ...] = ()
     verdict_raw: bytes = b""
+    retry_fetch_at: int = 0
     resumed: bool = False  # restored after a restart: transfers in flight must be re-issued
     accepted_digest: str = ""
     fetch_from: str = ""
@@ -314,6 +316,12 @@ class Requester:
         ]
         if candidates:
             return self._fetch(j, candidates[0], now)
+        if now + FETCH_RETRY_S < j.deadline_at:
+            # Decided (and paid): the workers may just be restarting. Try again later.
+            j.tried_fetch.clear()
+            j.retry_fetch_at = now + FETCH_RETRY_S
+            j.note(now, f"outputs not fetched ({error}); retrying in {FETCH_RETRY_S} s")
+            return [self._persist(j, now)]
         return self._finish(j, "failed", now, f"outputs could not be fetched: {error}")
 
     # -- time ---------------------------------------------------------------------------------
@@ -325,6 +333,9 @@ class Requester:
             if j.resumed:
                 j.resumed = False
                 out += self._resume(j, now)
+            if j.state == "fetching" and j.retry_fetch_at and now >= j.retry_fetch_at:
+                j.retry_fetch_at = 0
+                out += self._fetch(j, j.fetch_from, now)
             if now >= j.deadline_at:
                 out += self._cancel_replicas(j, now, "deadline passed")
                 final = "no-bids" if not j.replicas and j.bids_seen == 0 else "timeout"

@@ -8,8 +8,9 @@ Definitions (docs/SIMULATIONS.md, "Metrics"):
 * ``mean_redundancy``: replicas awarded per finished job (lost and replaced ones included).
 * ``latency_p50_s`` / ``p95`` / ``p99``: virtual seconds from submission to the final state,
   over all finished jobs.
-* ``utilisation``: container-seconds run, over slot-seconds online (``max_jobs`` × time online,
-  summed over working peers).
+* ``utilisation``: share of the online workers' job slots running a container, averaged over
+  the arrival instants (Poisson arrivals see time averages), so the idle tail after the last
+  job does not dilute it.
 * ``messages_per_job`` / ``bytes_per_job``: protocol messages and their bytes carried by the
   network (every stream message attempt, every gossip delivery, every sync request and answer),
   per submitted job. Blob transfers (inputs, outputs) are not protocol bytes; see ``details``.
@@ -83,11 +84,13 @@ class Report:
     wall_s: float
     events_per_s: float
     details: dict[str, Any] = field(default_factory=dict)
+    series: dict[str, list[float]] = field(default_factory=dict)  # raw values, for plots
 
     def to_json(self) -> dict[str, Any]:
         """The ``--json`` document: scenario, peers, jobs, seed and the metric keys only."""
         d = asdict(self)
         d.pop("details")
+        d.pop("series")
         return d
 
     def comparable(self) -> dict[str, Any]:
@@ -193,6 +196,8 @@ def report(sim: Simulation) -> Report:
         "ignored_effects": dict(sorted(sim.net.ignored.items())),
         "stored_blocks": sim.stored_blocks,
         "restarts": sum(p.restarts for p in sim.peers),
+        "container_s_per_slot_s": _round(busy / online_slots if online_slots else 0.0),
+        "core_errors": dict(sorted(sim.core_errors.items())),
         "warnings": dict(sorted(sim.logs.items(), key=lambda kv: -kv[1])[:12]),
         **audit["details"],
         "peak_rss_mb": round(peak_mb, 1),
@@ -209,7 +214,9 @@ def report(sim: Simulation) -> Report:
         latency_p50_s=_round(percentile(lat, 0.5), 3),
         latency_p95_s=_round(percentile(lat, 0.95), 3),
         latency_p99_s=_round(percentile(lat, 0.99), 3),
-        utilisation=_round(busy / online_slots if online_slots else 0.0),
+        utilisation=_round(
+            sum(sim.util_samples) / len(sim.util_samples) if sim.util_samples else 0.0
+        ),
         messages_per_job=_round(sim.net.messages / n_jobs, 3),
         bytes_per_job=_round(sim.net.bytes / n_jobs, 1),
         gini_honest_earnings=_round(audit["gini"]),
@@ -219,6 +226,7 @@ def report(sim: Simulation) -> Report:
         wall_s=round(sim.wall_s, 3),
         events_per_s=round(sim.engine.events / sim.wall_s, 1) if sim.wall_s > 0 else 0.0,
         details=details,
+        series={"latency_s": lat, "honest_earnings": sorted(audit["earned"])},
     )
 
 
@@ -272,6 +280,7 @@ def _audit(sim: Simulation) -> dict[str, Any]:
     return {
         "zero_sum": books.total() == 0 and local_ok and refused == 0,
         "gini": gini(earned),
+        "earned": earned,
         "details": details,
     }
 

@@ -192,8 +192,10 @@ class Network:
         """One-way delay of one message from ``a`` to ``b`` in seconds (with jitter)."""
         dx = self.x[a] - self.x[b]
         dy = self.y[a] - self.y[b]
-        base = self.last_mile[a] + self.last_mile[b] + math.sqrt(dx * dx + dy * dy) * (
-            self.cfg.span_ms / 1000.0
+        base = (
+            self.last_mile[a]
+            + self.last_mile[b]
+            + math.sqrt(dx * dx + dy * dy) * (self.cfg.span_ms / 1000.0)
         )
         return base + self.rng.expovariate(1000.0 / self.cfg.jitter_ms)
 
@@ -236,7 +238,9 @@ class Network:
             self._fail_later(src, eff, self.cfg.connect_timeout_s, "connection lost")
             return
         dst.deliver(MessageReceived(eff.kind, eff.data, src.peer_id))
-        self.sim.engine.after(d, src.deliver_event, MessageDelivered(eff.job_id, eff.peer_id, eff.kind))
+        self.sim.engine.after(
+            d, src.deliver_event, MessageDelivered(eff.job_id, eff.peer_id, eff.kind)
+        )
 
     def _fail_later(self, src: SimPeer, eff: SendMessage, wait: float, reason: str) -> None:
         self.failed_sends += 1
@@ -313,9 +317,7 @@ class Network:
         )
 
     # -- blobs ---------------------------------------------------------------------------------
-    def blob(
-        self, src: int, dst: int, size: int, done: Callable[[bool, str], None]
-    ) -> None:
+    def blob(self, src: int, dst: int, size: int, done: Callable[[bool, str], None]) -> None:
         """Move ``size`` bytes from ``src`` to ``dst``; ``done(ok, error)`` when it ends."""
         if not self.reachable(dst, src):
             self.sim.engine.after(

@@ -11,7 +11,7 @@ saboteurs      ``fraction`` lazy saboteurs: each job, with p = 0.5, the same che
 colluders      ``fraction`` colluders in one ring, cheating whenever the ring holds the majority
                of a job's winners (behaviours.py)
 sybil          ``peers`` honest peers, then ``fraction × peers`` fresh identities of one owner
-               join at ``SYBIL_JOIN_S``, bid price 1 and collude; measured over the next hour
+               join a third into the arrivals, bid price 1 and collude; measured for an hour
 churn          ``fraction`` of the peers come and go (Pareto sessions, log-normal gaps)
 free-riders    ``fraction`` never work and ask for work 20× as often as an honest peer
 partition      the mesh splits in two (``fraction`` on one side) for the middle third of the
@@ -54,8 +54,7 @@ DEFAULT_FRACTION = {
     "forkers": 0.05,
     "all": 0.2,
 }
-SYBIL_JOIN_S = 1800.0  # the honest mesh has run for half an hour when the swarm arrives
-SYBIL_WINDOW_S = 3600.0
+SYBIL_WINDOW_S = 3600.0  # the swarm's first simulated hour
 SABOTEUR_P = 0.5
 
 
@@ -77,9 +76,16 @@ def build_plan(
     redundancy: int | str = 2,
     target_error: float | None = None,
     net: NetConfig | None = None,
+    rate: float | None = None,
+    utilisation: float = 0.3,
     **overrides: Any,
 ) -> Plan:
-    """The plan of scenario ``name``. ``overrides`` set ``Plan`` fields directly."""
+    """The plan of scenario ``name``. ``overrides`` set ``Plan`` fields directly.
+
+    ``rate`` (jobs per second) or, when None, ``utilisation`` (share of worker slots busy)
+    sets the arrival rate; the Sybil join time and the partition are placed within the span
+    of the arrivals, so they happen at any scale.
+    """
     if name not in SCENARIOS:
         raise ValueError(f"unknown scenario {name!r}; one of: {', '.join(SCENARIOS)}")
     if peers < 3:
@@ -94,7 +100,8 @@ def build_plan(
     sybil_window = None
     # How long the arrivals take at the default utilisation: places mid-run events.
     k = redundancy if isinstance(redundancy, int) else 2
-    rate = arrival_rate(2 * peers, 0.3, k, TEMPLATES)
+    if rate is None:
+        rate = arrival_rate(2 * peers, utilisation, k, TEMPLATES)
     span = jobs / rate
 
     if name == "saboteurs":
@@ -107,9 +114,9 @@ def build_plan(
     elif name == "sybil":
         ring = bh.Ring("sybil")
         count = round(f * peers)
-        behaviours += [bh.sybil(ring, join_at=SYBIL_JOIN_S) for _ in range(count)]
+        behaviours += [bh.sybil(ring, join_at=span / 3) for _ in range(count)]
         churn += [None] * count
-        sybil_window = (SYBIL_JOIN_S, SYBIL_JOIN_S + SYBIL_WINDOW_S)
+        sybil_window = (span / 3, span / 3 + SYBIL_WINDOW_S)
     elif name == "churn":
         for i in _spread(peers, round(f * peers)):
             churn[i] = bh.Churn()
@@ -142,9 +149,9 @@ def build_plan(
         honest = [i for i in range(peers) if behaviours[i].name == "honest"]
         for i in honest[::4]:
             churn[i] = bh.Churn()
-        behaviours += [bh.sybil(sybils, join_at=SYBIL_JOIN_S) for _ in range(quarter)]
+        behaviours += [bh.sybil(sybils, join_at=span / 3) for _ in range(quarter)]
         churn += [None] * quarter
-        sybil_window = (SYBIL_JOIN_S, SYBIL_JOIN_S + SYBIL_WINDOW_S)
+        sybil_window = (span / 3, span / 3 + SYBIL_WINDOW_S)
     _register_rings(behaviours)
 
     plan = Plan(
@@ -158,6 +165,8 @@ def build_plan(
         hooks=hooks,
         sybil_window=sybil_window,
         fraction=f,
+        rate=rate,
+        utilisation=utilisation,
     )
     return dataclasses.replace(plan, **overrides) if overrides else plan
 

@@ -9,6 +9,7 @@ that lies about its content.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from p2pmesh.errors import ValidationError
 
 _DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 CHUNK = 1 << 20
+_TRANSFERS = itertools.count()
 
 
 def hex_of(digest: str) -> str:
@@ -45,14 +47,14 @@ class BlobStore:
     def put_bytes(self, data: bytes) -> str:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
         if not self.has(digest):
-            tmp = self.root / "tmp" / f"{os.getpid()}-{hex_of(digest)}"
+            tmp = self.root / "tmp" / f"{os.getpid()}-{next(_TRANSFERS)}-{hex_of(digest)}"
             tmp.write_bytes(data)
             tmp.replace(self.path(digest))
         return digest
 
     def put_file(self, src: Path) -> tuple[str, int]:
         h = hashlib.sha256()
-        tmp = self.root / "tmp" / f"{os.getpid()}-{id(src)}-{src.name[:40]}"
+        tmp = self.root / "tmp" / f"{os.getpid()}-{next(_TRANSFERS)}-{src.name[:40]}"
         size = 0
         with open(src, "rb") as f, open(tmp, "wb") as out:
             while chunk := f.read(CHUNK):
@@ -79,7 +81,9 @@ class BlobWriter:
         self.store = store
         self.digest = digest
         self.expected = size
-        self.tmp = store.root / "tmp" / f"{os.getpid()}-recv-{hex_of(digest)}"
+        # Unique per transfer: the same blob may be fetched from two peers at once (two
+        # replicas with identical logs); each writes its own file and the first commit wins.
+        self.tmp = store.root / "tmp" / f"{os.getpid()}-recv-{next(_TRANSFERS)}-{hex_of(digest)}"
         self._f = open(self.tmp, "wb")  # noqa: SIM115 - closed in commit/abort
         self._h = hashlib.sha256()
         self.received = 0
@@ -97,7 +101,8 @@ class BlobWriter:
         if self.received != self.expected or got != self.digest:
             self.tmp.unlink(missing_ok=True)
             raise ValidationError(f"blob does not match its digest (got {got[:20]}…)")
-        self.tmp.replace(self.store.path(self.digest))
+        # Same content either way, so replacing a concurrent winner's file is harmless.
+        os.replace(self.tmp, self.store.path(self.digest))
 
     def abort(self) -> None:
         self._f.close()

@@ -32,6 +32,7 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from p2pmesh.core.tarnames import member_kind, safe_parts
 from p2pmesh.errors import PackingError
 
 __all__ = ["DEFAULT_MAX_FILES", "digest", "pack_dir", "unpack"]
@@ -41,7 +42,6 @@ __all__ = ["DEFAULT_MAX_FILES", "digest", "pack_dir", "unpack"]
 DEFAULT_MAX_FILES = 10_000
 # A member name longer than Linux PATH_MAX cannot be created anyway; refusing it up front gives a
 # clear message instead of an OSError halfway through.
-MAX_NAME_BYTES = 4096
 
 _DIR_MODE = 0o755
 _EXEC_MODE = 0o755
@@ -262,7 +262,7 @@ def _extract(data: bytes, dest: Path, *, max_bytes: int, max_files: int) -> None
             for count, member in enumerate(tar, start=1):
                 if count > max_files:
                     raise PackingError(f"more than {max_files} entries")
-                parts = _safe_parts(member.name)
+                parts = safe_parts(member.name)
                 name = "/".join(parts)
                 if name in seen:
                     raise PackingError(f"{name}: duplicate entry")
@@ -271,7 +271,7 @@ def _extract(data: bytes, dest: Path, *, max_bytes: int, max_files: int) -> None
                     _make_dirs(dest, parts)
                     continue
                 if not member.isreg() or member.sparse is not None:
-                    raise PackingError(f"{name}: {_member_kind(member)} not allowed")
+                    raise PackingError(f"{name}: {member_kind(member)} not allowed")
                 if member.size < 0:  # base-256 size fields can be negative
                     raise PackingError(f"{name}: negative size")
                 total += member.size
@@ -288,40 +288,6 @@ def _extract(data: bytes, dest: Path, *, max_bytes: int, max_files: int) -> None
         raise PackingError(f"malformed archive: {exc}") from exc
     except OSError as exc:
         raise PackingError(f"cannot unpack: {exc.strerror or exc}") from exc
-
-
-def _safe_parts(name: str) -> list[str]:
-    if not name:
-        raise PackingError("entry with an empty name")
-    shown = name.encode("utf-8", "backslashreplace").decode("utf-8", "replace")
-    if "\x00" in name:
-        raise PackingError(f"{shown!r}: NUL in name")
-    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
-        raise PackingError(f"{shown[:64]!r}...: name too long")
-    if name.startswith("/"):
-        raise PackingError(f"{shown}: absolute name")
-    parts = name.split("/")
-    if ".." in parts:
-        raise PackingError(f"{shown}: '..' in name")
-    if any(p in ("", ".") for p in parts):
-        raise PackingError(f"{shown}: name is not in normal form")
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise PackingError(f"{shown}: name is not valid UTF-8") from exc
-    return parts
-
-
-def _member_kind(member: tarfile.TarInfo) -> str:
-    if member.issym():
-        return "symbolic link"
-    if member.islnk():
-        return "hard link"
-    if member.isdev():
-        return "device or FIFO"
-    if member.sparse is not None:
-        return "sparse file"
-    return f"entry type {member.type!r}"
 
 
 def _make_dirs(dest: Path, parts: list[str]) -> None:

@@ -51,6 +51,7 @@ from fractions import Fraction
 from typing import Any
 
 from p2pmesh.core.jobspec import ValidationRule
+from p2pmesh.core.tarnames import member_kind, safe_parts, show_name
 from p2pmesh.errors import PackingError
 
 __all__ = [
@@ -81,7 +82,6 @@ MAX_NPY_HEADER_BYTES = 64 * 1024
 MAX_NPY_DIMS = 64
 # Strided copies allowed to reorder one column-major array (see _to_c_order).
 MAX_REORDER_SLICES = 1_000_000
-MAX_NAME_BYTES = 4096
 
 # Values unpacked per step when walking arrays: large enough that struct does the work, small
 # enough that two chunks of Python floats stay a few MiB.
@@ -142,22 +142,22 @@ def read_archive(data: bytes, *, max_bytes: int, max_files: int) -> dict[str, by
             for count, member in enumerate(tar, start=1):
                 if count > max_files:
                     raise PackingError(f"more than {max_files} entries")
-                parts = _safe_parts(member.name)
+                parts = safe_parts(member.name)
                 name = "/".join(parts)
                 if name in files or name in dirs:
-                    raise PackingError(f"{_show_name(name)}: duplicate entry")
+                    raise PackingError(f"{show_name(name)}: duplicate entry")
                 for i in range(1, len(parts)):
                     parent = "/".join(parts[:i])
                     if parent in files:
-                        raise PackingError(f"{_show_name(name)}: parent is a file")
+                        raise PackingError(f"{show_name(name)}: parent is a file")
                     dirs.add(parent)
                 if member.isdir():
                     dirs.add(name)
                     continue
                 if not member.isreg() or member.sparse is not None:
-                    raise PackingError(f"{_show_name(name)}: {_member_kind(member)} not allowed")
+                    raise PackingError(f"{show_name(name)}: {member_kind(member)} not allowed")
                 if member.size < 0:  # base-256 size fields can be negative
-                    raise PackingError(f"{_show_name(name)}: negative size")
+                    raise PackingError(f"{show_name(name)}: negative size")
                 total += member.size
                 if total > max_bytes:
                     raise PackingError(f"contents exceed {max_bytes} bytes")
@@ -165,7 +165,7 @@ def read_archive(data: bytes, *, max_bytes: int, max_files: int) -> dict[str, by
                 assert source is not None  # a regular member always has a file object
                 content = source.read()
                 if len(content) != member.size:
-                    raise PackingError(f"{_show_name(name)}: truncated")
+                    raise PackingError(f"{show_name(name)}: truncated")
                 files[name] = content
             end = tar.offset
     except PackingError:
@@ -178,40 +178,6 @@ def read_archive(data: bytes, *, max_bytes: int, max_files: int) -> dict[str, by
     if end > len(data) or data.count(0, end) != len(data) - end:
         raise PackingError(f"unexpected data after the end of the archive (offset {end})")
     return files
-
-
-def _safe_parts(name: str) -> list[str]:
-    if not name:
-        raise PackingError("entry with an empty name")
-    shown = _show_name(name)
-    if "\x00" in name:
-        raise PackingError(f"{shown}: NUL in name")
-    if len(name.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
-        raise PackingError(f"{shown}: name too long")
-    if name.startswith("/"):
-        raise PackingError(f"{shown}: absolute name")
-    parts = name.split("/")
-    if ".." in parts:
-        raise PackingError(f"{shown}: '..' in name")
-    if any(p in ("", ".") for p in parts):
-        raise PackingError(f"{shown}: name is not in normal form")
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise PackingError(f"{shown}: name is not valid UTF-8") from exc
-    return parts
-
-
-def _member_kind(member: tarfile.TarInfo) -> str:
-    if member.issym():
-        return "symbolic link"
-    if member.islnk():
-        return "hard link"
-    if member.isdev():
-        return "device or FIFO"
-    if member.sparse is not None:
-        return "sparse file"
-    return f"entry type {member.type!r}"
 
 
 # --- comparing -----------------------------------------------------------------------------------
@@ -266,7 +232,7 @@ def _first_difference(a: bytes, b: bytes, max_bytes: int) -> str:
         return str(exc)
     for name in sorted(fa):
         if fa[name] != fb[name]:
-            return f"{_show_name(name)}: contents differ"
+            return f"{show_name(name)}: contents differ"
     return "same files, different archive metadata (modes or directories)"
 
 
@@ -284,12 +250,12 @@ def _equivalent_numeric(
             continue
         compare = _value_comparer(name, globs)
         if compare is None:
-            raise _Dissent(f"{_show_name(name)}: contents differ (compared exactly)")
+            raise _Dissent(f"{show_name(name)}: contents differ (compared exactly)")
         by_value += 1
         try:
             compare(x, y, tally)
         except _Dissent as exc:
-            raise _Dissent(f"{_show_name(name)}: {exc}") from None
+            raise _Dissent(f"{show_name(name)}: {exc}") from None
     files = f"{tally.files} file{'' if tally.files == 1 else 's'}"
     if by_value:
         reason = f"{files} equivalent ({by_value} differing in bytes, compared by value)"
@@ -311,7 +277,7 @@ def _same_names(fa: dict[str, bytes], fb: dict[str, bytes]) -> None:
     only_a, only_b = sorted(fa.keys() - fb.keys()), sorted(fb.keys() - fa.keys())
     names, side = (only_a, _A) if only_a else (only_b, _B)
     more = f" (and {len(names) - 1} more)" if len(names) > 1 else ""
-    raise _Dissent(f"{_show_name(names[0])}: only in {side}{more}")
+    raise _Dissent(f"{show_name(names[0])}: only in {side}{more}")
 
 
 def _value_comparer(
@@ -858,12 +824,6 @@ def group_results(outputs: dict[str, bytes], rule: ValidationRule) -> list[list[
 
 def _clip(text: str) -> str:
     return text if len(text) <= 2 * _SHOWN_CHARS else text[: 2 * _SHOWN_CHARS] + "…"
-
-
-def _show_name(name: str) -> str:
-    # Names come from remote archives: escape anything unprintable so a reason stays one line.
-    shown = name if name.isprintable() else ascii(name)[1:-1]
-    return shown if len(shown) <= 200 else shown[:200] + "…"
 
 
 def _show_value(value: object) -> str:

@@ -15,6 +15,8 @@ sybil             ``--peers`` honest peers, then a swarm of ``--sybils`` fresh i
                   spread so that the swarm's first simulated hour lies inside them: share of
                   awards the swarm wins in that hour
 honest            honest peers of equal capacity and price: Gini of earnings
+colluders-k3      winner-aware colluders against ``redundancy: 3`` (majority of three)
+scenario-NAME     scenario NAME of ``p2pmesh sim`` with the CLI's defaults (``--sweep``: all)
 
 Reported per case: the metrics of ``p2pmesh sim --json`` plus wall seconds, CPU seconds, peak
 RSS (MiB) of the case's process, and the run's details (states, messages by kind, ...).
@@ -34,7 +36,17 @@ import sys
 import time
 from typing import Any
 
-CASES = ("colluders-fixed", "colluders-auto", "colluders-auto-1pct", "sybil", "honest")
+from p2pmesh.simulations.scenarios import SCENARIOS
+
+CASES = (
+    "colluders-fixed",
+    "colluders-auto",
+    "colluders-auto-1pct",
+    "sybil",
+    "honest",
+    "colluders-k3",
+    *(f"scenario-{s}" for s in SCENARIOS),
+)
 SYBIL_SPAN_S = 5400.0  # arrivals last 1.5 h: join at 1/3 (30 min), measure the next hour
 
 
@@ -67,6 +79,10 @@ def case_kwargs(case: str, peers: int, jobs: int, seed: int, sybils: int) -> dic
         }
     if case == "honest":
         return {**base, "name": "honest"}
+    if case == "colluders-k3":
+        return {**base, "name": "colluders", "fraction": 0.2, "redundancy": 3}
+    if case.startswith("scenario-"):
+        return {"peers": peers, "jobs": jobs, "seed": seed, "name": case[len("scenario-") :]}
     raise ValueError(f"unknown case {case!r}")
 
 
@@ -134,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=30_000)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--sybils", type=int, default=1_000)
-    p.add_argument("--only", default=",".join(CASES), help="comma-separated cases")
+    p.add_argument("--only", default=",".join(CASES[:5]), help="comma-separated cases")
+    p.add_argument("--sweep", action="store_true", help="every scenario-NAME case")
     p.add_argument("--parallel", type=int, default=1, help="cases run at once (default 1)")
     p.add_argument("--out", help="write every figure as JSON here")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one case, print JSON
@@ -143,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(run_case(args.one, args.peers, args.jobs, args.seed, args.sybils)))
         return 0
     cases = [c.strip() for c in args.only.split(",") if c.strip()]
+    if args.sweep:
+        cases = [c for c in CASES if c.startswith("scenario-")]
     for c in cases:
         if c not in CASES:
             p.error(f"unknown case {c!r}; one of {', '.join(CASES)}")

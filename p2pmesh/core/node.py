@@ -14,6 +14,7 @@ Nothing here reads a clock or does I/O: ``now`` is unix seconds passed in by the
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from fnmatch import fnmatchcase
 from typing import Any
 
 from p2pmesh.core import capability, reputation
@@ -144,6 +145,7 @@ class Node:
             book=self.book,
             rng=rng,
             spot_check=config.spot_check,
+            eligible=self._eligible_bidders,
         )
         self.provider = Provider(signer, allow_network=config.allow_network)
         self.ledger = LedgerMachine(
@@ -156,6 +158,22 @@ class Node:
         self.requester.excluded = self.ledger.ledger.excluded
         self.provider.requester_allowed = self.ledger.may_trade_with
         self._now = started_at
+
+    def _eligible_bidders(self, job: Any) -> int:
+        """How many known peers' capability records fit ``job`` (what decide_bid checks)."""
+        spec, r, n = job.spec, job.spec.resources, 0
+        for e in self.peers.entries():
+            c = e.record.caps
+            n += bool(
+                c.work
+                and "docker" in c.executors
+                and c.price <= spec.max_price
+                and any(fnmatchcase(spec.image, p) for p in c.allow_images)
+                and r.millicpus <= c.cpus * 1000
+                and r.ram_mib <= c.ram_mb
+                and r.gpus <= len(c.gpus)
+            )
+        return n
 
     # -- the one entry point -------------------------------------------------------------
     def handle(self, event: Event | JobEvent, now: float) -> list[Effect]:

@@ -324,14 +324,20 @@ class JobRunner:
         self._stop.add(eff.job_id)
 
     def shutdown(self) -> None:
-        """On daemon exit: kill our running containers now (a restart re-runs the jobs)."""
-        for job_id in list(self._running):
-            self._stop.add(job_id)
-            name = f"p2pmesh-{job_id[:16]}-{self.short_id}"
-            try:
-                self.executor.kill(name)
-            except Exception as exc:
-                self.log("warning", "could not stop container on exit", name=name, error=str(exc))
+        """On daemon exit: remove our containers now (a restart re-runs the jobs).
+
+        By label, not from ``_running``: the nursery's cancellation has already run every
+        ``run_container``'s ``finally`` (emptying ``_running``) by the time this is called.
+        """
+        if self._executor is None:
+            return  # this process never started a container
+        try:
+            removed = self._executor.remove_stale(f"p2pmesh.node={self.short_id}")
+        except Exception as exc:
+            self.log("warning", "could not remove containers on exit", error=str(exc))
+            return
+        if removed:
+            self.log("info", "removed running containers on exit", count=removed)
 
     async def fetch_outputs(self, eff: FetchOutputs) -> None:
         rec = self.node.peers.get(eff.worker)

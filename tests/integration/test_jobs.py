@@ -268,8 +268,8 @@ def test_image_nobody_allows_ends_no_bids_at_its_deadline(mesh3: Mesh, tmp_path:
     assert "--allow-image" in res.doc["error"]  # tells the user where to look
     assert res.doc["bids_received"] == 0 and res.doc["workers"] == []
     took = res.doc["finished_at"] - res.doc["created_at"]
-    assert deadline_s - 1 <= took <= deadline_s + 3, res.doc["history"]
-    assert res.seconds <= deadline_s + 10
+    assert deadline_s - 1 <= took <= deadline_s + 5, res.doc["history"]  # at, not long after
+    assert res.seconds <= deadline_s + 15
     # Without --json the user gets the reason on one line, and the same exit code.
     plain = mesh3.nodes[0].cli("job", res.job_id)
     assert plain.returncode == 0 and "no peer bid" in plain.stdout
@@ -293,7 +293,7 @@ def test_cancel_stops_the_containers(mesh3: Mesh, engine: Any, tmp_path: Path) -
 
     res = requester.cli("cancel", job_id)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == f"job {job_id}: cancelled"
+    assert job_id in res.stdout and "cancelled" in res.stdout, res.stdout
     assert_containers_gone(engine, job_id, mesh3)
     doc = job_state(requester, job_id)
     assert doc["state"] == "cancelled" and doc["error"] == "cancelled by requester"

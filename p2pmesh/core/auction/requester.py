@@ -104,6 +104,8 @@ class RequesterJob:
     error: str = ""
     finished_at: int = 0
     history: list[tuple[int, str]] = field(default_factory=list)
+    offered_exclude: tuple[str, ...] = ()  # the exclude list of the offer last published
+    asked_again: int = 0  # times the current round's offer was published again
 
     @property
     def spec(self) -> Any:
@@ -129,7 +131,9 @@ class Requester:
         book: ReputationBook | None = None,
         rng: Any = None,
         spot_check: float = DEFAULT_SPOT_CHECK,
+        eligible: Any = None,
     ) -> None:
+        self.eligible = eligible  # callable(WireJob) -> how many known peers could bid
         self.signer = signer
         self.self_id = signer.peer_id
         self.reputation = reputation  # callable(peer_id) -> float
@@ -208,6 +212,11 @@ class Requester:
         if first:
             j.bids_seen += 1
         out: list[Effect] = [self._persist(j, now)]
+        # Every known peer that could bid has bid: waiting longer cannot change the outcome.
+        if j.state == "bidding" and self.eligible is not None:
+            could_bid = self.eligible(j.job) - len(j.tried)
+            if could_bid > 0 and len(j.bids) >= could_bid:
+                return out + self._award(j, now)
         # Late bids (after the window) can fill a replica that is still missing at once; one
         # that cannot be afforded waits for the next round rather than start one.
         if j.state != "bidding" and self._missing(j) > 0:
@@ -405,6 +414,16 @@ class Requester:
         return j.k - len(j.active())
 
     def _offer(self, j: RequesterJob, now: int) -> list[Effect]:
+        exclude = tuple(sorted(j.tried))[:64]
+        if j.offer_raw and exclude == j.offered_exclude:
+            # Nobody new to exclude: ask again in the same round, so that bids still on their
+            # way stay valid (on a busy mesh a new round makes every one of them stale), and
+            # wait longer each time (1, 2, 4, 8 windows) so a busy mesh is not flooded.
+            j.asked_again += 1
+            j.window_ends = now + j.bid_window_s * min(8, 2**j.asked_again)
+            j.note(now, f"offer round {j.round} published again")
+            return [Publish(m.TOPIC_OFFERS, j.offer_raw), self._persist(j, now)]
+        j.asked_again = 0
         if j.offer_raw:
             if j.round >= m.MAX_ROUND:
                 # Receivers refuse later rounds: keep collecting bids on the last one instead.
@@ -422,9 +441,10 @@ class Requester:
             bid_window_s=j.bid_window_s,
             round_=j.round,
             addrs=j.addrs,
-            exclude=tuple(sorted(j.tried))[:64],
+            exclude=exclude,
         )
         j.offer_raw = offer.raw
+        j.offered_exclude = exclude
         j.window_ends = now + j.bid_window_s
         j.note(now, f"offer round {j.round} published")
         return [

@@ -1030,7 +1030,7 @@ def test_npy_reader_agrees_with_numpy() -> None:
                         changed[-1] = (
                             (not last) if dtype.kind == "b" else last - 1 if last > 0 else last + 1
                         )
-                        index = list(np.unravel_index(arr.size - 1, shape))
+                        index = [int(i) for i in np.unravel_index(arr.size - 1, shape)]
                         result = equivalent(
                             one("m.npy", buf.getvalue()),
                             one("m.npy", npy(changed, shape, descr)),

@@ -34,10 +34,9 @@ echo "== outputs"
 for f in "$DEMO"/results/outputs/*; do echo "--- $(basename "$f")"; head -c 2000 "$f"; echo; done
 "$P" jobs --home "$DEMO/node1"
 echo "== credits after the job (derived from the replicated, signed chains; they sum to 0)"
-for n in 1 2 3; do
-  printf 'node%s  ' "$n"
-  "$P" balance --home "$DEMO/node$n" --json | "$VENV/bin/python" -c \
-    'import json,sys; b=json.load(sys.stdin); print(f"balance {b[\"balance\"]:>4}  earned {b[\"earned\"]:>3}  spent {b[\"spent\"]:>3}  limit {b[\"credit_limit\"]}")'
-done
 sleep 1
+for n in 1 2 3; do
+  echo "-- node$n"
+  "$P" balance --home "$DEMO/node$n"
+done
 "$P" ledger --home "$DEMO/node2" --verify | tail -1

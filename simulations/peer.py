@@ -30,8 +30,9 @@ choice, not protocol logic; the core change that would make it exact is ``Node.n
 
 Churn. Leaving stops the machine (containers and transfers die). Coming back is a daemon
 restart: a new ``Node`` restored through the same calls as ``Daemon._restore_jobs`` from what
-the node had persisted: ledger blocks, fraud proofs, pending payments and job documents.
-Reputation is not persisted by the daemon, so a restarted node forgets it, here as there.
+the node had persisted: ledger blocks, fraud proofs, pending payments and job documents, with
+reputation rebuilt from its own stored verdicts (evidence gossiped by others is forgotten, as
+in the daemon).
 """
 
 from __future__ import annotations
@@ -226,11 +227,13 @@ class SimPeer:
         node.ledger.restore(blocks, list(self.frauds.values()), list(self.payments.values()))
         t = int(now)
         resumed: list[Any] = []
+        # As Daemon._restore_jobs: every requester job comes back from its stored document
+        # (the core persists one on every change), and our own verdicts rebuild reputation.
         for j in old.requester.jobs.values():
-            if j.state not in REQ_FINAL:
-                node.requester.jobs[j.job_id] = requester_mod.from_doc(
-                    requester_mod.to_doc(j), node.peer_id, t
-                )
+            restored = requester_mod.from_doc(requester_mod.to_doc(j), node.peer_id, t)
+            node.requester.jobs[restored.job_id] = restored
+            if restored.verdict_raw:
+                node.requester.replay_verdict(restored.verdict_raw)
         self.work_open.clear()
         for w in old.provider.jobs.values():
             # Bids are never persisted (provider.on_offer has no Persist): only awarded work is.

@@ -21,9 +21,6 @@ from p2pmesh.simulations.network import IndexedSet
 from p2pmesh.simulations.scenarios import SCENARIOS, build_plan, make_simulation, run
 
 SMALL = {"peers": 40, "jobs": 30}
-# The one core failure the simulator has found so far (see the strict xfail below): a forking
-# node that learnt of its own fraud proof raises when it is paid. Any other error fails.
-KNOWN_CORE_BUG = "own block not appended: excluded"
 
 
 # -- engine and helpers ------------------------------------------------------------------------
@@ -137,14 +134,13 @@ def test_fixed_k_majority_voting_matches_the_binomial_error_rate() -> None:
 
 
 # -- every scenario at small scale ----------------------------------------------------------------
-@pytest.mark.parametrize("name", [s for s in SCENARIOS if s != "forkers"])
+@pytest.mark.parametrize("name", SCENARIOS)
 def test_scenario_runs_small(name: str) -> None:
     r = run(name, seed=3, **SMALL)
     doc = r.to_json()
     assert set(doc) == {"scenario", "peers", "jobs", "seed", *METRIC_KEYS}
     assert r.ledger_zero_sum, r.details
-    unknown = {k: v for k, v in r.details["core_errors"].items() if KNOWN_CORE_BUG not in k}
-    assert not unknown, unknown
+    assert not r.details["core_errors"], r.details["core_errors"]
     assert r.details["submitted"] > 0
     final = sum(v for k, v in r.details["states"].items() if k != "unfinished")
     assert final >= 0.9 * r.details["submitted"], r.details["states"]
@@ -157,16 +153,14 @@ def test_scenario_runs_small(name: str) -> None:
 
 
 def test_forkers_are_excluded_by_everyone_who_hears_the_proof() -> None:
+    # This simulator found that a forker holding a fraud proof against itself made the core
+    # raise when it was paid (Ledger.append_own); the core now refuses to pay instead.
     r = run("forkers", seed=3, **SMALL)
     assert r.ledger_zero_sum
+    assert not r.details["core_errors"], r.details["core_errors"]
     assert r.details["excluded_authors"] >= 1
     assert r.details["forkers_known_by_mean_peers"] > 0.5 * SMALL["peers"]
     assert r.reputation_auc == 1.0  # a fraud proof is evidence nobody else can outweigh
-
-
-def test_forkers_never_make_the_core_raise() -> None:
-    r = run("forkers", seed=3, **SMALL)
-    assert not r.details["core_errors"], r.details["core_errors"]
 
 
 # -- command line --------------------------------------------------------------------------------

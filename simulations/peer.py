@@ -20,13 +20,12 @@ to ``Node.handle`` with the virtual ``now`` and carries out every effect the nod
   metrics the job is final, exactly the moment the daemon's store would see it;
 * ``DhtPut``/``DhtGet``/``Dial``/``ExchangePeers`` are counted and not answered (network.py).
 
-Ticks. The daemon ticks every node once a second. Here a node that has something in flight
-(an open requester job, an accepted award, an unconfirmed payment) is ticked every
-``BUSY_TICK_S``; an idle node every ``IDLE_TICK_S``, which only delays its periodic ledger-head
-announcement and record refresh (nothing else in ``Node.handle(Ticked)`` acts on an idle node).
-An event that may start timed work pulls the next tick forward. This is a driver scheduling
-choice, not protocol logic; the core change that would make it exact is ``Node.next_wakeup``
-(docs/SIMULATIONS.md).
+Ticks. The daemon ticks every node once a second; almost all of those ticks do nothing. Here a
+node is ticked when ``Node.next_wakeup()`` says a tick would act (asked again after every
+event), never more than once a second, as the daemon. An idle node (no open requester job, no
+accepted award, no unconfirmed payment) is ticked at most every ``IDLE_TICK_S``: that only
+delays its periodic ledger-head announcement, its record refresh and the forgetting of bids
+that were never awarded (docs/SIMULATIONS.md, "What is not modelled").
 
 Churn. Leaving stops the machine (containers and transfers die). Coming back is a daemon
 restart: a new ``Node`` restored through the same calls as ``Daemon._restore_jobs`` from what
@@ -84,9 +83,6 @@ COMPARE_S = 0.05  # CPU time to compare two numeric outputs, small next to any t
 RUN_NOISE_SIGMA = 0.1  # replica-to-replica variation of one job's run time on equal machines
 LOG_BYTES = 2_000
 REQ_FINAL = requester_mod.FINAL
-# Send kinds after which the sender has something timed to watch (a bid alone does not:
-# the worker only forgets an unanswered bid at the offer's deadline).
-_POKE_KINDS = frozenset({"award", "status", "result", "pay", "paid", "cancel"})
 
 
 def capabilities(idx: int, behaviour: Behaviour) -> Capabilities:
@@ -145,6 +141,7 @@ class SimPeer:
         self.epoch = 0  # bumped when the machine goes down: in-flight work of before is void
         self.tick_gen = 0
         self.next_tick = math.inf
+        self.last_tick = -math.inf
         self.req_open: set[str] = set()
         self.work_open: set[str] = set()
         self.running: dict[str, tuple[int, float]] = {}  # job -> (token, started_at)
@@ -175,7 +172,8 @@ class SimPeer:
         if self.worker:
             self.sim.online_slots += self.caps.max_jobs
         self._execute(resumed)
-        self._schedule_tick(self.rng.random() * BUSY_TICK_S)
+        # The first tick at a random phase, as daemons started at random moments.
+        self._schedule_tick(now + self.rng.random() * BUSY_TICK_S)
         if self.churn is not None:
             self.sim.engine.after(self.churn.session(self.sim.engine.rng), self._leave, self.epoch)
 
@@ -249,19 +247,16 @@ class SimPeer:
             return
         self.req_open.add(job_id)
         self._handle(JobSubmitted(job_id, job, BID_WINDOW_S))
-        if self.next_tick > self.sim.engine.now + BUSY_TICK_S:
-            self._schedule_tick(BUSY_TICK_S)
 
     # -- the owner task: one event in, its effects out ------------------------------------------
     def deliver(self, event: Any) -> None:
         if not self.online:
             return
-        if self._handle(event) and self.next_tick > self.sim.engine.now + BUSY_TICK_S:
-            self._schedule_tick(BUSY_TICK_S)
+        self._handle(event)
 
     deliver_event = deliver  # engine callback spelling: ``engine.after(d, peer.deliver_event, ev)``
 
-    def _handle(self, event: Any) -> bool:
+    def _handle(self, event: Any) -> None:
         node = self.node
         assert node is not None
         sim = self.sim
@@ -273,28 +268,38 @@ class SimPeer:
             # a supervisor restarts it. Model exactly that, and record the core's failure.
             sim.core_error(self, event, exc)
             self.go_offline(back_after=CRASH_RESTART_S)
-            return False
-        return self._execute(effects)
+            return
+        self._execute(effects)
+        if self.online:
+            self._reschedule()
 
-    def _execute(self, effects: list[Any]) -> bool:
-        poke = False
+    def _execute(self, effects: list[Any]) -> None:
         for eff in effects:
-            if _EXEC[type(eff)](self, eff):
-                poke = True
-        return poke
+            _EXEC[type(eff)](self, eff)
 
     # -- ticks ----------------------------------------------------------------------------------
-    def _schedule_tick(self, delay: float) -> None:
+    def _reschedule(self) -> None:
+        """Tick when the node next has something to do (at most once a second, as the daemon;
+        at most every ``IDLE_TICK_S`` when idle)."""
+        node = self.node
+        assert node is not None
+        floor = self.last_tick + (BUSY_TICK_S if self._busy() else IDLE_TICK_S)
+        at = max(node.next_wakeup(), floor, self.sim.engine.now)
+        if at != self.next_tick:
+            self._schedule_tick(at)
+
+    def _schedule_tick(self, at: float) -> None:
         self.tick_gen += 1
-        self.next_tick = self.sim.engine.now + delay
-        self.sim.engine.at(self.next_tick, self._tick, self.tick_gen)
+        self.next_tick = at
+        self.sim.engine.at(at, self._tick, self.tick_gen)
 
     def _tick(self, gen: int) -> None:
         if gen != self.tick_gen or not self.online:
             return
         self.sim.ticks += 1
+        self.last_tick = self.sim.engine.now
+        self.next_tick = math.inf
         self._handle(Ticked())
-        self._schedule_tick(BUSY_TICK_S if self._busy() else IDLE_TICK_S)
 
     def _busy(self) -> bool:
         node = self.node
@@ -317,19 +322,16 @@ class SimPeer:
         return bool(self.req_open or self.work_open or node.ledger.pending)
 
     # -- effects --------------------------------------------------------------------------------
-    def _send(self, eff: SendMessage) -> bool:
+    def _send(self, eff: SendMessage) -> None:
         if eff.kind == "award":
             self.sim.award_seen(eff.peer_id)
         self.sim.net.send(self, eff)
-        return eff.kind in _POKE_KINDS
 
-    def _publish(self, eff: Publish) -> bool:
+    def _publish(self, eff: Publish) -> None:
         self.sim.net.publish(self, eff)
-        return False
 
-    def _sync(self, eff: SyncChain | FetchHeads) -> bool:
+    def _sync(self, eff: SyncChain | FetchHeads) -> None:
         self.sim.net.sync(self, eff)
-        return False
 
     def _later(self, delay: float, event: Any) -> None:
         """Feed ``event`` back after ``delay`` unless the machine went down meanwhile."""
@@ -340,17 +342,17 @@ class SimPeer:
         if epoch == self.epoch:
             self.deliver(event)
 
-    def _fetch_inputs(self, eff: FetchInputs) -> bool:
+    def _fetch_inputs(self, eff: FetchInputs) -> None:
         self.work_open.add(eff.job_id)
         missing = {digest: size for _, digest, size, _ in eff.refs if digest not in self.blobs}
         if not missing:
             self._later(0.0, InputsFetched(eff.job_id, True))
-            return True
+            return
         src = self.sim.index.get(eff.requester)
         epoch = self.epoch
         if src is None:
             self._later(0.0, InputsFetched(eff.job_id, False, "unknown requester"))
-            return True
+            return
 
         def done(ok: bool, error: str) -> None:
             if epoch != self.epoch:
@@ -360,9 +362,8 @@ class SimPeer:
             self.deliver(InputsFetched(eff.job_id, ok, error))
 
         self.sim.net.blob(src, self.idx, sum(missing.values()), done)
-        return True
 
-    def _run(self, eff: RunContainer) -> bool:
+    def _run(self, eff: RunContainer) -> None:
         now = self.sim.engine.now
         meta = self.sim.jobs[eff.job_id]
         node = self.node
@@ -382,7 +383,6 @@ class SimPeer:
         self.sim.engine.after(
             run_s, self._finished, (self._token, meta, value, status, run_s, self.epoch)
         )
-        return True
 
     def _finished(self, arg: tuple[int, JobMeta, str, str, float, int]) -> None:
         token, meta, value, status, run_s, epoch = arg
@@ -409,10 +409,10 @@ class SimPeer:
             )
         )
 
-    def _stop(self, eff: StopContainer) -> bool:
+    def _stop(self, eff: StopContainer) -> None:
         entry = self.running.pop(eff.job_id, None)
         if entry is None:
-            return False
+            return
         self.sim.running_now -= 1
         self.busy_s += self.sim.engine.now - entry[1]
         self._later(
@@ -431,16 +431,15 @@ class SimPeer:
                 max_memory_mb=0,
             ),
         )
-        return False
 
-    def _fetch_outputs(self, eff: FetchOutputs) -> bool:
+    def _fetch_outputs(self, eff: FetchOutputs) -> None:
         if eff.output_digest in self.blobs:
             self._later(0.0, OutputsFetched(eff.job_id, eff.worker, True))
-            return True
+            return
         src = self.sim.index.get(eff.worker)
         if src is None:
             self._later(0.0, OutputsFetched(eff.job_id, eff.worker, False, "unknown worker"))
-            return True
+            return
         epoch = self.epoch
 
         def done(ok: bool, error: str) -> None:
@@ -451,22 +450,19 @@ class SimPeer:
             self.deliver(OutputsFetched(eff.job_id, eff.worker, ok, error))
 
         self.sim.net.blob(src, self.idx, eff.output_size + eff.log_size, done)
-        return True
 
-    def _compare(self, eff: CompareOutputs) -> bool:
+    def _compare(self, eff: CompareOutputs) -> None:
         by_value: dict[str, list[str]] = {}
         for worker, digest in eff.outputs:
             by_value.setdefault(self.sim.value_of(digest), []).append(worker)
         groups = tuple(tuple(sorted(g)) for g in sorted(by_value.values(), key=min))
         workers = tuple(sorted(w for w, _ in eff.outputs))
         self._later(COMPARE_S * len(workers), OutputsCompared(eff.job_id, workers, groups))
-        return True
 
-    def _store_block(self, eff: StoreBlock) -> bool:
+    def _store_block(self, eff: StoreBlock) -> None:
         self.sim.stored_blocks += 1
-        return False
 
-    def _persist(self, eff: Persist) -> bool:
+    def _persist(self, eff: Persist) -> None:
         table = eff.table
         if table == "jobs":
             if eff.key.startswith("requester:") and eff.value["state"] in REQ_FINAL:
@@ -480,19 +476,16 @@ class SimPeer:
             self.frauds[eff.key] = eff.value
         elif table == "meta" and eff.key == "record_seq":
             self.record_seq = int(eff.value)
-        return False
 
-    def _log(self, eff: Log) -> bool:
+    def _log(self, eff: Log) -> None:
         if eff.level in ("warning", "error"):
             self.sim.count_log(eff.msg)
-        return False
 
-    def _ignored(self, eff: Any) -> bool:
+    def _ignored(self, eff: Any) -> None:
         self.sim.net.count_ignored(type(eff).__name__)
-        return False
 
 
-_EXEC: dict[type, Callable[[SimPeer, Any], bool]] = {
+_EXEC: dict[type, Callable[[SimPeer, Any], None]] = {
     SendMessage: SimPeer._send,
     Publish: SimPeer._publish,
     SyncChain: SimPeer._sync,

@@ -1,8 +1,9 @@
 """One simulation run: peers, network, workload and the bookkeeping the metrics read.
 
 ``Simulation(plan).run()`` builds every peer (a real ``core.Node`` each), brings them online,
-submits ``plan.jobs`` jobs at Poisson arrival times, and runs the engine until every job is
-final (or the last deadline has passed), then hands itself to ``metrics.report``.
+submits ``plan.jobs`` jobs at Poisson arrival times (or, with ``plan.script``, the given jobs at
+the given times), and runs the engine until every job is final (or the last deadline has
+passed), then hands itself to ``metrics.report``.
 
 Everything random comes from ``engine.rng`` (one seeded ``random.Random``) or per-peer
 generators seeded from it, in a fixed order, so the same plan and seed replay the same run.
@@ -24,6 +25,8 @@ from p2pmesh.simulations.network import NetConfig, Network
 from p2pmesh.simulations.peer import SimPeer
 from p2pmesh.simulations.workloads import (
     JobMeta,
+    ScriptedJob,
+    Template,
     WorkloadConfig,
     arrival_rate,
     build_jobs,
@@ -42,7 +45,9 @@ class Plan:
     """Everything that defines a run. ``scenarios.py`` builds these.
 
     ``behaviours[i]`` and ``churn[i]`` describe peer ``i``. ``hooks`` are (time after start,
-    function of the simulation) for scheduled events such as partitions.
+    function of the simulation) for scheduled events such as partitions. ``script``, when not
+    empty, replaces the Poisson arrivals: exactly these jobs, at these times (``jobs`` must be
+    its length; replay.py builds such plans).
     """
 
     name: str
@@ -62,6 +67,7 @@ class Plan:
     hooks: list[tuple[float, Callable[[Simulation], None]]] = field(default_factory=list)
     sybil_window: tuple[float, float] | None = None  # (from, to) seconds after the start
     fraction: float = 0.0
+    script: tuple[ScriptedJob, ...] = ()
 
 
 class Simulation:
@@ -143,10 +149,18 @@ class Simulation:
                 eng.at(T0 + eng.rng.random(), p.come_online)
         for at, hook in self.plan.hooks:
             eng.at(T0 + at, lambda _, h=hook: h(self))
-        eng.at(T0 + WARMUP_S, self._arrive)
+        if self.plan.script:
+            for job in self.plan.script:
+                eng.at(T0 + WARMUP_S + job.at, self._scripted, job)
+        else:
+            eng.at(T0 + WARMUP_S, self._arrive)
 
     def _horizon(self) -> float:
         """Latest time worth simulating: every arrival plus the longest job deadline."""
+        if self.plan.script:
+            last = max(j.at for j in self.plan.script)
+            longest = max(j.job.spec.deadline_s or 0 for j in self.plan.script)
+            return T0 + WARMUP_S + last + longest + 600.0
         expected = self.plan.jobs / self.rate
         longest = max(j.spec.deadline_s for _, j in self.templates)
         return T0 + WARMUP_S + expected * 1.5 + longest + 600.0
@@ -165,20 +179,33 @@ class Simulation:
         else:
             t_i = pick(rng, [t.weight for t, _ in self.templates])
             template, wire = self.templates[t_i]
-            job_id = f"{rng.getrandbits(128):032x}"
-            meta = JobMeta(
-                job_id=job_id,
-                template=template,
-                requester=req,
-                submitted_at=self.engine.now,
-                work_s=intrinsic_work(template, rng),
-                honest=digest_of(f"{HONEST}|{job_id}"),
-            )
-            self.jobs[job_id] = meta
-            self.submitted += 1
-            self.last_arrival = self.engine.now
-            self.peers[req].submit(job_id, wire)
+            self._submit(req, template, wire)
         self.engine.after(rng.expovariate(self.rate), self._arrive)
+
+    def _scripted(self, job: ScriptedJob) -> None:
+        if self.peers[job.requester].online:
+            self._submit(job.requester, job.template, job.job)
+        else:
+            self.not_submitted += 1
+            self._maybe_stop()
+
+    def _submit(self, req: int, template: Template, wire: Any) -> None:
+        """Peer ``req`` (online) submits a job of ``template``; the model draws its id and
+        intrinsic work."""
+        rng = self.engine.rng
+        job_id = f"{rng.getrandbits(128):032x}"
+        meta = JobMeta(
+            job_id=job_id,
+            template=template,
+            requester=req,
+            submitted_at=self.engine.now,
+            work_s=intrinsic_work(template, rng),
+            honest=digest_of(f"{HONEST}|{job_id}"),
+        )
+        self.jobs[job_id] = meta
+        self.submitted += 1
+        self.last_arrival = self.engine.now
+        self.peers[req].submit(job_id, wire)
 
     def _pick_requester(self, rng: Any) -> int | None:
         if self.plan.one_job_per_requester:

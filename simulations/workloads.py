@@ -10,6 +10,7 @@ Arrivals are Poisson: exponential gaps with mean ``1 / rate``. Each job picks it
 by weight (free riders ask more often than they work, see behaviours.py) and a template by
 weight. A job's *intrinsic* run time is drawn once at submission, so every replica of a job
 does the same amount of work and differences between replicas come from the workers.
+``ScriptedJob``: an explicit job at an explicit time instead of an arrival (replay.py).
 """
 
 from __future__ import annotations
@@ -120,6 +121,18 @@ class JobMeta:
     replicas: int = 0
     accepted_class: str = ""  # "honest", "wrong" or "" when nothing was accepted
     colluders_on_job: set[int] = field(default_factory=set)
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptedJob:
+    """One job of an explicit script (``Plan.script``, built by replay.py): instead of a Poisson
+    arrival, peer ``requester`` submits ``job`` at ``at`` seconds after the warm-up. ``template``
+    carries what the model needs and the job file cannot say (run time, output size)."""
+
+    at: float
+    requester: int
+    template: Template
+    job: WireJob
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,35 +26,64 @@ MAX_STR_BYTES = 16 * 1024
 MAX_BIN_BYTES = 32 * 1024
 
 
+_INT_MIN = -(2**63)
+_INT_END = 2**64
+# A code point is at most 4 bytes of UTF-8: text this short cannot be over the limit, so the
+# common case skips encoding it just to measure it.
+_SHORT_STR = MAX_STR_BYTES // 4
+
+
 def _canonical(value: Any, depth: int = 0) -> Any:
     if depth > MAX_DEPTH:
         raise DecodeError(f"nesting deeper than {MAX_DEPTH}")
-    # The same limits as ``decode``: whatever we send, every peer can read back.
-    if isinstance(value, dict):
+    # The same limits as ``decode``: whatever we send, every peer can read back. Exact types
+    # first: this runs over every message the core signs, and isinstance chains cost.
+    kind = type(value)
+    if kind is str:
+        if len(value) > _SHORT_STR and len(value.encode("utf-8", "surrogatepass")) > MAX_STR_BYTES:
+            raise DecodeError(f"text longer than {MAX_STR_BYTES} bytes")
+        return value
+    if kind is int:
+        if not _INT_MIN <= value < _INT_END:
+            raise DecodeError("integer out of the 64-bit range")
+        return value
+    if kind is dict:
         if len(value) > MAX_CONTAINER_LEN:
             raise DecodeError(f"map longer than {MAX_CONTAINER_LEN}")
-        for key in value:
-            if not isinstance(key, str):
-                raise DecodeError("map keys must be text")
-        return {k: _canonical(value[k], depth + 1) for k in sorted(value, key=_key_bytes)}
-    if isinstance(value, list | tuple):
+        if all(type(key) is str for key in value):
+            # For exact str keys, code-point order is UTF-8 byte order.
+            keys = sorted(value)
+        else:
+            for key in value:
+                if not isinstance(key, str):
+                    raise DecodeError("map keys must be text")
+            keys = sorted(value, key=_key_bytes)
+        return {k: _canonical(value[k], depth + 1) for k in keys}
+    if kind is list or kind is tuple:
         if len(value) > MAX_CONTAINER_LEN:
             raise DecodeError(f"list longer than {MAX_CONTAINER_LEN}")
         return [_canonical(v, depth + 1) for v in value]
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, int):
-        if not -(2**63) <= value < 2**64:
-            raise DecodeError("integer out of the 64-bit range")
-        return value
-    if isinstance(value, str):
-        if len(value.encode("utf-8", "surrogatepass")) > MAX_STR_BYTES:
-            raise DecodeError(f"text longer than {MAX_STR_BYTES} bytes")
-        return value
-    if isinstance(value, bytes):
-        if len(value) > MAX_BIN_BYTES:
+    if value is None or kind is bool or kind is bytes:
+        if kind is bytes and len(value) > MAX_BIN_BYTES:
             raise DecodeError(f"bytes longer than {MAX_BIN_BYTES}")
         return value
+    return _canonical_subclass(value, depth)
+
+
+def _canonical_subclass(value: Any, depth: int) -> Any:
+    """Instances of subclasses (an ``IntEnum``, a ``str`` subclass): checked as their base."""
+    if isinstance(value, dict):
+        return _canonical(dict(value), depth)
+    if isinstance(value, list | tuple):
+        return _canonical(list(value), depth)
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return _canonical(int(value), depth)
+    if isinstance(value, str):
+        return _canonical(str(value), depth)
+    if isinstance(value, bytes):
+        return _canonical(bytes(value), depth)
     raise DecodeError(f"type {type(value).__name__} has no canonical encoding")
 
 

@@ -266,6 +266,10 @@ class WireJob:
 
     spec: JobSpec
     input_refs: Mapping[str, InputRef]
+    # The canonical encoding of the wire form, made (and checked) once: a job is encoded for
+    # every offer, persisted on every change of its state and hashed for every message that
+    # names it. ``job_from_wire`` fills it from the bytes it has just checked.
+    _encoded: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(
@@ -276,8 +280,23 @@ class WireJob:
         return hash(self.spec)
 
     @property
+    def encoded(self) -> bytes:
+        """Canonical msgpack of the wire form (raises ``JobSpecError`` like ``job_to_wire``)."""
+        if self._encoded is None:
+            object.__setattr__(
+                self, "_encoded", codec.encode(job_to_wire(self.spec, self.input_refs))
+            )
+        assert self._encoded is not None
+        return self._encoded
+
+    def wire(self) -> dict[str, Any]:
+        """A fresh copy of the wire form (``job_to_wire``), to embed in a message."""
+        wire: dict[str, Any] = codec.decode(self.encoded)
+        return wire
+
+    @property
     def digest(self) -> str:
-        return job_digest(self.spec, self.input_refs)
+        return "sha256:" + hashlib.sha256(self.encoded).hexdigest()
 
 
 def default_deadline_s(timeout_s: int) -> int:
@@ -1272,9 +1291,11 @@ def job_from_wire(d: object) -> WireJob:
     """
     p = _Problems()
     values = _check_fields(p, d, wire=True)
+    encoded = b""
     if values is not None and not p.items:
         try:
-            size = len(codec.encode(_wire_from_values(values)))
+            encoded = codec.encode(_wire_from_values(values))
+            size = len(encoded)
         except DecodeError:  # over codec.MAX_MESSAGE_BYTES: a dict handed in, not decoded
             size = codec.MAX_MESSAGE_BYTES + 1
         if size > MAX_WIRE_BYTES:
@@ -1283,7 +1304,10 @@ def job_from_wire(d: object) -> WireJob:
     assert values is not None
     refs: dict[str, InputRef] = values["inputs"]
     spec = _build(values, {name: ref.digest for name, ref in refs.items()})
-    return WireJob(spec=spec, input_refs=refs)
+    job = WireJob(spec=spec, input_refs=refs)
+    # These bytes are the wire form of exactly this spec and these refs (built from them).
+    object.__setattr__(job, "_encoded", encoded)
+    return job
 
 
 def _wire_from_values(values: dict[str, Any]) -> dict[str, Any]:

@@ -330,6 +330,37 @@ class Node:
             return False
         return True
 
+    def next_wakeup(self) -> float:
+        """The earliest ``now`` at which a ``Ticked`` would do anything (``-inf``: at once).
+
+        A driver may tick less often than every second without changing what the node does, as
+        long as it ticks at this time (re-asked after every ``handle``). The daemon ticks every
+        second anyway; the simulator uses this to skip the hundreds of empty ticks a job would
+        otherwise cost (docs/SIMULATIONS.md). Each term mirrors one condition of ``_tick`` and
+        the machines' ``tick``; earlier is always safe, later never.
+        """
+        at = min(
+            self.requester.next_wakeup(),
+            self.provider.next_wakeup(),
+            self.ledger.next_wakeup(),
+        )
+        if len(self.peers):
+            at = min(at, self.peers.next_expiry())
+        if self._reannounce_at is not None:
+            at = min(at, self._reannounce_at)
+        if self._dht_lookup_at:
+            at = min(at, min(self._dht_lookup_at.values()))
+        if self.peers.connected_count():
+            at = min(at, self._next_exchange)
+        elif self.config.bootstrap:
+            at = min(at, self._boot_next)
+        republish = self._last_publish + self.config.min_republish_interval_s
+        if self._dirty or self.own is None:
+            at = min(at, republish)
+        else:
+            at = min(at, max(republish, (self.own.issued_at + self.own.expires_at) / 2))
+        return at
+
     # -- handlers --------------------------------------------------------------------------
     def _tick(self, now: float) -> list[Effect]:
         out: list[Effect] = []

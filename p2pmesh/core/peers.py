@@ -9,6 +9,7 @@ never creates an entry on its own, so only peers that proved who they are appear
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from p2pmesh.core.capability import CapabilityRecord, check_record
@@ -88,6 +89,10 @@ class PeerTable:
         for pid in gone:
             del self._entries[pid]
         return gone
+
+    def next_expiry(self) -> float:
+        """When ``expire`` will next drop a record (``inf`` with none held)."""
+        return min((e.record.expires_at for e in self._entries.values()), default=math.inf)
 
     def get(self, peer_id: str) -> PeerEntry | None:
         return self._entries.get(peer_id)

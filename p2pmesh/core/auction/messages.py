@@ -14,7 +14,8 @@ from typing import Any
 from p2pmesh.core import codec, schema
 from p2pmesh.core.crypto import Signer
 from p2pmesh.core.envelope import open_envelope, seal
-from p2pmesh.core.jobspec import WireJob, job_from_wire, job_to_wire
+from p2pmesh.core.jobspec import WireJob, job_from_wire
+from p2pmesh.core.memo import by_bytes
 from p2pmesh.errors import JobSpecError, ValidationError
 
 TOPIC_OFFERS = "p2pmesh/offers/1"
@@ -78,7 +79,7 @@ def build_offer(
 ) -> Offer:
     body = {
         "job_id": job_id,
-        "job": job_to_wire(job.spec, job.input_refs),
+        "job": job.wire(),
         "job_digest": job.digest,
         "created_at": created_at,
         "deadline_at": deadline_at,
@@ -90,6 +91,7 @@ def build_offer(
     return parse_offer(seal(signer, "offer", body))
 
 
+@by_bytes
 def parse_offer(raw: bytes) -> Offer:
     o = open_envelope(raw, "offer", max_bytes=MAX_OFFER_BYTES)
     b = o.body
@@ -163,6 +165,7 @@ def build_bid(
     return parse_bid(seal(signer, "bid", body), requester=offer.requester)
 
 
+@by_bytes
 def parse_bid(raw: bytes, *, requester: str) -> Bid:
     """``requester`` is who we are: a bid addressed to someone else is refused (no forwarding)."""
     o = open_envelope(raw, "bid", max_bytes=MAX_SMALL_BYTES)
@@ -236,6 +239,7 @@ def build_award(
     return parse_award(seal(signer, "award", body))
 
 
+@by_bytes
 def parse_award(raw: bytes) -> Award:
     o = open_envelope(raw, "award", max_bytes=MAX_SMALL_BYTES)
     b = o.body
@@ -306,6 +310,7 @@ def build_status(signer: Signer, *, job_id: str, state: str, detail: str, now: i
     return parse_status(seal(signer, "result", {"status": body}))
 
 
+@by_bytes
 def parse_status(raw: bytes) -> Status:
     # Statuses share the "result" purpose: both are worker reports about one job. The body
     # shape ({"status": …} vs {"result": …}) tells them apart and is itself signed.
@@ -368,6 +373,7 @@ def build_result(signer: Signer, **fields: Any) -> Result:
     return parse_result(seal(signer, "result", {"result": body}))
 
 
+@by_bytes
 def parse_result(raw: bytes) -> Result:
     o = open_envelope(raw, "result", max_bytes=MAX_SMALL_BYTES)
     schema.exact_keys(o.body, {"result"})
@@ -428,6 +434,7 @@ def build_cancel(signer: Signer, *, job_id: str, reason: str, now: int) -> Cance
     )
 
 
+@by_bytes
 def parse_cancel(raw: bytes) -> Cancel:
     o = open_envelope(raw, "cancel", max_bytes=MAX_SMALL_BYTES)
     schema.exact_keys(o.body, {"job_id", "reason", "at"})
@@ -476,6 +483,7 @@ def build_verdict(
     return parse_verdict(seal(signer, "verdict", body))
 
 
+@by_bytes
 def parse_verdict(raw: bytes) -> Verdict:
     o = open_envelope(raw, "verdict", max_bytes=MAX_SMALL_BYTES)
     b = o.body

@@ -15,6 +15,7 @@ until the job's deadline; results are idempotent at the requester.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -286,6 +287,20 @@ class Provider:
                     SendMessage(j.requester, "result", j.result.raw, j.job_id, j.offer.addrs)
                 )
         return out
+
+    def next_wakeup(self) -> float:
+        """The earliest ``now`` at which ``tick`` would act (mirrors it condition by condition)."""
+        at = math.inf
+        for j in self.jobs.values():
+            if j.state == "bid":
+                at = min(at, j.offer.deadline_at + 1)
+            elif j.state in ACTIVE:
+                at = min(at, j.last_status + HEARTBEAT_S)
+            elif j.state == "reported" and not j.result_sent and j.result is not None:
+                resend = j.last_result_try + RESEND_RESULT_S
+                if resend <= j.offer.deadline_at:
+                    at = min(at, resend)
+        return at
 
     def _status(self, j: WorkerJob, state: str, now: int, detail: str) -> list[Effect]:
         j.last_status = now

@@ -29,6 +29,7 @@ All times are integer unix seconds passed in by the driver.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,7 +46,7 @@ from p2pmesh.core.effects import (
     Publish,
     SendMessage,
 )
-from p2pmesh.core.jobspec import WireJob, job_from_wire, job_to_wire
+from p2pmesh.core.jobspec import WireJob, job_from_wire
 from p2pmesh.core.reputation import ReputationBook
 from p2pmesh.errors import DecodeError, ValidationError
 
@@ -374,6 +375,31 @@ class Requester:
                 else:
                     out += self._offer(j, now)  # nobody yet: ask again, next round
         return out
+
+    def next_wakeup(self) -> float:
+        """The earliest ``now`` at which ``tick`` would act; ticking earlier changes nothing.
+
+        Mirrors ``tick`` condition by condition (times are whole seconds, compared with >=).
+        """
+        at = math.inf
+        for j in self.jobs.values():
+            if j.state in FINAL:
+                continue
+            if j.resumed:
+                return -math.inf
+            if j.state == "fetching" and j.retry_fetch_at:
+                at = min(at, j.retry_fetch_at)
+            at = min(at, j.deadline_at)
+            for rep in j.active():
+                if rep.state == "reported":
+                    continue
+                heard = max(rep.last_heard, rep.awarded_at)
+                if rep.state == "awarded":
+                    at = min(at, rep.awarded_at + ACCEPT_WITHIN_S + 1)
+                at = min(at, heard + SILENCE_S + 1, rep.awarded_at + j.spec.timeout_s + GRACE_S + 1)
+            if j.state == "bidding":
+                at = min(at, j.window_ends)
+        return at
 
     # -- internals ----------------------------------------------------------------------------
     def on_outputs_compared(
@@ -808,7 +834,7 @@ def to_doc(j: RequesterJob) -> dict[str, Any]:
     return {
         "view": job_view(j),
         "job_id": j.job_id,
-        "job_wire_hex": _hex_wire(job_to_wire(j.job.spec, j.job.input_refs)),
+        "job_wire_hex": j.job.encoded.hex(),
         "k": j.k,
         "created_at": j.created_at,
         "deadline_at": j.deadline_at,
@@ -848,10 +874,6 @@ def to_doc(j: RequesterJob) -> dict[str, Any]:
         "compared": list(j.compared),
         "groups": j.groups,
     }
-
-
-def _hex_wire(wire: dict[str, Any]) -> str:
-    return codec.encode(wire).hex()
 
 
 def from_doc(doc: dict[str, Any], requester_id: str, now: int) -> RequesterJob:

@@ -404,6 +404,13 @@ class LedgerMachine:
         ]
 
     # -- time -------------------------------------------------------------------------------
+    def next_wakeup(self) -> float:
+        """The earliest ``now`` at which ``tick`` would act (mirrors it)."""
+        at = float(self._last_announce + ANNOUNCE_S)
+        for p in self.pending.values():
+            at = min(at, p.last_sent + RESEND_S)
+        return at
+
     def tick(self, now: int) -> list[Effect]:
         out: list[Effect] = []
         for p in self.pending.values():

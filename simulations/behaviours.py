@@ -14,9 +14,13 @@ digests). Kinds of bad behaviour:
   output everywhere, e.g. zeros), so they can outvote; otherwise every wrong answer is unique.
 * ``Colluder``: members of one ring return the same wrong answer. Strategy ``"together"`` (the
   default, the strongest simple attack on majority voting): cheat only when the ring holds a
-  strict majority of the job's winners, which each member reads from the ``winners`` list of
-  its own award (PROTOCOL.md §7: awards name every winner), and behave honestly otherwise, so
-  it never dissents and never loses reputation. ``"always"``: cheat with probability ``p``.
+  strict majority of the job's replicas as far as the ring can know them: the winners its
+  members' awards name (the reference requester names only the recipient, PROTOCOL.md §7.1),
+  its own members among the job's holders (one owner shares their awards out of band) and the
+  job's public ``redundancy``; behave honestly otherwise. Against fixed ``k`` it never
+  dissents and never loses reputation. Against ``"auto"`` a member alone cannot tell a solo run
+  from a spot check, cheats, and is caught by the spot checks. ``"always"``: cheat with
+  probability ``p``.
 * ``Sybil``: one owner's swarm of fresh identities, joining late, bidding the lowest price,
   colluding as one ring.
 * ``FreeRider``: never works (``work=False``), asks for work ``requester_weight`` times as often
@@ -49,8 +53,21 @@ class Behaviour:
     requester_weight: float = 1.0  # relative rate at which this peer submits jobs
     join_at: float = 0.0  # seconds after the start when the peer first comes online
 
-    def output(self, peer_idx: int, winners: tuple[str, ...], rng: Any) -> str:
-        """The value class this worker's container produces for a job."""
+    def output(
+        self,
+        peer_idx: int,
+        winners: tuple[str, ...],
+        holders: tuple[str, ...],
+        redundancy: int | str,
+        rng: Any,
+    ) -> str:
+        """The value class this worker's container produces for a job.
+
+        ``winners``: the winner list of this worker's award (PROTOCOL.md §7.1: the reference
+        requester names only the recipient). ``holders``: every worker awarded the job so far,
+        which only a ring's owner can use, and only for its own members. ``redundancy``: the
+        job's public ``redundancy`` field (an int, or ``"auto"``).
+        """
         return HONEST
 
 
@@ -59,7 +76,14 @@ class Saboteur(Behaviour):
     p: float = 1.0
     lazy: bool = False
 
-    def output(self, peer_idx: int, winners: tuple[str, ...], rng: Any) -> str:
+    def output(
+        self,
+        peer_idx: int,
+        winners: tuple[str, ...],
+        holders: tuple[str, ...],
+        redundancy: int | str,
+        rng: Any,
+    ) -> str:
         if rng.random() >= self.p:
             return HONEST
         return "wrong:lazy" if self.lazy else f"wrong:{peer_idx}"
@@ -79,10 +103,23 @@ class Colluder(Behaviour):
     p: float = 1.0
     strategy: str = "together"  # or "always"
 
-    def output(self, peer_idx: int, winners: tuple[str, ...], rng: Any) -> str:
+    def output(
+        self,
+        peer_idx: int,
+        winners: tuple[str, ...],
+        holders: tuple[str, ...],
+        redundancy: int | str,
+        rng: Any,
+    ) -> str:
         if self.strategy == "together":
-            ours = sum(1 for w in winners if w in self.ring.members)
-            if 2 * ours <= len(winners):
+            # What the ring can know: the winners named in its members' awards, its members
+            # among the job's holders (shared out of band), and the job's public redundancy
+            # ("auto": at least one replica, maybe this one alone).
+            members = self.ring.members
+            known = set(winners) | {h for h in holders if h in members}
+            ours = sum(1 for w in known if w in members)
+            k = redundancy if isinstance(redundancy, int) else 1
+            if 2 * ours <= max(len(known), k):
                 return HONEST
         if rng.random() >= self.p:
             return HONEST

@@ -324,7 +324,7 @@ class SimPeer:
     # -- effects --------------------------------------------------------------------------------
     def _send(self, eff: SendMessage) -> None:
         if eff.kind == "award":
-            self.sim.award_seen(eff.peer_id)
+            self.sim.award_seen(eff.job_id, eff.peer_id)
         self.sim.net.send(self, eff)
 
     def _publish(self, eff: Publish) -> None:
@@ -370,7 +370,9 @@ class SimPeer:
         assert node is not None
         w = node.provider.jobs.get(eff.job_id)
         winners = tuple(p for p, _ in w.award.winners) if w is not None and w.award else ()
-        value = self.behaviour.output(self.idx, winners, self.rng)
+        value = self.behaviour.output(
+            self.idx, winners, tuple(meta.holders), eff.job.spec.redundancy, self.rng
+        )
         run_s = meta.work_s * self.speed * math.exp(self.rng.gauss(0.0, RUN_NOISE_SIGMA))
         status = "exited"
         timeout = eff.job.spec.timeout_s

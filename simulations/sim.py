@@ -253,10 +253,13 @@ class Simulation:
         if self.submitted + self.not_submitted >= self.plan.jobs and self.finals >= self.submitted:
             self.engine.stop()
 
-    def award_seen(self, worker_peer_id: str) -> None:
+    def award_seen(self, job_id: str, worker_peer_id: str) -> None:
         i = self.index.get(worker_peer_id)
         if i is not None:
             self.awards.append((self.engine.now - T0, i))
+        meta = self.jobs.get(job_id)
+        if meta is not None:
+            meta.holders.append(worker_peer_id)
 
     def core_error(self, peer: SimPeer, event: Any, exc: Exception) -> None:
         key = f"{type(exc).__name__} on {type(event).__name__}: {str(exc)[:80]}"

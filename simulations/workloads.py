@@ -120,7 +120,9 @@ class JobMeta:
     finished_at: float = 0.0
     replicas: int = 0
     accepted_class: str = ""  # "honest", "wrong" or "" when nothing was accepted
-    colluders_on_job: set[int] = field(default_factory=set)
+    # Every worker awarded this job so far, as its owner would hear of it: a ring of colluders
+    # shares its members' awards out of band (behaviours.Colluder).
+    holders: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)

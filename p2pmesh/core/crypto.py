@@ -57,7 +57,12 @@ class Ed25519Signer:
         return self._peer_id
 
     def sign(self, purpose: str, payload: bytes) -> bytes:
-        return self._key.sign(signing_input(purpose, payload)).signature
+        message = signing_input(purpose, payload)
+        signature: bytes = self._key.sign(message).signature
+        # Every message we build is read back through the same parser as a peer's (one code
+        # path); our own fresh signature needs no second check.
+        _remember_verified(self._public + signature + hashlib.sha256(message).digest())
+        return signature
 
 
 # One message is verified several times on its way through a node (topic validator, then the
@@ -82,7 +87,11 @@ def verify(public_key: bytes, purpose: str, payload: bytes, signature: bytes) ->
         nacl.signing.VerifyKey(public_key).verify(message, signature)
     except (nacl.exceptions.BadSignatureError, nacl.exceptions.CryptoError, ValueError):
         return False
+    _remember_verified(key)
+    return True
+
+
+def _remember_verified(key: bytes) -> None:
     if len(_VERIFIED) >= VERIFY_CACHE_SIZE:
         _VERIFIED.pop(next(iter(_VERIFIED)), None)
     _VERIFIED[key] = None
-    return True

@@ -398,12 +398,13 @@ def test_redundancy_two_on_three_nodes_done_with_both_workers_agreeing() -> None
     assert view["price_total"] == 2 + 4 and view["output_digest"] == OUT
     assert view["bids_received"] == 2 and len(view["workers"]) == 2
 
-    # Each award names both winners and commits to the two bids the requester considered.
+    # Each award names only its recipient (a worker must not learn whether anyone checks it)
+    # and commits to the two bids the requester considered.
     awards = [m.parse_award(e.data) for _, _, e in mesh.sent("award", src="A")]
     assert sorted(mesh.names[a.worker] for a in awards) == ["B", "C"]
     raw_bids = [e.data for _, _, e in bids]
     for a in awards:
-        assert set(a.winners) == {(mesh.ids["B"], 2), (mesh.ids["C"], 4)}
+        assert a.winners == ((a.worker, a.price),)
         assert a.bids_digest == m.bids_digest(raw_bids) and a.bids_considered == 2
         assert a.created_at == T0 + 2 and a.deadline_at == T0 + 300
 
@@ -500,9 +501,9 @@ def test_no_show_after_award_is_lost_and_replaced() -> None:
     assert j.state == "done", j.history
     assert mesh.workers() == {"B": "lost", "C": "reported", "D": "reported"}
     assert requester_mod.job_view(j)["price_total"] == 2 + 3
-    # Later awards list the replicas still standing, not the lost one.
+    # A replacement award names only its recipient, like every award.
     last = m.parse_award(mesh.sent("award", dst="D")[-1][2].data)
-    assert {mesh.names[p] for p, _ in last.winners} == {"C", "D"}
+    assert last.winners == ((mesh.ids["D"], 3),)
 
 
 def test_worker_silent_after_accepting_is_lost_after_the_silence_window() -> None:

@@ -501,9 +501,6 @@ class Requester:
             if not j.active():
                 j.state = "bidding"
             return out + self._offer(j, now) if now < j.deadline_at else out
-        all_winners = [(r.worker, r.price) for r in j.active()] + [
-            (b.bidder, b.price) for b in winners
-        ]
         raw_considered = [b.raw for b in considered]
         for b in winners:
             award = m.build_award(
@@ -513,7 +510,10 @@ class Requester:
                 round_=j.round,
                 worker=b.bidder,
                 price=b.price,
-                winners=all_winners,
+                # Only the recipient: a worker must not learn whether it runs alone, next to
+                # a spot check, or as one of k, or a cheater could cheat exactly when nobody
+                # checks it (PROTOCOL.md §7.1).
+                winners=[(b.bidder, b.price)],
                 considered=raw_considered,
                 now=now,
                 deadline_at=j.deadline_at,

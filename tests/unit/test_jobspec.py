@@ -873,3 +873,18 @@ def test_strict_reader_agrees_with_the_stdlib(value: Any, ascii_only: bool, inde
     doc, duplicates = read_job_json(text)
     assert doc == json.loads(text)
     assert duplicates == []
+
+
+def test_wire_job_encoding_is_the_checked_wire_form_and_identifies_it() -> None:
+    spec = parse_job(valid_doc())
+    refs = {"text.txt": REF}
+    hand_built = WireJob(spec=job_from_wire(job_to_wire(spec, refs)).spec, input_refs=refs)
+    received = job_from_wire(codec.decode(codec.encode(job_to_wire(spec, refs))))
+    expected = codec.encode(job_to_wire(spec, refs))
+    # One from the wire carries the bytes it was checked as; one built by hand encodes lazily.
+    assert received.encoded == expected == hand_built.encoded
+    assert received.digest == hand_built.digest == job_digest(spec, refs)
+    assert received.wire() == job_to_wire(spec, refs)
+    received.wire()["name"] = "changed"  # a copy: the job itself cannot be changed through it
+    assert received.wire()["name"] == "word-count"
+    assert received == hand_built and hash(received) == hash(hand_built)

@@ -41,6 +41,21 @@ HONEST = "honest"
 HONEST_PRICE = 3
 
 
+@dataclass(frozen=True, slots=True)
+class JobSeen:
+    """What a worker's owner can know about a job when its container runs.
+
+    ``winners``: the winner list of this worker's award (PROTOCOL.md §7.1: the reference
+    requester names only the recipient). ``holders``: every worker awarded the job so far, of
+    which an owner can know only its own identities (a ring shares them out of band).
+    ``redundancy``: the job's public ``redundancy`` field, an int or ``"auto"``.
+    """
+
+    winners: tuple[str, ...]
+    holders: tuple[str, ...]
+    redundancy: int | str
+
+
 @dataclass(slots=True)
 class Behaviour:
     """An honest peer. Subclasses override ``output`` and the policy fields."""
@@ -53,21 +68,8 @@ class Behaviour:
     requester_weight: float = 1.0  # relative rate at which this peer submits jobs
     join_at: float = 0.0  # seconds after the start when the peer first comes online
 
-    def output(
-        self,
-        peer_idx: int,
-        winners: tuple[str, ...],
-        holders: tuple[str, ...],
-        redundancy: int | str,
-        rng: Any,
-    ) -> str:
-        """The value class this worker's container produces for a job.
-
-        ``winners``: the winner list of this worker's award (PROTOCOL.md §7.1: the reference
-        requester names only the recipient). ``holders``: every worker awarded the job so far,
-        which only a ring's owner can use, and only for its own members. ``redundancy``: the
-        job's public ``redundancy`` field (an int, or ``"auto"``).
-        """
+    def output(self, peer_idx: int, job: JobSeen, rng: Any) -> str:
+        """The value class this worker's container produces for ``job``."""
         return HONEST
 
 
@@ -76,14 +78,7 @@ class Saboteur(Behaviour):
     p: float = 1.0
     lazy: bool = False
 
-    def output(
-        self,
-        peer_idx: int,
-        winners: tuple[str, ...],
-        holders: tuple[str, ...],
-        redundancy: int | str,
-        rng: Any,
-    ) -> str:
+    def output(self, peer_idx: int, job: JobSeen, rng: Any) -> str:
         if rng.random() >= self.p:
             return HONEST
         return "wrong:lazy" if self.lazy else f"wrong:{peer_idx}"
@@ -103,22 +98,15 @@ class Colluder(Behaviour):
     p: float = 1.0
     strategy: str = "together"  # or "always"
 
-    def output(
-        self,
-        peer_idx: int,
-        winners: tuple[str, ...],
-        holders: tuple[str, ...],
-        redundancy: int | str,
-        rng: Any,
-    ) -> str:
+    def output(self, peer_idx: int, job: JobSeen, rng: Any) -> str:
         if self.strategy == "together":
             # What the ring can know: the winners named in its members' awards, its members
             # among the job's holders (shared out of band), and the job's public redundancy
             # ("auto": at least one replica, maybe this one alone).
             members = self.ring.members
-            known = set(winners) | {h for h in holders if h in members}
+            known = set(job.winners) | {h for h in job.holders if h in members}
             ours = sum(1 for w in known if w in members)
-            k = redundancy if isinstance(redundancy, int) else 1
+            k = job.redundancy if isinstance(job.redundancy, int) else 1
             if 2 * ours <= max(len(known), k):
                 return HONEST
         if rng.random() >= self.p:

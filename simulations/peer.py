@@ -70,7 +70,7 @@ from p2pmesh.core.events import (
 )
 from p2pmesh.core.ledger.payments import FetchHeads, StoreBlock, SyncChain
 from p2pmesh.core.node import Node, NodeConfig
-from p2pmesh.simulations.behaviours import HONEST, Behaviour, Churn
+from p2pmesh.simulations.behaviours import HONEST, Behaviour, Churn, JobSeen
 from p2pmesh.simulations.workloads import BID_WINDOW_S, JobMeta, digest_of
 
 if TYPE_CHECKING:
@@ -370,9 +370,8 @@ class SimPeer:
         assert node is not None
         w = node.provider.jobs.get(eff.job_id)
         winners = tuple(p for p, _ in w.award.winners) if w is not None and w.award else ()
-        value = self.behaviour.output(
-            self.idx, winners, tuple(meta.holders), eff.job.spec.redundancy, self.rng
-        )
+        seen = JobSeen(winners, tuple(meta.holders), eff.job.spec.redundancy)
+        value = self.behaviour.output(self.idx, seen, self.rng)
         run_s = meta.work_s * self.speed * math.exp(self.rng.gauss(0.0, RUN_NOISE_SIGMA))
         status = "exited"
         timeout = eff.job.spec.timeout_s

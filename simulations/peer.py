@@ -283,8 +283,12 @@ class SimPeer:
         at most every ``IDLE_TICK_S`` when idle)."""
         node = self.node
         assert node is not None
-        floor = self.last_tick + (BUSY_TICK_S if self._busy() else IDLE_TICK_S)
-        at = max(node.next_wakeup(), floor, self.sim.engine.now)
+        if self._busy():
+            at = max(node.next_wakeup(), self.last_tick + BUSY_TICK_S, self.sim.engine.now)
+        else:
+            # Idle: a tick at the floor is at worst one that does nothing, so the node is not
+            # even asked (most events an idle node gets are offers it bids on).
+            at = max(self.last_tick + IDLE_TICK_S, self.sim.engine.now)
         if at != self.next_tick:
             self._schedule_tick(at)
 

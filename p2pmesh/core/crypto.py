@@ -9,6 +9,7 @@ cheaper stand-in with the same interface.
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from typing import Protocol
 
 import nacl.exceptions
@@ -69,7 +70,8 @@ class Ed25519Signer:
 # core; a verdict by every peer of a simulation), and Ed25519 verification dominates the cost of
 # handling small messages. Verification is a pure function, so successes are memoised: the key
 # binds the public key, the signature and a hash of the exact signed bytes. Bounded, FIFO.
-_VERIFIED: dict[bytes, None] = {}
+# An OrderedDict: popping the oldest of a plain dict rescans the deleted slots at its front.
+_VERIFIED: OrderedDict[bytes, None] = OrderedDict()
 VERIFY_CACHE_SIZE = 1 << 16
 
 
@@ -93,5 +95,5 @@ def verify(public_key: bytes, purpose: str, payload: bytes, signature: bytes) ->
 
 def _remember_verified(key: bytes) -> None:
     if len(_VERIFIED) >= VERIFY_CACHE_SIZE:
-        _VERIFIED.pop(next(iter(_VERIFIED)), None)
+        _VERIFIED.popitem(last=False)
     _VERIFIED[key] = None

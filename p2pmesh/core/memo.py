@@ -11,6 +11,7 @@ are never kept, so hostile input costs its full check every time and proves noth
 from __future__ import annotations
 
 import functools
+import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -31,4 +32,26 @@ def by_bytes(fn: F) -> F:
 
     parse.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
     parse.cache_info = cached.cache_info  # type: ignore[attr-defined]
+    return parse  # type: ignore[return-value]
+
+
+def interned(fn: F) -> F:
+    """Memoise ``fn(raw: bytes)`` for as long as anyone holds its (immutable) result.
+
+    For values that are kept anyway, such as ledger blocks: every holder of the same bytes
+    shares one object (many chains in one process, or the blocks a simulation's peers all
+    replicate), and an entry costs nothing once the last holder lets go.
+    """
+    live: weakref.WeakValueDictionary[bytes, Any] = weakref.WeakValueDictionary()
+
+    @functools.wraps(fn)
+    def parse(raw: Any) -> Any:
+        if type(raw) is not bytes:
+            return fn(raw)
+        value = live.get(raw)
+        if value is None:
+            value = fn(raw)
+            live[raw] = value
+        return value
+
     return parse  # type: ignore[return-value]

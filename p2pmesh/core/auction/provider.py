@@ -65,6 +65,9 @@ class Provider:
         self.self_id = signer.peer_id
         self.allow_network = allow_network
         self.jobs: dict[str, WorkerJob] = {}
+        # Jobs that ``tick`` may still act on. Finished ones stay in ``jobs`` (views, payment
+        # checks) but leave this set, so a tick costs what is open, not all the work ever done.
+        self._open: dict[str, None] = {}  # insertion-ordered: ticks act in a fixed order
         self.last_decision: dict[str, str] = {}  # job_id -> why we did or did not bid
         # Plugged in by the node: may we work for this requester at this price (ledger)?
         self.requester_allowed: Any = lambda requester, amount: True
@@ -109,6 +112,7 @@ class Provider:
             now=now,
         )
         self.jobs[offer.job_id] = WorkerJob(offer.job_id, offer, bid)
+        self._open[offer.job_id] = None
         return [
             SendMessage(offer.requester, "bid", bid.raw, offer.job_id, offer.addrs),
             Log("info", "bid sent", {"job": offer.job_id, "price": bid.price}),
@@ -268,9 +272,24 @@ class Provider:
         return out
 
     # -- time ---------------------------------------------------------------------------------
+    def _open_jobs(self) -> list[WorkerJob]:
+        """Jobs a tick may act on, dropping from ``_open`` those that are settled for good."""
+        out = []
+        for job_id in list(self._open):
+            j = self.jobs.get(job_id)
+            if (
+                j is None
+                or j.state in ("expired", "cancelled")
+                or (j.state == "reported" and (j.result_sent or j.result is None))
+            ):
+                del self._open[job_id]
+            else:
+                out.append(j)
+        return out
+
     def tick(self, now: int) -> list[Effect]:
         out: list[Effect] = []
-        for j in list(self.jobs.values()):
+        for j in self._open_jobs():
             if j.state == "bid" and now > j.offer.deadline_at:
                 del self.jobs[j.job_id]  # never awarded: forget it
             elif j.state in ACTIVE and now - j.last_status >= HEARTBEAT_S:
@@ -291,7 +310,7 @@ class Provider:
     def next_wakeup(self) -> float:
         """The earliest ``now`` at which ``tick`` would act (mirrors it condition by condition)."""
         at = math.inf
-        for j in self.jobs.values():
+        for j in self._open_jobs():
             if j.state == "bid":
                 at = min(at, j.offer.deadline_at + 1)
             elif j.state in ACTIVE:
@@ -315,6 +334,7 @@ class Provider:
         """Resume a persisted job: work that was in flight is redone, never silently dropped."""
         j = from_doc(doc)
         self.jobs[j.job_id] = j
+        self._open[j.job_id] = None
         if j.state in ("fetching", "running") and now < j.offer.deadline_at:
             j.state = "fetching"
             refs = tuple((n, r.digest, r.size, r.kind) for n, r in j.offer.job.input_refs.items())

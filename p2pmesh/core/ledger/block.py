@@ -22,7 +22,7 @@ from typing import Any
 from p2pmesh.core import schema
 from p2pmesh.core.crypto import Signer
 from p2pmesh.core.envelope import open_envelope, seal
-from p2pmesh.core.memo import by_bytes
+from p2pmesh.core.memo import interned
 from p2pmesh.errors import ValidationError
 
 GENESIS = "sha256:" + "0" * 64
@@ -54,7 +54,7 @@ class Tx:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Block:
     author: str
     seq: int
@@ -105,7 +105,7 @@ def _hash_field(d: dict[str, Any], key: str, *, empty_ok: bool = False) -> str:
     return v
 
 
-@by_bytes
+@interned
 def parse_block(raw: bytes) -> Block:
     """Signature, schema and the rules one block can be checked against on its own."""
     o = open_envelope(raw, "block", max_bytes=MAX_BLOCK_BYTES)

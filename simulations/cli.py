@@ -3,11 +3,13 @@
     p2pmesh sim SCENARIO [--peers N] [--jobs M] [--seed S] [--fraction F] [--json] [--plot FILE.png]
                          [--redundancy K|auto] [--target-error E] [--offer-fanout N]
                          [--head-fanout N]
+    p2pmesh sim all ...      every scenario in turn, one table row each
 
 A progress bar goes to stderr; the summary table (or, with ``--json``, one JSON document with
 ``scenario``, ``peers``, ``jobs``, ``seed`` and the metric keys of ``metrics.METRIC_KEYS``) to
-stdout. ``--plot`` needs matplotlib (``pip install 'p2pmesh[plot]'``); without it the command
-says so and exits 2 before simulating anything.
+stdout. For ``all`` the document is ``{"scenario": "all", "peers", "jobs", "seed", "results":
+[one such document per scenario]}``. ``--plot`` needs matplotlib (``pip install
+'p2pmesh[plot]'``); without it the command says so and exits 2 before simulating anything.
 
 Exit codes: 0 success; 1 the run ended with a broken invariant (the ledger does not sum to zero,
 or the core raised); 2 bad usage.
@@ -30,6 +32,7 @@ from p2pmesh.simulations.network import NetConfig
 from p2pmesh.simulations.scenarios import SCENARIOS, run
 
 _NET = NetConfig()  # defaults shown in --help
+ALL = "all"
 PLOT_HINT = "--plot needs matplotlib, which is not installed: pip install 'p2pmesh[plot]'"
 
 
@@ -77,7 +80,12 @@ def _non_negative(text: str) -> int:
 
 def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``sim`` arguments to ``p`` (a subparser or a standalone parser)."""
-    p.add_argument("scenario", choices=SCENARIOS, metavar="SCENARIO", help=", ".join(SCENARIOS))
+    p.add_argument(
+        "scenario",
+        choices=(*SCENARIOS, ALL),
+        metavar="SCENARIO",
+        help=", ".join(SCENARIOS) + f", or {ALL} (each in turn, one table)",
+    )
     p.add_argument("--peers", type=_positive, default=200, metavar="N", help="default 200")
     p.add_argument("--jobs", type=_positive, default=500, metavar="M", help="default 500")
     p.add_argument("--seed", type=int, default=1, metavar="S", help="default 1")
@@ -140,6 +148,9 @@ def run_cli(argv: list[str] | None = None) -> int:
 def cmd_sim(args: argparse.Namespace) -> int:
     from p2pmesh.cli.console import make_console
 
+    if args.plot and args.scenario == ALL:
+        print("p2pmesh: --plot draws one scenario; name it instead of 'all'", file=sys.stderr)
+        return 2
     if args.plot and importlib.util.find_spec("matplotlib") is None:
         print(f"p2pmesh: {PLOT_HINT}", file=sys.stderr)
         return 2
@@ -154,6 +165,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
         "net": net,
     }
     err = make_console(stderr=True)
+    if args.scenario == ALL:
+        return _run_all(args, kwargs, err)
     try:
         report = _run_with_progress(args.scenario, kwargs, err)
     except ValueError as exc:
@@ -166,14 +179,74 @@ def cmd_sim(args: argparse.Namespace) -> int:
     if args.plot:
         plot(report, args.plot)
         err.print(f"plot written to {args.plot}")
-    if not report.ledger_zero_sum or report.details.get("core_errors"):
-        print(
-            "p2pmesh: invariant broken: "
-            + ("ledger does not sum to zero" if not report.ledger_zero_sum else "core raised"),
-            file=sys.stderr,
-        )
+    if _broken(report):
+        print(f"p2pmesh: invariant broken: {_broken(report)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _broken(report: Report) -> str:
+    if not report.ledger_zero_sum:
+        return "ledger does not sum to zero"
+    return "core raised" if report.details.get("core_errors") else ""
+
+
+def _run_all(args: argparse.Namespace, kwargs: dict[str, Any], err: Any) -> int:
+    """Every scenario with the same size and seed (each with its own default fraction)."""
+    from p2pmesh.cli.console import make_console
+
+    reports: list[Report] = []
+    for name in SCENARIOS:
+        try:
+            reports.append(_run_with_progress(name, kwargs, err))
+        except ValueError as exc:
+            print(f"p2pmesh: {name}: {exc}", file=sys.stderr)
+            return 2
+    if args.json:
+        doc = {
+            "scenario": ALL,
+            "peers": args.peers,
+            "jobs": args.jobs,
+            "seed": args.seed,
+            "results": [r.to_json() for r in reports],
+        }
+        print(json.dumps(doc, indent=2))
+    else:
+        make_console().print(all_table(reports, args.peers, args.jobs, args.seed))
+    broken = [f"{r.scenario}: {_broken(r)}" for r in reports if _broken(r)]
+    if broken:
+        print("p2pmesh: invariant broken: " + "; ".join(broken), file=sys.stderr)
+        return 1
+    return 0
+
+
+ALL_COLUMNS = (
+    ("accepted_wrong_rate", "wrong"),
+    ("inconclusive_rate", "inconcl."),
+    ("mean_redundancy", "replicas"),
+    ("latency_p50_s", "p50 s"),
+    ("latency_p99_s", "p99 s"),
+    ("utilisation", "util."),
+    ("messages_per_job", "msgs/job"),
+    ("gini_honest_earnings", "Gini"),
+    ("reputation_auc", "AUC"),
+    ("sybil_share", "Sybil"),
+    ("ledger_zero_sum", "ledger 0"),
+    ("wall_s", "wall s"),
+)
+
+
+def all_table(reports: list[Report], peers: int, jobs: int, seed: int) -> Any:
+    """One row per scenario (pure: reports in, renderable out)."""
+    from rich.table import Table
+
+    t = Table(title=f"p2pmesh sim all: {peers} peers, {jobs} jobs, seed {seed}")
+    t.add_column("scenario")
+    for _, header in ALL_COLUMNS:
+        t.add_column(header, justify="right")
+    for r in reports:
+        t.add_row(r.scenario, *(_fmt(getattr(r, key)) for key, _ in ALL_COLUMNS))
+    return t
 
 
 def _run_with_progress(scenario: str, kwargs: dict[str, Any], console: Any) -> Report:

@@ -17,7 +17,7 @@ free-riders    ``fraction`` never work and ask for work 20× as often as an hone
 partition      the mesh splits in two (``fraction`` on one side) for the middle third of the
                run, then heals
 forkers        ``fraction`` honest workers that fork their ledger (extra, not in the brief)
-all            everything at once: saboteurs, colluders, free riders, forkers and Sybils at
+mixed          everything at once: saboteurs, colluders, free riders, forkers and Sybils at
                ``fraction``/4 each, churn on a quarter of the honest peers
 =============  =================================================================================
 """
@@ -41,7 +41,7 @@ SCENARIOS = (
     "free-riders",
     "partition",
     "forkers",
-    "all",
+    "mixed",
 )
 DEFAULT_FRACTION = {
     "honest": 0.0,
@@ -52,7 +52,7 @@ DEFAULT_FRACTION = {
     "free-riders": 0.1,
     "partition": 0.5,
     "forkers": 0.05,
-    "all": 0.2,
+    "mixed": 0.2,
 }
 SYBIL_WINDOW_S = 3600.0  # the swarm's first simulated hour
 SABOTEUR_P = 0.5
@@ -132,7 +132,7 @@ def build_plan(
         groups = [1 if i in side else 0 for i in range(peers)]
         hooks.append((span / 3, lambda sim, g=groups: sim.split(g)))
         hooks.append((2 * span / 3, lambda sim: sim.heal()))
-    elif name == "all":
+    elif name == "mixed":
         quarter = round(f * peers / 4)
         ring = bh.Ring("ring")
         sybils = bh.Ring("sybil")

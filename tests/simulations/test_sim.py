@@ -84,9 +84,9 @@ def test_metric_helpers() -> None:
 
 # -- replay ---------------------------------------------------------------------------------------
 def test_same_seed_gives_an_identical_report() -> None:
-    # "all" mixes every behaviour (churn, Sybils, forkers, free riders, colluders, saboteurs).
-    a = run("all", seed=7, **SMALL)
-    b = run("all", seed=7, **SMALL)
+    # "mixed" has every behaviour (churn, Sybils, forkers, free riders, colluders, saboteurs).
+    a = run("mixed", seed=7, **SMALL)
+    b = run("mixed", seed=7, **SMALL)
     assert a.comparable() == b.comparable()
     assert a.details["submitted"] > 0
 
@@ -146,9 +146,9 @@ def test_scenario_runs_small(name: str) -> None:
     assert final >= 0.9 * r.details["submitted"], r.details["states"]
     assert 0.0 <= r.accepted_wrong_rate <= 1.0 and 0.0 <= r.utilisation <= 1.0
     assert r.mean_redundancy >= 1.0 and r.latency_p50_s <= r.latency_p99_s
-    if name in ("sybil", "all"):
+    if name in ("sybil", "mixed"):
         assert r.sybil_share is not None
-    if name in ("saboteurs", "colluders", "sybil", "all"):
+    if name in ("saboteurs", "colluders", "sybil", "mixed"):
         assert r.reputation_auc is not None
 
 
@@ -171,6 +171,21 @@ def test_cli_json_has_exactly_the_documented_keys(capsys: pytest.CaptureFixture[
     assert code == 0
     assert set(doc) == {"scenario", "peers", "jobs", "seed", *METRIC_KEYS}
     assert (doc["scenario"], doc["peers"], doc["jobs"], doc["seed"]) == ("honest", 20, 10, 5)
+
+
+def test_cli_all_runs_every_scenario_into_one_table(capsys: pytest.CaptureFixture[str]) -> None:
+    code = run_cli(["all", "--peers", "20", "--jobs", "8", "--seed", "2", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0
+    assert (doc["scenario"], doc["peers"], doc["jobs"], doc["seed"]) == ("all", 20, 8, 2)
+    assert [r["scenario"] for r in doc["results"]] == list(SCENARIOS)
+    for r in doc["results"]:
+        assert set(r) == {"scenario", "peers", "jobs", "seed", *METRIC_KEYS}
+        assert r["ledger_zero_sum"] is True
+    assert run_cli(["all", "--peers", "20", "--jobs", "8"]) == 0
+    table = capsys.readouterr().out
+    assert all(name in table for name in SCENARIOS) and "Sybil" in table
+    assert run_cli(["all", "--plot", "x.png"]) == 2
 
 
 def test_cli_rejects_bad_usage(capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from p2pmesh.core import codec
-from p2pmesh.core.crypto import Ed25519Signer, signing_input, verify
+from p2pmesh.core.crypto import PURPOSES, Ed25519Signer, signing_input, verify
 from p2pmesh.core.envelope import ENVELOPE_VERSION, Opened, open_envelope, seal
 from p2pmesh.errors import DecodeError, MeshError, ValidationError
 
@@ -51,6 +51,37 @@ def test_layout() -> None:
 
 def test_hand_sealed_matches_seal() -> None:
     assert _hand_sealed(_fields()) == _sealed()
+
+
+@given(
+    st.sampled_from(sorted(PURPOSES)),
+    st.dictionaries(
+        st.text(max_size=6),
+        st.integers(-(2**63), 2**64 - 1) | st.binary(max_size=40) | st.text(max_size=300),
+        max_size=6,
+    ),
+)
+def test_seal_splices_the_canonical_envelope(type_: str, body: dict[str, Any]) -> None:
+    # seal inserts the sig entry into the signed bytes instead of encoding the message twice;
+    # the result must be exactly the canonical encoding of the five-field map.
+    fields = {"t": type_, "v": ENVELOPE_VERSION, "pk": SIGNER.public_key, "body": body}
+    assert seal(SIGNER, type_, body) == _hand_sealed(fields, sign_as=type_)
+
+
+def test_seal_refuses_what_would_not_fit_a_message() -> None:
+    # A body whose unsigned map fits the limit but not with the 70-byte sig entry added.
+    def body(n: int) -> dict[str, Any]:
+        return {"a": b"\x00" * 32000, "b": b"\x00" * 32000, "c": b"\x00" * n}
+
+    def size(n: int) -> int:
+        return len(codec.encode(_fields(body=body(n)), max_bytes=1 << 20))
+
+    n = max(n for n in range(2000) if size(n) <= codec.MAX_MESSAGE_BYTES - 10)
+    assert len(codec.encode(_fields(body=body(n)))) <= codec.MAX_MESSAGE_BYTES
+    with pytest.raises(DecodeError, match="limit"):
+        seal(SIGNER, "bid", body(n))
+    with pytest.raises(ValueError, match="unknown signature purpose"):
+        seal(SIGNER, "nonsense", BODY)
 
 
 @pytest.mark.parametrize("expected", ["capability", "offer", "award", "nonsense"])

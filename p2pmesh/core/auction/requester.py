@@ -238,6 +238,10 @@ class Requester:
         rep.last_heard = now
         if st.state == "declined":
             return self._lose(j, rep, now, f"declined: {st.detail}")
+        if st.state == rep.state:
+            # A heartbeat: only last_heard changed, and a restart gives every replica a fresh
+            # silence allowance anyway (from_doc), so there is nothing worth a write.
+            return []
         rep.state = st.state
         out: list[Effect] = []
         if st.state == "running" and j.state == "awarded":

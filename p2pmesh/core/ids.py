@@ -42,7 +42,7 @@ def b58decode(text: str) -> bytes:
     return b"\x00" * pad + body
 
 
-@functools.lru_cache(maxsize=4096)  # pure; the same few keys sign almost everything we see
+@functools.lru_cache(maxsize=1 << 14)  # pure; the keys of the peers we talk to, over and over
 def peer_id_from_public_key(public_key: bytes) -> str:
     """The libp2p peer ID (``12D3KooW…``) of a raw 32-byte Ed25519 public key."""
     if len(public_key) != 32:

@@ -51,7 +51,7 @@ from p2pmesh.core.reputation import ReputationBook
 from p2pmesh.errors import DecodeError, ValidationError
 
 SILENCE_S = 45
-HEARTBEAT_S = 10
+HEARTBEAT_S = 15
 ACCEPT_WITHIN_S = 30
 GRACE_S = 120
 FETCH_RETRY_S = 15

@@ -2,8 +2,9 @@
 
 Theory of operation (docs/JOBS.md is the user-facing reference):
 
-* ``job_from_json_text`` reads job-file text with a strict JSON reader of its own (duplicate
-  keys, NaN/Infinity and lone surrogates are errors with a line and column), then
+* ``job_from_json_text`` reads job-file text with the strict JSON reader of
+  ``core/strictjson.py`` (duplicate keys, NaN/Infinity and lone surrogates are errors with a
+  line and column), then
   ``parse_job`` checks every field against the limits below and raises one ``JobSpecError``
   listing *every* problem as ``field: message``, so a user fixes a file in one pass.
 * A ``JobSpec`` holds exact values only: resources in integer units (millicpus, MiB), so two
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -32,7 +32,9 @@ from decimal import ROUND_CEILING, Decimal
 from types import MappingProxyType
 from typing import Any, Literal
 
-from p2pmesh.core import codec
+from p2pmesh.core import codec, strictjson
+from p2pmesh.core.strictjson import field_path
+from p2pmesh.core.strictjson import show as _show
 from p2pmesh.errors import DecodeError, JobSpecError
 
 __all__ = [
@@ -143,7 +145,6 @@ _LABEL_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:-]{0,63}", re.ASCII)
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}", re.ASCII)
 _DECIMAL_RE = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:e[+-]?[0-9]+)?", re.ASCII)
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
-_PLAIN_KEY_RE = re.compile(r"[A-Za-z0-9._/-]+", re.ASCII)
 
 # Image references, written from the grammar in the distribution/reference docs:
 # [host[:port]/]path[:tag][@sha256:hex], path components lowercase alphanumerics joined by
@@ -313,32 +314,6 @@ class _Bad:
 
 _BAD: Any = _Bad()
 _MISSING: Any = object()
-
-
-def _show(value: object) -> str:
-    """A short rendering of an untrusted value: never recursive, never long."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    if isinstance(value, int):
-        return str(value) if abs(value) < 10**30 else "a huge integer"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, str):
-        shown = json.dumps(value[:40], ensure_ascii=True)
-        return shown + ("…" if len(value) > 40 else "")
-    if isinstance(value, list | tuple):
-        return f"a list of {len(value)} items" if value else "an empty list"
-    return {dict: "an object", bytes: "bytes"}.get(type(value), type(value).__name__)
-
-
-def field_path(parent: str, key: str) -> str:
-    """Field path of ``parent``'s ``key``; odd keys are quoted so the message stays one line."""
-    plain = _PLAIN_KEY_RE.fullmatch(key) and not key.startswith(("/", ".")) and ".." not in key
-    if plain and len(key) <= 80:
-        return f"{parent}.{key}" if parent else key
-    return f"{parent}[{_show(key)}]"
 
 
 class _Problems:
@@ -907,179 +882,10 @@ def _from_units(amount: int, scale: int) -> int | float:
 
 # --- JSON text -----------------------------------------------------------------------------------
 
-_WS = re.compile(r"[ \t\n\r]*")
-_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
-_STRING_RUN = re.compile(r'[^"\\\x00-\x1f\ud800-\udfff]*')
-_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
-
-
-class _JsonSyntax(Exception):
-    def __init__(self, message: str, pos: int) -> None:
-        super().__init__(message)
-        self.pos = pos
-
-
-class _JsonReader:
-    """RFC 8259 JSON, strictly: the stdlib reader keeps the last of duplicate keys silently and
-    accepts NaN, so a typo'd or doubled field would change a job without a word."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.pos = 0
-        self.duplicates: list[tuple[str, int]] = []
-
-    def where(self, pos: int) -> str:
-        line = self.text.count("\n", 0, pos) + 1
-        column = pos - (self.text.rfind("\n", 0, pos) + 1) + 1
-        return f"line {line}, column {column}"
-
-    def skip_ws(self) -> None:
-        self.pos = _WS.match(self.text, self.pos).end()  # type: ignore[union-attr]
-
-    def document(self) -> Any:
-        self.skip_ws()
-        value = self.value("", 0)
-        self.skip_ws()
-        if self.pos != len(self.text):
-            raise _JsonSyntax("extra text after the JSON value", self.pos)
-        return value
-
-    def value(self, path: str, depth: int) -> Any:
-        if depth > MAX_JSON_DEPTH:
-            raise _JsonSyntax(f"nested deeper than {MAX_JSON_DEPTH} levels", self.pos)
-        text, pos = self.text, self.pos
-        ch = text[pos : pos + 1]
-        if ch == "{":
-            return self.obj(path, depth)
-        if ch == "[":
-            return self.array(path, depth)
-        if ch == '"':
-            return self.string()
-        for word, result in (("true", True), ("false", False), ("null", None)):
-            if text.startswith(word, pos):
-                self.pos = pos + len(word)
-                return result
-        match = _NUMBER.match(text, pos)
-        if match and match.end() > pos:
-            return self.number(match)
-        if not ch:
-            raise _JsonSyntax("unexpected end of text", pos)
-        raise _JsonSyntax(
-            f"unexpected character {ch!r} (NaN, Infinity and comments are not JSON)", pos
-        )
-
-    def number(self, match: re.Match[str]) -> int | float:
-        token = match.group()
-        if len(token) > MAX_NUMBER_CHARS:
-            raise _JsonSyntax(f"number longer than {MAX_NUMBER_CHARS} characters", match.start())
-        self.pos = match.end()
-        if match.group(1) is None and match.group(2) is None:
-            return int(token)
-        number = float(token)
-        if not math.isfinite(number):
-            raise _JsonSyntax("number out of range", match.start())
-        return number
-
-    def string(self) -> str:
-        text, start = self.text, self.pos
-        pos = start + 1
-        parts: list[str] = []
-        while True:
-            run = _STRING_RUN.match(text, pos)
-            assert run is not None  # the pattern matches the empty string
-            parts.append(run.group())
-            pos = run.end()
-            ch = text[pos : pos + 1]
-            if ch == '"':
-                self.pos = pos + 1
-                return "".join(parts)
-            if not ch:
-                raise _JsonSyntax("unterminated string", start)
-            if ch != "\\":
-                raise _JsonSyntax("control character or lone surrogate in string", pos)
-            esc = text[pos + 1 : pos + 2]
-            if esc in _ESCAPES:
-                parts.append(_ESCAPES[esc])
-                pos += 2
-            elif esc == "u":
-                char, pos = self.unicode_escape(pos)
-                parts.append(char)
-            else:
-                raise _JsonSyntax("invalid escape in string", pos)
-
-    def unicode_escape(self, pos: int) -> tuple[str, int]:
-        code = self.hex4(pos)
-        if 0xDC00 <= code <= 0xDFFF:
-            raise _JsonSyntax("lone low surrogate escape in string", pos)
-        if 0xD800 <= code <= 0xDBFF:
-            if self.text[pos + 6 : pos + 8] != "\\u":
-                raise _JsonSyntax("lone high surrogate escape in string", pos)
-            low = self.hex4(pos + 6)
-            if not 0xDC00 <= low <= 0xDFFF:
-                raise _JsonSyntax("lone high surrogate escape in string", pos)
-            return chr(0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)), pos + 12
-        return chr(code), pos + 6
-
-    def hex4(self, pos: int) -> int:
-        digits = self.text[pos + 2 : pos + 6]
-        if len(digits) != 4 or not all(c in "0123456789abcdefABCDEF" for c in digits):
-            raise _JsonSyntax("invalid \\u escape in string", pos)
-        return int(digits, 16)
-
-    def expect(self, ch: str, what: str) -> None:
-        self.skip_ws()
-        if self.text[self.pos : self.pos + 1] != ch:
-            raise _JsonSyntax(f"expected {what}", self.pos)
-        self.pos += 1
-
-    def obj(self, path: str, depth: int) -> dict[str, Any]:
-        self.pos += 1
-        result: dict[str, Any] = {}
-        self.skip_ws()
-        if self.text.startswith("}", self.pos):
-            self.pos += 1
-            return result
-        while True:
-            self.skip_ws()
-            key_pos = self.pos
-            if self.text[key_pos : key_pos + 1] != '"':
-                raise _JsonSyntax('expected a "quoted" field name', key_pos)
-            key = self.string()
-            sub = field_path(path, key)
-            if key in result:
-                self.duplicates.append((sub, key_pos))
-            self.expect(":", "':' after the field name")
-            self.skip_ws()
-            result[key] = self.value(sub, depth + 1)
-            self.skip_ws()
-            ch = self.text[self.pos : self.pos + 1]
-            self.pos += 1
-            if ch == "}":
-                return result
-            if ch != ",":
-                raise _JsonSyntax("expected ',' or '}'", self.pos - 1)
-
-    def array(self, path: str, depth: int) -> list[Any]:
-        self.pos += 1
-        result: list[Any] = []
-        self.skip_ws()
-        if self.text.startswith("]", self.pos):
-            self.pos += 1
-            return result
-        while True:
-            self.skip_ws()
-            result.append(self.value(f"{path}[{len(result)}]", depth + 1))
-            self.skip_ws()
-            ch = self.text[self.pos : self.pos + 1]
-            self.pos += 1
-            if ch == "]":
-                return result
-            if ch != ",":
-                raise _JsonSyntax("expected ',' or ']'", self.pos - 1)
-
 
 def read_job_json(text: str) -> tuple[object, list[str]]:
-    """Strict JSON of a job file: the document and its duplicate-key problems.
+    """Strict JSON of a job file (``core/strictjson.py``): the document and its duplicate-key
+    problems.
 
     Raises:
         JobSpecError: the text is too long or is not JSON (one problem with line and column).
@@ -1089,17 +895,18 @@ def read_job_json(text: str) -> tuple[object, list[str]]:
     size = len(text.encode("utf-8", "surrogatepass"))
     if size > MAX_JOB_TEXT_BYTES:
         raise JobSpecError([f"job: file is {size} bytes, limit {MAX_JOB_TEXT_BYTES}"])
-    # Windows editors like to start UTF-8 files with a byte-order mark; it carries no meaning.
-    reader = _JsonReader(text.removeprefix("\ufeff"))
     try:
-        doc = reader.document()
-    except _JsonSyntax as exc:
-        raise JobSpecError([f"json: {reader.where(exc.pos)}: {exc}"]) from None
-    except RecursionError:  # unreachable with MAX_JSON_DEPTH; kept so no other error escapes
-        raise JobSpecError(["json: nested too deeply"]) from None
+        # Windows editors like to start UTF-8 files with a byte-order mark; it carries no meaning.
+        doc, duplicates = strictjson.read(
+            text.removeprefix("\ufeff"),
+            max_depth=MAX_JSON_DEPTH,
+            max_number_chars=MAX_NUMBER_CHARS,
+        )
+    except strictjson.JsonSyntaxError as exc:
+        raise JobSpecError([f"json: {exc}"]) from None
     dups = [
-        f"{path or 'job'}: duplicate field at {reader.where(pos)}"
-        for path, pos in reader.duplicates
+        f"{d.path or 'job'}: duplicate field at line {d.line}, column {d.column}"
+        for d in duplicates
     ]
     return doc, dups
 

@@ -37,10 +37,12 @@ from p2pmesh.core.ids import sha256_hex  # noqa: E402
 from p2pmesh.core.jobspec import (  # noqa: E402
     InputRef,
     WireJob,
+    job_from_json_text,
     job_from_wire,
     job_to_wire,
     parse_job,
 )
+from p2pmesh.errors import JobSpecError  # noqa: E402
 
 VECTORS_PATH = _ROOT / "tests" / "vectors" / "job_vectors.json"
 
@@ -65,6 +67,41 @@ JOB_FILE: dict[str, Any] = {
     "budget": 10,
     "redundancy": 2,
 }
+# Job file → wire conversions (PROTOCOL.md §7.11): the smallest job file, then one field
+# written in several ways. Fragments are JSON *text*: the literal's spelling is the point.
+MINIMAL_FILE = (
+    '{"schema_version": 1, "name": "n", "image": "p2pmesh/busybox:1", "command": ["true"], '
+    '"max_price": 1, "budget": 2}'
+)
+CONVERSIONS: list[tuple[str, str]] = [
+    ("resources", "{}"),
+    ("resources", '{"cpus": 0.5, "ram_gb": 0.1, "disk_gb": 2.5}'),
+    ("resources", '{"cpus": 1.1, "ram_gb": 0.3}'),
+    ("resources", '{"cpus": 0.0001, "ram_gb": 1e-3, "disk_gb": 0.0009765625}'),
+    ("resources", '{"cpus": 1.0005, "gpus": 2, "gpu_memory_gb": 39.5}'),
+    ("resources", '{"cpus": 256, "ram_gb": 4096, "disk_gb": 16384}'),
+    ("validation", '{"mode": "exact"}'),
+    ("validation", '{"mode": "exact", "target_error": 0.05}'),
+    ("validation", '{"mode": "numeric"}'),
+    ("validation", '{"mode": "numeric", "rel_tol": 1e-9, "abs_tol": 1.5E-3}'),
+    ("validation", '{"mode": "numeric", "rel_tol": 1e-09, "abs_tol": 0.0015, "files": ["*.csv"]}'),
+    ("validation", '{"mode": "numeric", "rel_tol": 1, "abs_tol": 250.0}'),
+    ("validation", '{"mode": "numeric", "rel_tol": 0.000001, "abs_tol": -0.0}'),
+    ("validation", '{"mode": "numeric", "abs_tol": 123456789012345e-20}'),
+    ("timeout_s", "60"),
+    ("deadline_s", "3600"),
+]
+REFUSED_FILES: list[tuple[str, str]] = [
+    ("resources", '{"cpus": 0}'),
+    ("resources", '{"cpus": 256.0001}'),
+    ("resources", '{"gpus": 1.0}'),
+    ("resources", '{"gpu_memory_gb": 8}'),
+    ("timeout_s", "60.0"),
+    ("validation", '{"mode": "numeric", "rel_tol": 0.1234567890123456}'),
+    ("validation", '{"mode": "numeric", "abs_tol": 1e-301}'),
+    ("validation", '{"mode": "numeric", "abs_tol": 2e300}'),
+    ("validation", '{"mode": "exact", "target_error": 1}'),
+]
 BID_PRICE = 3
 BID_ETA_S = 2
 BID_CAPACITY = 1
@@ -74,6 +111,35 @@ def vector_job() -> WireJob:
     spec = parse_job(JOB_FILE)
     ref = InputRef("sha256:" + sha256_hex(INPUT_BYTES), len(INPUT_BYTES), "file")
     return job_from_wire(job_to_wire(spec, {"pi.py": ref}))
+
+
+def _with_field(key: str, fragment: str) -> str:
+    return MINIMAL_FILE[:-1] + f', "{key}": {fragment}}}'
+
+
+def conversions() -> dict[str, Any]:
+    """What each file fragment becomes on the wire, and fragments a requester must refuse."""
+    minimal = job_to_wire(job_from_json_text(MINIMAL_FILE))
+    cases = []
+    for key, fragment in CONVERSIONS:
+        wire = job_to_wire(job_from_json_text(_with_field(key, fragment)))
+        # The field itself and whatever else it changed (a timeout moves the default deadline).
+        changed = {k: v for k, v in wire.items() if k == key or minimal[k] != v}
+        cases.append({"field": key, "file": fragment, "wire": changed})
+    refused = []
+    for key, fragment in REFUSED_FILES:
+        try:
+            job_from_json_text(_with_field(key, fragment))
+        except JobSpecError as exc:
+            refused.append({"field": key, "file": fragment, "problems": list(exc.problems)})
+        else:
+            raise AssertionError(f"{key}: {fragment} was accepted")
+    return {
+        "minimal_file": MINIMAL_FILE,
+        "minimal_wire": minimal,
+        "fields": cases,
+        "refused": refused,
+    }
 
 
 def _key(seed: bytes) -> dict[str, Any]:
@@ -138,6 +204,7 @@ def build_vectors() -> dict[str, Any]:
             "encoded": codec.encode(wire).hex(),
             "job_digest": job.digest,
         },
+        "conversions": conversions(),
         "offer": _message(
             offer.raw,
             {
@@ -214,6 +281,36 @@ def markdown(v: dict[str, Any]) -> str:
         f"`job_digest` = `{job['job_digest']}`",
         "",
     ]
+    conv = v["conversions"]
+    out += [
+        "Job file → wire conversions (§7.11). The smallest job file and its wire form (every "
+        "default filled in):",
+        "",
+        "```json",
+        conv["minimal_file"],
+        json.dumps(conv["minimal_wire"], ensure_ascii=False, sort_keys=True),
+        "```",
+        "",
+        "One field added to that file, written as shown (JSON text: the literal's spelling is "
+        "part of the case), gives these fields of the wire form (the field itself and any "
+        "other it changes):",
+        "",
+        "| field | in the job file | on the wire |",
+        "|---|---|---|",
+    ]
+    for case in conv["fields"]:
+        wire = json.dumps(case["wire"], ensure_ascii=False, sort_keys=True)
+        out.append(f"| `{case['field']}` | `{case['file']}` | `{wire}` |")
+    out += [
+        "",
+        "Refused job files (the requester reports the field; the message text is informative):",
+        "",
+        "| field | in the job file | refusal |",
+        "|---|---|---|",
+    ]
+    for case in conv["refused"]:
+        out.append(f"| `{case['field']}` | `{case['file']}` | {'; '.join(case['problems'])} |")
+    out.append("")
     for name, title in (
         ("offer", f"Offer (round 0, published at {NOW})"),
         ("bid", f"Bid (price {BID_PRICE}, sent at {NOW + 1})"),

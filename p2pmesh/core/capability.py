@@ -236,13 +236,21 @@ def check_record(data: bytes, *, now: float, known_seq: int | None) -> Capabilit
 
 
 def select_newest(values: list[bytes]) -> int:
-    """DHT selector: index of the valid record with the highest sequence (0 if none parse)."""
-    best, best_seq = 0, -1
+    """DHT selector (PROTOCOL.md §4.3): the index of the best value, 0 if none parses.
+
+    The best value is the greatest by ``(seq, envelope bytes)`` among those that parse, so the
+    choice does not depend on the order py-libp2p lists them in (``[existing, new]`` for a
+    remote put, ``[new, existing]`` for a local one): equal ``seq`` with different bytes is a
+    tie, and the bytewise-greater envelope wins it. Of byte-identical copies the *last* is
+    chosen, so a remote peer re-putting the value we hold is acknowledged, not refused.
+    """
+    best, best_rank = 0, None
     for i, v in enumerate(values):
         try:
             seq = parse_record(v).seq
         except (DecodeError, ValidationError):
             continue
-        if seq > best_seq:
-            best, best_seq = i, seq
+        rank = (seq, v)
+        if best_rank is None or rank >= best_rank:
+            best, best_rank = i, rank
     return best

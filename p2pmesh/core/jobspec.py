@@ -29,6 +29,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_CEILING, Decimal
+from fractions import Fraction
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -44,11 +45,13 @@ __all__ = [
     "MAX_TOTAL_INPUT_BYTES",
     "MAX_WIRE_BYTES",
     "SCHEMA_VERSION",
+    "WIRE_SCHEMA_VERSION",
     "InputRef",
     "JobSpec",
     "Resources",
     "ValidationRule",
     "WireJob",
+    "decimal_of",
     "default_deadline_s",
     "field_path",
     "job_digest",
@@ -60,7 +63,11 @@ __all__ = [
     "read_job_json",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 1  # of the job file
+# Of the wire form (docs/PROTOCOL.md §7.11). 2: tolerances became integer decimals [m, e]
+# instead of Python repr() strings, which other languages spell differently ("1e-9"). A node
+# that reads another version refuses the offer and logs "unsupported version".
+WIRE_SCHEMA_VERSION = 2
 
 # --- limits (docs/JOBS.md "Fields"). Each keeps a hostile offer cheap to hold and check. ---------
 MAX_JOB_TEXT_BYTES = 256 * 1024  # a job file is a description, not a data carrier
@@ -95,7 +102,11 @@ MAX_LABEL_KEY_CHARS = 64
 MAX_LABEL_VALUE_CHARS = 256
 MAX_GLOBS = 32
 MAX_GLOB_CHARS = 255
-MAX_TOLERANCE_CHARS = 32
+# Tolerances travel as exact decimals m × 10^e. 15 significant digits and the range 1e-300 ..
+# 1e300 are where every binary64 reader agrees: each such decimal is the shortest spelling of
+# the double nearest to it, so the wire decimal and the double determine each other.
+MAX_TOLERANCE_DIGITS = 15
+MAX_TOLERANCE = 10**300
 # The wire job rides inside a signed offer (core/auction/messages.py) that must fit
 # codec.MAX_MESSAGE_BYTES (64 KiB); 48 KiB leaves 16 KiB for the envelope, ids, the requester's
 # addresses (≤ 16 × 256 B) and the exclude list (≤ 64 × 64 B), about 9 KiB at most.
@@ -143,7 +154,6 @@ _NAME_RE = re.compile(r"[A-Za-z0-9._-]{1,64}", re.ASCII)
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*", re.ASCII)
 _LABEL_KEY_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:-]{0,63}", re.ASCII)
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}", re.ASCII)
-_DECIMAL_RE = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:e[+-]?[0-9]+)?", re.ASCII)
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 # Image references, written from the grammar in the distribution/reference docs:
@@ -393,14 +403,14 @@ def _object(p: _Problems, path: str, value: Any) -> Any:
 # --- shared field checks (file and wire forms) ---------------------------------------------------
 
 
-def _check_schema_version(p: _Problems, value: Any) -> Any:
+def _check_schema_version(p: _Problems, value: Any, *, wire: bool) -> Any:
+    """The form's version; the spec always records the file version it corresponds to."""
+    version = WIRE_SCHEMA_VERSION if wire else SCHEMA_VERSION
     if not _is_int(value):
-        return p.add("schema_version", f"must be the integer {SCHEMA_VERSION}, got {_show(value)}")
-    if value != SCHEMA_VERSION:
-        return p.add(
-            "schema_version", f"unsupported version {value} (this node reads {SCHEMA_VERSION})"
-        )
-    return value
+        return p.add("schema_version", f"must be the integer {version}, got {_show(value)}")
+    if value != version:
+        return p.add("schema_version", f"unsupported version {value} (this node reads {version})")
+    return SCHEMA_VERSION
 
 
 def _check_name(p: _Problems, value: Any) -> Any:
@@ -611,25 +621,60 @@ def _check_globs(p: _Problems, value: Any) -> Any:
     return tuple(value) if ok else _BAD
 
 
+def decimal_of(number: float) -> tuple[int, int]:
+    """``(m, e)`` with ``number`` = m × 10^e: the shortest decimal that reads back as ``number``
+    (``repr``'s digits), with no trailing zeros in m, and ``(0, 0)`` for zero."""
+    if number == 0:
+        return 0, 0
+    parts = Decimal(repr(number)).normalize().as_tuple()
+    mantissa = int("".join(map(str, parts.digits)))
+    assert isinstance(parts.exponent, int)  # finite: callers pass finite numbers only
+    return (-mantissa if parts.sign else mantissa), parts.exponent
+
+
 def _check_tolerance(p: _Problems, path: str, value: Any, *, wire: bool) -> Any:
-    """A tolerance ≥ 0: a JSON number in the file, a canonical decimal string on the wire."""
+    """A tolerance ≥ 0: a JSON number in the file, a decimal ``[m, e]`` on the wire."""
     if wire:
         if (
-            not isinstance(value, str)
-            or len(value) > MAX_TOLERANCE_CHARS
-            or not _DECIMAL_RE.fullmatch(value)
+            not isinstance(value, list)
+            or len(value) != 2
+            or not all(_is_int(x) and -(2**63) <= x < 2**63 for x in value)
         ):
-            return p.add(path, f"must be a decimal string, got {_show(value)}")
-    elif not _is_number(value) or abs(value) > 1e300:
+            return p.add(path, f"must be a decimal [mantissa, exponent], got {_show(value)}")
+        mantissa, exponent = value
+        if mantissa == 0 and exponent != 0:
+            return p.add(path, f"zero must be written [0, 0], got [0, {exponent}]")
+        if mantissa != 0 and mantissa % 10 == 0:
+            return p.add(path, f"the mantissa must not end in 0, got {mantissa}")
+    elif not _is_number(value):
         return p.add(path, f"must be a number ≥ 0, got {_show(value)}")
-    # + 0.0 turns -0.0 into 0.0: equal specs must not differ in spelling (and digest).
-    number = float(value) + 0.0
-    if not math.isfinite(number) or number < 0:
-        return p.add(path, f"must be a number ≥ 0, got {_show(value)}")
-    # repr() is the one spelling of a float, so one spec has one wire form (and one digest).
-    if wire and repr(number) != value:
-        return p.add(path, f"must be written {repr(number)!r}, got {_show(value)}")
+    elif _is_int(value) and abs(value) > MAX_TOLERANCE:  # float() would overflow on it
+        return p.add(path, f"must be 0 or from 1e-300 to 1e300, got {_show(value)}")
+    else:
+        # + 0.0 turns -0.0 into 0.0: equal specs must not differ in spelling (and digest).
+        mantissa, exponent = decimal_of(float(value) + 0.0)
+    exact = Fraction(mantissa) * Fraction(10) ** exponent
+    if exact < 0:
+        return p.add(path, f"must be a number ≥ 0, got {_show_decimal(mantissa, exponent)}")
+    if exact != 0 and not Fraction(1, MAX_TOLERANCE) <= exact <= MAX_TOLERANCE:
+        return p.add(
+            path, f"must be 0 or from 1e-300 to 1e300, got {_show_decimal(mantissa, exponent)}"
+        )
+    if len(str(mantissa)) > MAX_TOLERANCE_DIGITS:
+        return p.add(
+            path,
+            f"has more than {MAX_TOLERANCE_DIGITS} significant digits "
+            f"({_show_decimal(mantissa, exponent)})",
+        )
+    # In this range and precision the decimal is the shortest spelling of its double, so the
+    # float and the wire decimal determine each other and one spec has one wire form.
+    number = float(f"{mantissa}e{exponent}")
+    assert decimal_of(number) == (mantissa, exponent)
     return number
+
+
+def _show_decimal(mantissa: int, exponent: int) -> str:
+    return f"{mantissa}e{exponent}" if exponent else str(mantissa)
 
 
 def _check_validation(p: _Problems, value: Any, *, wire: bool) -> Any:
@@ -766,7 +811,7 @@ def _check_fields(p: _Problems, doc: Any, *, wire: bool) -> dict[str, Any] | Non
 
     out: dict[str, Any] = {}
     v = get("schema_version")
-    out["schema_version"] = v if v is _BAD else _check_schema_version(p, v)
+    out["schema_version"] = v if v is _BAD else _check_schema_version(p, v, wire=wire)
     v = get("name")
     out["name"] = v if v is _BAD else _check_name(p, v)
     v = get("image")
@@ -1004,13 +1049,13 @@ def _check_ref_value(p: _Problems, path: str, ref: object) -> None:
 def _wire(spec: JobSpec, refs: Mapping[str, InputRef]) -> dict[str, Any]:
     r = spec.resources
     v = spec.validation
-    validation: dict[str, Any] = {"mode": v.mode, "target_error": repr(float(v.target_error))}
+    validation: dict[str, Any] = {"mode": v.mode, "target_error": _wire_decimal(v.target_error)}
     if v.mode == "numeric":
         validation.update(
-            rel_tol=repr(float(v.rel_tol)), abs_tol=repr(float(v.abs_tol)), files=list(v.files)
+            rel_tol=_wire_decimal(v.rel_tol), abs_tol=_wire_decimal(v.abs_tol), files=list(v.files)
         )
     return {
-        "schema_version": spec.schema_version,
+        "schema_version": WIRE_SCHEMA_VERSION,
         "name": spec.name,
         "image": spec.image,
         "command": list(spec.command),
@@ -1035,6 +1080,10 @@ def _wire(spec: JobSpec, refs: Mapping[str, InputRef]) -> dict[str, Any]:
         "network": spec.network,
         "labels": dict(spec.labels),
     }
+
+
+def _wire_decimal(number: float) -> list[int]:
+    return list(decimal_of(float(number) + 0.0))
 
 
 def _wire_size_bound(spec: JobSpec) -> int:

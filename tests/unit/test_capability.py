@@ -309,7 +309,18 @@ def test_select_newest() -> None:
     assert select_newest([recs[0], b"\x80", recs[2]]) == 2
     assert select_newest([]) == 0
     assert select_newest([b"junk", b""]) == 0
-    assert select_newest([recs[1], recs[1]]) == 0  # ties keep the first
+    assert select_newest([recs[1], recs[1]]) == 1  # identical copies: the last (a re-put is ok)
+
+
+def test_select_newest_breaks_a_seq_tie_by_bytes_in_any_order() -> None:
+    # Same seq, different content: a tie. Both orders py-libp2p uses pick the same value.
+    a = build_record(SIGNER, CAPS, seq=7, now=NOW, ttl_s=300).raw
+    b = build_record(SIGNER, CAPS, seq=7, now=NOW + 1, ttl_s=300).raw
+    assert a != b
+    winner = max(a, b)
+    assert [a, b][select_newest([a, b])] == winner == [b, a][select_newest([b, a])]
+    newer = build_record(SIGNER, CAPS, seq=8, now=NOW, ttl_s=300).raw
+    assert select_newest([winner, newer]) == 1 and select_newest([newer, winner]) == 0
 
 
 def test_select_newest_ignores_forgeries() -> None:

@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import json
 import re
+from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,8 +22,14 @@ import nacl.signing
 import pytest
 
 from p2pmesh.core.auction import messages as m
-from p2pmesh.core.jobspec import InputRef, job_from_wire, job_to_wire, parse_job
-from p2pmesh.errors import DecodeError, ValidationError
+from p2pmesh.core.jobspec import (
+    InputRef,
+    job_from_json_text,
+    job_from_wire,
+    job_to_wire,
+    parse_job,
+)
+from p2pmesh.errors import DecodeError, JobSpecError, ValidationError
 
 ROOT = Path(__file__).resolve().parents[2]
 V = json.loads((ROOT / "tests/vectors/job_vectors.json").read_text(encoding="utf-8"))
@@ -208,3 +215,87 @@ def test_spec_embeds_the_vectors() -> None:
 def test_spec_embeds_the_generator_text() -> None:
     gen = _generator()
     assert gen.markdown(gen.build_vectors()) in _section_7()
+
+
+# --- job file → wire conversions, recomputed from the spec's rules (§7.11) ------------------
+
+_SCALES = {"cpus": 1000, "ram_gb": 1024, "gpu_memory_gb": 1024, "disk_gb": 1024}
+_RESOURCE_DEFAULTS = {"cpus": 1, "ram_gb": 1, "gpus": 0, "gpu_memory_gb": 0, "disk_gb": 1}
+_WIRE_NAMES = {
+    "cpus": "millicpus",
+    "ram_gb": "ram_mib",
+    "gpus": "gpus",
+    "gpu_memory_gb": "gpu_memory_mib",
+    "disk_gb": "disk_mib",
+}
+
+
+def _exact(literal: Decimal) -> Decimal:
+    # The double a JSON reader makes, then its shortest decimal: for ≤ 15 significant digits
+    # that is the literal itself, which is what this recomputation relies on.
+    assert len(literal.normalize().as_tuple().digits) <= 15
+    return literal
+
+
+def _wire_decimal(literal: Decimal | int) -> list[int]:
+    d = Decimal(literal).normalize()
+    if d == 0:
+        return [0, 0]
+    sign, digits, exponent = d.as_tuple()
+    assert isinstance(exponent, int)
+    return [int("".join(map(str, digits))) * (-1 if sign else 1), exponent]
+
+
+def _expected(field: str, value: Any) -> Any:
+    if field == "resources":
+        got = {**_RESOURCE_DEFAULTS, **value}
+        return {
+            _WIRE_NAMES[k]: (
+                v
+                if k == "gpus"
+                else int((_exact(Decimal(v)) * _SCALES[k]).to_integral_value(ROUND_CEILING))
+            )
+            for k, v in got.items()
+        }
+    if field == "validation":
+        out = {
+            "mode": value["mode"],
+            "target_error": _wire_decimal(value.get("target_error", Decimal("0.0001"))),
+        }
+        if value["mode"] == "numeric":
+            out["rel_tol"] = _wire_decimal(value.get("rel_tol", 0))
+            out["abs_tol"] = _wire_decimal(value.get("abs_tol", 0))
+            out["files"] = value.get("files", ["**"])
+        return out
+    return value
+
+
+@pytest.mark.parametrize("case", V["conversions"]["fields"], ids=lambda c: c["file"])
+def test_conversion_follows_the_spec_rules(case: dict[str, Any]) -> None:
+    value = json.loads(case["file"], parse_float=Decimal)
+    assert case["wire"][case["field"]] == _expected(case["field"], value)
+    if case["field"] == "timeout_s":
+        assert case["wire"]["deadline_s"] == min(604_800, max(value, 3 * value + 600))
+
+
+def test_minimal_file_gets_every_default() -> None:
+    wire = V["conversions"]["minimal_wire"]
+    assert wire["schema_version"] == 2  # the wire version; the file says 1
+    assert wire["resources"] == _expected("resources", {})
+    assert wire["validation"] == _expected("validation", {"mode": "exact"})
+    assert (wire["timeout_s"], wire["deadline_s"], wire["redundancy"]) == (600, 2400, 2)
+    assert (wire["env"], wire["inputs"], wire["labels"], wire["network"]) == ({}, {}, {}, "none")
+
+
+def test_conversions_are_what_the_code_makes() -> None:
+    gen = _generator()
+    for case in V["conversions"]["fields"]:
+        text = gen._with_field(case["field"], case["file"])
+        wire = job_to_wire(job_from_json_text(text))
+        assert {k: wire[k] for k in case["wire"]} == case["wire"]
+    for case in V["conversions"]["refused"]:
+        with pytest.raises(JobSpecError) as info:
+            job_from_json_text(gen._with_field(case["field"], case["file"]))
+        assert {p.split(":")[0] for p in info.value.problems} == {
+            p.split(":")[0] for p in case["problems"]
+        }

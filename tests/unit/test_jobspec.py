@@ -15,6 +15,7 @@ from p2pmesh.core import codec
 from p2pmesh.core.jobspec import (
     MAX_JOB_TEXT_BYTES,
     MAX_WIRE_BYTES,
+    WIRE_SCHEMA_VERSION,
     InputRef,
     JobSpec,
     Resources,
@@ -431,7 +432,8 @@ def test_wire_form_shape() -> None:
         "disk_mib": 1024,
     }
     assert wire["inputs"] == {"text.txt": {"digest": REF.digest, "size": 351, "kind": "file"}}
-    assert wire["validation"] == {"mode": "exact", "target_error": "0.0001"}
+    assert wire["validation"] == {"mode": "exact", "target_error": [1, -4]}
+    assert wire["schema_version"] == WIRE_SCHEMA_VERSION == 2  # the file stays at 1
     assert "data/text.txt" not in json.dumps(wire)  # local paths stay local
 
 
@@ -489,10 +491,18 @@ BAD_WIRE: list[tuple[str, Any, str]] = [
     ("resources.cpus", 1, "resources.cpus"),
     ("validation.target_error", DELETE, "validation.target_error"),
     ("validation.target_error", 0.0001, "validation.target_error"),
-    ("validation.target_error", "1e-4", "validation.target_error"),  # not repr()'s spelling
-    ("validation.target_error", "0.00010", "validation.target_error"),
-    ("validation.target_error", "nan", "validation.target_error"),
-    ("validation.target_error", "1.0", "validation.target_error"),
+    ("validation.target_error", "0.0001", "validation.target_error"),  # wire version 1's form
+    ("validation.target_error", [10, -5], "validation.target_error"),  # mantissa ends in 0
+    ("validation.target_error", [1], "validation.target_error"),
+    ("validation.target_error", [1, -4, 0], "validation.target_error"),
+    ("validation.target_error", [1.0, -4], "validation.target_error"),
+    ("validation.target_error", [True, -4], "validation.target_error"),
+    ("validation.target_error", [1, 0], "validation.target_error"),  # not below 1
+    ("validation.target_error", [0, 0], "validation.target_error"),  # not above 0
+    ("validation.target_error", [-1, -4], "validation.target_error"),
+    ("validation.target_error", [1234567890123456, -20], "validation.target_error"),  # 16 digits
+    ("validation.target_error", [1, -301], "validation.target_error"),  # below 1e-300
+    ("validation.target_error", [1, 2**63], "validation.target_error"),
     ("inputs.text.txt", "sha256:" + "ab" * 32, "inputs.text.txt"),
     ("inputs.text.txt.digest", "sha256:" + "AB" * 32, "inputs.text.txt.digest"),
     ("inputs.text.txt.digest", "md5:00", "inputs.text.txt.digest"),
@@ -505,7 +515,8 @@ BAD_WIRE: list[tuple[str, Any, str]] = [
     ("inputs.text.txt.mode", 420, "inputs.text.txt.mode"),
     ("name", "bad name", "name"),
     ("budget", 1, "budget"),
-    ("schema_version", 2, "schema_version"),
+    ("schema_version", 1, "schema_version"),  # the previous wire version is refused
+    ("schema_version", 3, "schema_version"),
 ]
 
 
@@ -542,15 +553,71 @@ def test_wire_numeric_tolerances_are_canonical_decimals() -> None:
     wire = wire_of(doc)
     assert wire["validation"] == {
         "mode": "numeric",
-        "rel_tol": "1e-09",
-        "abs_tol": "0.0",
+        "rel_tol": [1, -9],
+        "abs_tol": [0, 0],
         "files": ["*.json"],
-        "target_error": "0.0001",
+        "target_error": [1, -4],
     }
-    bad = copy.deepcopy(wire)
-    bad["validation"]["abs_tol"] = "-0.0"
-    with pytest.raises(JobSpecError, match=r"validation\.abs_tol"):
-        job_from_wire(bad)
+    for bad_zero in ([0, -1], [0, 1]):
+        bad = copy.deepcopy(wire)
+        bad["validation"]["abs_tol"] = bad_zero
+        with pytest.raises(JobSpecError, match=r"validation\.abs_tol: zero must be written"):
+            job_from_wire(bad)
+
+
+def test_a_huge_integer_tolerance_is_refused_not_overflowed() -> None:
+    doc = with_value(valid_doc(), "validation", {"mode": "numeric", "abs_tol": 10**400})
+    assert fields_of(problems_of(doc)) == {"validation.abs_tol"}
+
+
+@pytest.mark.parametrize(
+    ("written", "wire"),
+    [
+        ("1e-9", [1, -9]),  # how JavaScript writes it
+        ("1e-09", [1, -9]),  # how Python writes it
+        ("0.000000001", [1, -9]),
+        ("1.0E-9", [1, -9]),
+        ("1.5e-3", [15, -4]),
+        ("0.25", [25, -2]),
+        ("100", [1, 2]),
+        ("100.0", [1, 2]),
+        ("123456789012345", [123456789012345, 0]),
+        ("0.1", [1, -1]),
+        ("1e300", [1, 300]),
+        ("1e-300", [1, -300]),
+        ("0", [0, 0]),
+        ("-0.0", [0, 0]),
+    ],
+)
+def test_tolerance_spellings_map_to_one_wire_decimal(written: str, wire: list[int]) -> None:
+    doc = valid_doc()
+    doc["validation"] = {"mode": "numeric", "abs_tol": 0}
+    text = json.dumps(doc).replace('"abs_tol": 0', f'"abs_tol": {written}')
+    got = job_from_json_text(text)
+    assert job_to_wire(got, {"text.txt": REF})["validation"]["abs_tol"] == wire
+    # and back: the wire decimal gives the same double as reading the literal
+    assert got.validation.abs_tol == float(written) + 0.0
+
+
+@pytest.mark.parametrize(
+    ("written", "message"),
+    [
+        ("1234567890123456", "more than 15 significant digits"),
+        ("0.1234567890123456", "more than 15 significant digits"),
+        ("1e-301", "from 1e-300 to 1e300"),
+        ("2e300", "from 1e-300 to 1e300"),
+        ("-1e-9", "≥ 0"),
+    ],
+)
+def test_tolerances_outside_the_exact_range_are_refused(written: str, message: str) -> None:
+    doc = valid_doc()
+    doc["validation"] = {"mode": "numeric", "abs_tol": 0}
+    text = json.dumps(doc).replace('"abs_tol": 0', f'"abs_tol": {written}')
+    with pytest.raises(JobSpecError) as info:
+        job_from_json_text(text)
+    assert any(
+        p.startswith("validation.abs_tol: ") and message in p for p in info.value.problems
+    ), info.value.problems
 
 
 def test_negative_zero_tolerance_does_not_change_the_digest() -> None:
@@ -580,8 +647,9 @@ def test_wire_refuses_oversized_dicts_handed_in_directly() -> None:
 
 # --- digests -------------------------------------------------------------------------------------
 
-# Pinned: a change here changes every job's identity on the mesh and needs a schema version.
-WORD_COUNT_DIGEST = "sha256:36632f119f4ac386be43447c87b0f229598ae03538275d11370a1c0e4a60a437"
+# Pinned: a change here changes every job's identity on the mesh and needs a wire schema
+# version (2 since tolerances became integer decimals).
+WORD_COUNT_DIGEST = "sha256:f12f9b293c07dccf25550392e0452f4eeb62843d9d164f0996bd8eef538d2075"
 
 
 def test_digest_is_pinned() -> None:
@@ -628,6 +696,12 @@ def test_digest_changes_with_input_content() -> None:
 
 _text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"))
 _name_part = st.from_regex(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,11}", fullmatch=True)
+
+
+def _tolerances(lo: float, hi: float) -> st.SearchStrategy[float]:
+    """Numbers a job file may hold as a tolerance: 15 significant digits, 0 or ≥ 1e-300."""
+    rounded = st.floats(min_value=lo, max_value=hi).map(lambda x: float(f"{x:.14e}"))
+    return rounded.filter(lambda x: (x == 0 or x >= 1e-300) and lo <= x <= hi)
 
 
 @st.composite
@@ -687,12 +761,12 @@ def job_docs(draw: st.DrawFn) -> dict[str, Any]:
             st.one_of(
                 st.builds(
                     lambda t: {"mode": "exact", "target_error": t},
-                    st.floats(min_value=1e-12, max_value=0.5),
+                    _tolerances(1e-12, 0.5),
                 ),
                 st.builds(
                     lambda r, a, f: {"mode": "numeric", "rel_tol": r, "abs_tol": a, "files": f},
-                    st.floats(min_value=0, max_value=1),
-                    st.floats(min_value=0, max_value=1e6),
+                    _tolerances(0, 1),
+                    _tolerances(0, 1e6),
                     st.lists(
                         st.sampled_from(["*.json", "**", "out/*.npy"]), min_size=1, max_size=4
                     ),

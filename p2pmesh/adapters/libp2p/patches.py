@@ -11,6 +11,14 @@
    error stops the whole host: one RPC that does not parse as protobuf (``DecodeError``), or
    one over the size limit, from any peer, killed the daemon. We wrap the handler so such a
    peer only loses its stream, as on a stream error.
+4. The Kad handler answers FIND_NODE only for a key that parses as a multihash or is 2..50
+   bytes long, and resets the stream otherwise (``FIND_NODE key is not a valid PeerId (65
+   bytes), ignoring``). The Kademlia spec allows any key: the answer is the peers closest to
+   sha256(key) in the XOR metric, which is what the library computes once it gets that far.
+   Standard clients (js-libp2p's ``put()``) look up the record key itself before they store, so
+   with the check they could never put a ``/p2pmesh-cap/…`` record with us. The check is the
+   handler's only use of ``multihash.decode``; we give the handler a ``multihash`` whose
+   ``decode`` accepts any non-empty key (the 4 MiB message cap still bounds it).
 """
 
 from __future__ import annotations
@@ -51,6 +59,24 @@ def _guard_pubsub_streams() -> None:
     _pubsub.Pubsub.stream_handler = stream_handler  # type: ignore[method-assign]
 
 
+class _AnyKadKey:
+    """The ``multihash`` module as the Kad handler sees it, accepting any key (item 4)."""
+
+    def __init__(self, module: Any) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+    def decode(self, data: bytes) -> Any:
+        try:
+            return self._module.decode(data)
+        except Exception:
+            if not data:  # the handler refuses an empty key before it gets here; stay strict
+                raise
+            return None
+
+
 def apply() -> None:
     global _applied
     if _applied:
@@ -65,4 +91,5 @@ def apply() -> None:
     for module in (_kad_common, _kad, _kad_routing, _kad_providers, _kad_values):
         module.PROTOCOL_ID = DHT_PROTOCOL_ID  # type: ignore[attr-defined]
     _guard_pubsub_streams()
+    _kad.multihash = _AnyKadKey(_kad.multihash)  # type: ignore[attr-defined]
     _applied = True

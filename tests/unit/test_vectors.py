@@ -8,6 +8,7 @@ reproduces the file exactly, and the spec embeds the current hex.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import re
@@ -17,11 +18,12 @@ from typing import Any
 
 import nacl.signing
 import pytest
+import varint
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.id import ID
 
 from p2pmesh import errors
-from p2pmesh.core import codec, ids
+from p2pmesh.core import codec, crypto, ids
 from p2pmesh.core.capability import Capabilities, Gpu, build_record, check_record, dht_key
 from p2pmesh.core.crypto import Ed25519Signer, signing_input
 
@@ -179,3 +181,40 @@ def test_protocol_doc_embeds_the_vectors() -> None:
     embedded = {k: v for k, v in VECTORS.items() if k != "refused_records"}
     missing = [h[:16] for h in _hex_strings(embedded) if h not in flat]
     assert not missing, f"docs/PROTOCOL.md lacks vectors starting {missing}"
+
+
+@pytest.mark.parametrize("case", VECTORS["ed25519"]["cases"], ids=lambda c: c["name"][:40])
+def test_ed25519_acceptance_rule(case: dict[str, Any]) -> None:
+    ed = VECTORS["ed25519"]
+    got = crypto.verify(
+        bytes.fromhex(case["public_key"]),
+        ed["purpose"],
+        bytes.fromhex(ed["payload"]),
+        bytes.fromhex(case["signature"]),
+    )
+    assert got is case["accepted"]
+
+
+def test_kad_messages_are_what_py_libp2p_sends() -> None:
+    from libp2p.kad_dht.pb.kademlia_pb2 import Message
+    from libp2p.records.record import make_signed_put_record
+    from libp2p.records.utils import verify_record
+
+    kad = VECTORS["kad"]
+    key = kad["key"].encode()
+    value = bytes.fromhex(VECTORS["capability_record"]["envelope"])
+    private = create_new_key_pair(bytes.fromhex(VECTORS["capability_record"]["seed"])).private_key
+    record = make_signed_put_record(key, value, private)
+    assert record.SerializeToString().hex() == kad["record"]
+    assert verify_record(record.signature, record.author, key, value)
+
+    def frame(message: Message) -> str:
+        data = message.SerializeToString()
+        return (varint.encode(len(data)) + data).hex()
+
+    put = Message(type=Message.MessageType.PUT_VALUE, key=key)
+    put.record.CopyFrom(record)
+    assert frame(put) == kad["put_value_frame"]
+    assert frame(Message(type=Message.MessageType.GET_VALUE, key=key)) == kad["get_value_frame"]
+    assert frame(Message(type=Message.MessageType.FIND_NODE, key=key)) == kad["find_node_frame"]
+    assert hashlib.sha256(key).hexdigest() == kad["keyspace_point"]

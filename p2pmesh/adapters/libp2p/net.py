@@ -484,7 +484,13 @@ class JobWire:
         try:
             peer = remote_peer(stream)
             frame = await read_frame(stream, max_bytes=MAX_JOB_FRAME, timeout_s=STREAM_TIMEOUT_S)
-            msg = codec.decode(frame, max_bytes=MAX_JOB_FRAME)
+            try:
+                msg = codec.decode(frame, max_bytes=MAX_JOB_FRAME)
+            except DecodeError as exc:
+                # A whole frame that is not canonical msgpack is answered like any other
+                # malformed request (PROTOCOL.md §7.5), so the sender learns it was refused.
+                log.debug("job stream from %s: undecodable frame: %s", peer, exc)
+                msg = None
             if (
                 not isinstance(msg, dict)
                 or set(msg) != {"kind", "data"}

@@ -66,8 +66,14 @@ __all__ = [
 SCHEMA_VERSION = 1  # of the job file
 # Of the wire form (docs/PROTOCOL.md §7.11). 2: tolerances became integer decimals [m, e]
 # instead of Python repr() strings, which other languages spell differently ("1e-9"). A node
-# that reads another version refuses the offer and logs "unsupported version".
+# of version 1 refuses version 2 ("unsupported version") instead of misreading it. We still
+# read version 1 (keeping its bytes, hence its digest), so jobs stored before the upgrade and
+# offers of requesters not yet upgraded still read; we only write version 2.
 WIRE_SCHEMA_VERSION = 2
+LEGACY_WIRE_SCHEMA_VERSION = 1
+_WIRE_VERSIONS = (LEGACY_WIRE_SCHEMA_VERSION, WIRE_SCHEMA_VERSION)
+_LEGACY_DECIMAL_RE = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:e[+-]?[0-9]+)?", re.ASCII)
+_LEGACY_TOLERANCE_CHARS = 32
 
 # --- limits (docs/JOBS.md "Fields"). Each keeps a hostile offer cheap to hold and check. ---------
 MAX_JOB_TEXT_BYTES = 256 * 1024  # a job file is a description, not a data carrier
@@ -408,7 +414,7 @@ def _check_schema_version(p: _Problems, value: Any, *, wire: bool) -> Any:
     version = WIRE_SCHEMA_VERSION if wire else SCHEMA_VERSION
     if not _is_int(value):
         return p.add("schema_version", f"must be the integer {version}, got {_show(value)}")
-    if value != version:
+    if value != version and not (wire and value in _WIRE_VERSIONS):
         return p.add("schema_version", f"unsupported version {value} (this node reads {version})")
     return SCHEMA_VERSION
 
@@ -632,8 +638,11 @@ def decimal_of(number: float) -> tuple[int, int]:
     return (-mantissa if parts.sign else mantissa), parts.exponent
 
 
-def _check_tolerance(p: _Problems, path: str, value: Any, *, wire: bool) -> Any:
-    """A tolerance ≥ 0: a JSON number in the file, a decimal ``[m, e]`` on the wire."""
+def _check_tolerance(p: _Problems, path: str, value: Any, *, wire: int) -> Any:
+    """A tolerance ≥ 0: a JSON number in the file (``wire`` 0), a decimal ``[m, e]`` on the
+    wire (version 2), a ``repr()`` string in wire version 1."""
+    if wire == LEGACY_WIRE_SCHEMA_VERSION:
+        return _check_legacy_tolerance(p, path, value)
     if wire:
         if (
             not isinstance(value, list)
@@ -673,11 +682,25 @@ def _check_tolerance(p: _Problems, path: str, value: Any, *, wire: bool) -> Any:
     return number
 
 
+def _check_legacy_tolerance(p: _Problems, path: str, value: Any) -> Any:
+    """Wire version 1: the text Python's repr() gives for the float, and nothing else."""
+    if (
+        not isinstance(value, str)
+        or len(value) > _LEGACY_TOLERANCE_CHARS
+        or not _LEGACY_DECIMAL_RE.fullmatch(value)
+    ):
+        return p.add(path, f"must be a decimal string (wire version 1), got {_show(value)}")
+    number = float(value) + 0.0
+    if not math.isfinite(number) or number < 0 or repr(number) != value:
+        return p.add(path, f"must be a number ≥ 0 written as {repr(number)!r}, got {_show(value)}")
+    return number
+
+
 def _show_decimal(mantissa: int, exponent: int) -> str:
     return f"{mantissa}e{exponent}" if exponent else str(mantissa)
 
 
-def _check_validation(p: _Problems, value: Any, *, wire: bool) -> Any:
+def _check_validation(p: _Problems, value: Any, *, wire: int) -> Any:
     if _object(p, "validation", value) is _BAD:
         return _BAD
     mode = value.get("mode", _MISSING)
@@ -812,6 +835,10 @@ def _check_fields(p: _Problems, doc: Any, *, wire: bool) -> dict[str, Any] | Non
     out: dict[str, Any] = {}
     v = get("schema_version")
     out["schema_version"] = v if v is _BAD else _check_schema_version(p, v, wire=wire)
+    # Which wire version the rest is read as (0: the file); a bad version reads as the newest.
+    out["wire_version"] = 0
+    if wire:
+        out["wire_version"] = v if v in _WIRE_VERSIONS and _is_int(v) else WIRE_SCHEMA_VERSION
     v = get("name")
     out["name"] = v if v is _BAD else _check_name(p, v)
     v = get("image")
@@ -837,7 +864,7 @@ def _check_fields(p: _Problems, doc: Any, *, wire: bool) -> dict[str, Any] | Non
     out["redundancy"] = v if v is _BAD else _check_redundancy(p, v)
     out["budget"] = _check_budget_covers(p, out["max_price"], out["budget"], out["redundancy"])
     v = get("validation", {"mode": "exact"})
-    out["validation"] = v if v is _BAD else _check_validation(p, v, wire=wire)
+    out["validation"] = v if v is _BAD else _check_validation(p, v, wire=out["wire_version"])
     v = get("network", "none")
     out["network"] = v if v is _BAD else _check_network(p, v)
     v = get("labels", {})
@@ -1046,16 +1073,20 @@ def _check_ref_value(p: _Problems, path: str, ref: object) -> None:
         p.add(path, f"needs an InputRef, got {_show(ref)}")
 
 
-def _wire(spec: JobSpec, refs: Mapping[str, InputRef]) -> dict[str, Any]:
+def _wire(
+    spec: JobSpec, refs: Mapping[str, InputRef], version: int = WIRE_SCHEMA_VERSION
+) -> dict[str, Any]:
     r = spec.resources
     v = spec.validation
-    validation: dict[str, Any] = {"mode": v.mode, "target_error": _wire_decimal(v.target_error)}
+    # Version 1 is only ever re-encoded, to keep the bytes (and digest) of a job read in it.
+    tolerance = _wire_decimal if version == WIRE_SCHEMA_VERSION else _legacy_decimal
+    validation: dict[str, Any] = {"mode": v.mode, "target_error": tolerance(v.target_error)}
     if v.mode == "numeric":
         validation.update(
-            rel_tol=_wire_decimal(v.rel_tol), abs_tol=_wire_decimal(v.abs_tol), files=list(v.files)
+            rel_tol=tolerance(v.rel_tol), abs_tol=tolerance(v.abs_tol), files=list(v.files)
         )
     return {
-        "schema_version": WIRE_SCHEMA_VERSION,
+        "schema_version": version,
         "name": spec.name,
         "image": spec.image,
         "command": list(spec.command),
@@ -1084,6 +1115,10 @@ def _wire(spec: JobSpec, refs: Mapping[str, InputRef]) -> dict[str, Any]:
 
 def _wire_decimal(number: float) -> list[int]:
     return list(decimal_of(float(number) + 0.0))
+
+
+def _legacy_decimal(number: float) -> str:
+    return repr(float(number) + 0.0)
 
 
 def _wire_size_bound(spec: JobSpec) -> int:
@@ -1168,7 +1203,8 @@ def job_from_wire(d: object) -> WireJob:
 
 def _wire_from_values(values: dict[str, Any]) -> dict[str, Any]:
     refs: dict[str, InputRef] = values["inputs"]
-    return _wire(_build(values, {n: r.digest for n, r in refs.items()}), refs)
+    spec = _build(values, {n: r.digest for n, r in refs.items()})
+    return _wire(spec, refs, values["wire_version"])
 
 
 def job_digest(spec: JobSpec, input_refs: Mapping[str, InputRef] | None = None) -> str:

@@ -515,8 +515,9 @@ BAD_WIRE: list[tuple[str, Any, str]] = [
     ("inputs.text.txt.mode", 420, "inputs.text.txt.mode"),
     ("name", "bad name", "name"),
     ("budget", 1, "budget"),
-    ("schema_version", 1, "schema_version"),  # the previous wire version is refused
+    ("schema_version", 0, "schema_version"),
     ("schema_version", 3, "schema_version"),
+    ("schema_version", True, "schema_version"),
 ]
 
 
@@ -962,3 +963,62 @@ def test_wire_job_encoding_is_the_checked_wire_form_and_identifies_it() -> None:
     received.wire()["name"] = "changed"  # a copy: the job itself cannot be changed through it
     assert received.wire()["name"] == "word-count"
     assert received == hand_built and hash(received) == hash(hand_built)
+
+
+# --- wire version 1 (read, never written) --------------------------------------------------------
+
+
+def _as_v1(wire: dict[str, Any]) -> dict[str, Any]:
+    v1 = copy.deepcopy(wire)
+    v1["schema_version"] = 1
+    for key, value in v1["validation"].items():
+        if key != "mode" and key != "files":
+            v1["validation"][key] = repr(float(f"{value[0]}e{value[1]}") + 0.0)
+    return v1
+
+
+def test_a_version_1_job_reads_and_keeps_its_bytes_and_digest() -> None:
+    doc = with_value(
+        valid_doc(), "validation", {"mode": "numeric", "rel_tol": 1e-9, "abs_tol": 0.25}
+    )
+    v2 = wire_of(doc)
+    v1 = _as_v1(v2)
+    assert v1["validation"]["rel_tol"] == "1e-09" and v1["validation"]["abs_tol"] == "0.25"
+    got = job_from_wire(codec.decode(codec.encode(v1)))
+    assert got.spec == job_from_wire(v2).spec  # the same job ...
+    assert got.encoded == codec.encode(v1)  # ... in the bytes it came in
+    assert got.digest == "sha256:" + hashlib.sha256(codec.encode(v1)).hexdigest()
+    assert got.wire() == v1
+    assert job_to_wire(got.spec, got.input_refs) == v2  # what we write is version 2
+
+
+def test_the_previous_release_job_vector_still_reads_with_its_digest() -> None:
+    # tests/vectors/job_vectors.json as the previous release (wire version 1) made it.
+    old = {
+        "schema_version": 1, "name": "monte-carlo-pi", "image": "p2pmesh/python:3.11",
+        "command": ["python3", "/in/pi.py"], "env": {"SEED": "42"},
+        "inputs": {"pi.py": {"digest": "sha256:01cd34b573d739c1bad97382753379b297fec166797d50cf"
+                             "471cb254f9a65469", "size": 73, "kind": "file"}},
+        "resources": {"millicpus": 1000, "ram_mib": 512, "gpus": 0, "gpu_memory_mib": 0,
+                      "disk_mib": 1024},
+        "timeout_s": 300, "deadline_s": 1500, "max_price": 5, "budget": 10, "redundancy": 2,
+        "validation": {"mode": "exact", "target_error": "0.0001"}, "network": "none",
+        "labels": {},
+    }  # fmt: skip
+    got = job_from_wire(old)
+    assert got.digest == "sha256:b95044012dd559f870f0f310155ad7eb85bd739701ca8aa9b4dc19cdde5cfd7b"
+
+
+@pytest.mark.parametrize("spelling", ["1e-4", "0.00010", "1.0e-04", "nan", "-0.0001", [1, -4]])
+def test_version_1_tolerances_keep_their_one_spelling(spelling: Any) -> None:
+    v1 = _as_v1(wire_of())
+    v1["validation"]["target_error"] = spelling
+    with pytest.raises(JobSpecError, match=r"validation\.target_error"):
+        job_from_wire(v1)
+
+
+def test_version_2_tolerances_are_not_strings() -> None:
+    wire = wire_of()
+    wire["validation"]["target_error"] = "0.0001"
+    with pytest.raises(JobSpecError, match=r"validation\.target_error: must be a decimal \["):
+        job_from_wire(wire)

@@ -585,7 +585,9 @@ def markdown(v: dict[str, Any]) -> str:
         "```",
         "",
         "Frames (unsigned varint length ‖ `Message`), without the optional `senderRecord`: "
-        "`PUT_VALUE` with that record, `GET_VALUE` and `FIND_NODE` for the key:",
+        "`PUT_VALUE` with that record, `GET_VALUE` and `FIND_NODE` for the key. "
+        "`tests/unit/test_kad_any_key.py` captures the `PUT_VALUE` a real node writes and "
+        "compares it with these bytes:",
         "",
         "```text",
         _wrap(kad["put_value_frame"]),

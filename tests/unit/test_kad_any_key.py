@@ -1,11 +1,19 @@
-"""A standard Kad client can look up a record key that is not a peer ID (patches.py item 4).
+"""Kad on /p2pmesh/kad/1.0.0 over real hosts: any key, and the bytes a put sends.
+
+A standard Kad client can look up a record key that is not a peer ID (patches.py item 4).
 
 Real libp2p hosts on 127.0.0.1: a p2pmesh node A that knows a peer C, and a bare py-libp2p
 host B that speaks the Kad wire protocol by hand, as js-libp2p's ``put()`` does before it
 stores: ``FIND_NODE`` with the record key itself. Without the patch, A resets the stream.
+
+And the other way round: a bare host that records what a p2pmesh node's DHT actually writes for
+a ``PUT_VALUE``, compared with vector V.7 (docs/PROTOCOL.md §4.3).
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import multiaddr
 import trio
@@ -64,3 +72,51 @@ async def test_find_node_with_a_record_key_returns_closer_peers() -> None:
             assert c.peer_id in closer
             assert client.get_id().pretty() not in closer
             await client.close()
+
+
+async def test_a_put_sends_the_record_of_vector_v7() -> None:
+    """What py-libp2p 0.8.1 actually writes for a PUT_VALUE is the V.7 record, in one frame."""
+    vectors = json.loads(
+        (Path(__file__).resolve().parents[1] / "vectors/protocol_vectors.json").read_text()
+    )
+    kad, rec = vectors["kad"], vectors["capability_record"]
+    seen: list[bytes] = []
+
+    async def handler(stream: object) -> None:
+        data = await read_varint_prefixed_bytes_limited(stream, 1 << 20)
+        seen.append(data)
+        request = Message()
+        request.ParseFromString(data)
+        echo = Message(type=Message.MessageType.PUT_VALUE, key=request.key)
+        echo.record.CopyFrom(request.record)
+        reply = echo.SerializeToString()
+        await stream.write(varint.encode(len(reply)) + reply)  # type: ignore[attr-defined]
+
+    send, _recv = trio.open_memory_channel[object](256)
+    putter = MeshNet(
+        bytes.fromhex(rec["seed"]), send, check_record=lambda d: True, local_records=list
+    )
+    server = new_host(key_pair=create_new_key_pair(bytes([9]) * 32))
+    server.set_stream_handler(DHT_PROTOCOL_ID, handler)
+    async with (
+        putter.running(["/ip4/127.0.0.1/tcp/0"], mdns=False),
+        server.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]),
+    ):
+        addr = f"{server.get_addrs()[0]}"
+        info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        with trio.fail_after(20):
+            await putter.host.connect(info)
+            ok = await putter.dht.value_store._store_at_peer(
+                info.peer_id, kad["key"].encode(), bytes.fromhex(rec["envelope"])
+            )
+        await server.close()
+    assert ok and len(seen) == 1
+    sent = Message()
+    sent.ParseFromString(seen[0])
+    assert sent.type == Message.MessageType.PUT_VALUE
+    assert sent.key == kad["key"].encode()
+    assert sent.record.SerializeToString().hex() == kad["record"]
+    assert sent.senderRecord  # py-libp2p adds its signed peer record (optional, §4.3)
+    sent.ClearField("senderRecord")
+    framed = varint.encode(sent.ByteSize()) + sent.SerializeToString()
+    assert framed.hex() == kad["put_value_frame"]

@@ -199,7 +199,7 @@ def markdown(v: dict[str, Any]) -> str:
         _wrap(v["fraud"]["envelope"]),
         "```",
         "",
-        f"Its `hash` in the JSON, `{v['fraud']['hash']}`, is `\"sha256:\"` ‖ hex(sha256(the "
+        f'Its `hash` in the JSON, `{v["fraud"]["hash"]}`, is `"sha256:"` ‖ hex(sha256(the '
         "fraud envelope's bytes)), computed as a block hash is (§9.1). It names the proof (to "
         "tell two proofs apart, or in logs) and is informative: no message carries it and no "
         "rule compares it.",

@@ -113,6 +113,7 @@ MAX_GLOB_CHARS = 255
 # the double nearest to it, so the wire decimal and the double determine each other.
 MAX_TOLERANCE_DIGITS = 15
 MAX_TOLERANCE = 10**300
+MAX_TOLERANCE_EXPONENT = 400  # beyond it no 15-digit mantissa lands inside the range
 # The wire job rides inside a signed offer (core/auction/messages.py) that must fit
 # codec.MAX_MESSAGE_BYTES (64 KiB); 48 KiB leaves 16 KiB for the envelope, ids, the requester's
 # addresses (≤ 16 × 256 B) and the exclude list (≤ 64 × 64 B), about 9 KiB at most.
@@ -655,6 +656,11 @@ def _check_tolerance(p: _Problems, path: str, value: Any, *, wire: int) -> Any:
             return p.add(path, f"zero must be written [0, 0], got [0, {exponent}]")
         if mantissa != 0 and mantissa % 10 == 0:
             return p.add(path, f"the mantissa must not end in 0, got {mantissa}")
+        # Before any arithmetic: 10 ** e for a hostile e near 2^63 would never finish.
+        if not -MAX_TOLERANCE_EXPONENT <= exponent <= MAX_TOLERANCE_EXPONENT:
+            return p.add(
+                path, f"must be 0 or from 1e-300 to 1e300, got {_show_decimal(mantissa, exponent)}"
+            )
     elif not _is_number(value):
         return p.add(path, f"must be a number ≥ 0, got {_show(value)}")
     elif _is_int(value) and abs(value) > MAX_TOLERANCE:  # float() would overflow on it

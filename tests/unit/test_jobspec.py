@@ -503,6 +503,9 @@ BAD_WIRE: list[tuple[str, Any, str]] = [
     ("validation.target_error", [1234567890123456, -20], "validation.target_error"),  # 16 digits
     ("validation.target_error", [1, -301], "validation.target_error"),  # below 1e-300
     ("validation.target_error", [1, 2**63], "validation.target_error"),
+    ("validation.target_error", [1, 2**62], "validation.target_error"),  # refused, not computed
+    ("validation.target_error", [1, -(2**62)], "validation.target_error"),
+    ("validation.target_error", [1, -401], "validation.target_error"),
     ("inputs.text.txt", "sha256:" + "ab" * 32, "inputs.text.txt"),
     ("inputs.text.txt.digest", "sha256:" + "AB" * 32, "inputs.text.txt.digest"),
     ("inputs.text.txt.digest", "md5:00", "inputs.text.txt.digest"),

@@ -683,8 +683,10 @@ def _check_tolerance(p: _Problems, path: str, value: Any, *, wire: int) -> Any:
         )
     # In this range and precision the decimal is the shortest spelling of its double, so the
     # float and the wire decimal determine each other and one spec has one wire form.
+    # (Checked, not assumed: a receiver must refuse, never crash, whatever the argument.)
     number = float(f"{mantissa}e{exponent}")
-    assert decimal_of(number) == (mantissa, exponent)
+    if decimal_of(number) != (mantissa, exponent):
+        return p.add(path, f"is not the shortest spelling of {number!r}")
     return number
 
 

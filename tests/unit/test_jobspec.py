@@ -5,10 +5,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from fractions import Fraction
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from p2pmesh.core import codec
@@ -1025,3 +1026,16 @@ def test_version_2_tolerances_are_not_strings() -> None:
     wire["validation"]["target_error"] = "0.0001"
     with pytest.raises(JobSpecError, match=r"validation\.target_error: must be a decimal \["):
         job_from_wire(wire)
+
+
+@settings(max_examples=300)
+@given(st.integers(1, 10**15 - 1), st.integers(-314, 300))
+def test_every_valid_wire_decimal_survives_the_round_trip(mantissa: int, exponent: int) -> None:
+    while mantissa % 10 == 0:
+        mantissa //= 10
+    digits = len(str(mantissa))
+    assume(digits - 1 + exponent >= -300 and mantissa * Fraction(10) ** exponent <= 10**300)
+    wire = wire_of(with_value(valid_doc(), "validation", {"mode": "numeric"}))
+    wire["validation"]["abs_tol"] = [mantissa, exponent]
+    job = job_from_wire(wire)
+    assert job_to_wire(job.spec, job.input_refs)["validation"]["abs_tol"] == [mantissa, exponent]

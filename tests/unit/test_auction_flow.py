@@ -779,23 +779,35 @@ def test_numeric_disagreement_adds_a_replica() -> None:
     assert [mesh.names[w] for w in v.dissenting] == ["C"]
 
 
-def test_outputs_that_cannot_be_fetched_try_the_other_replica() -> None:
-    mesh = Mesh(prices=(3, 1, 2))
+def test_outputs_a_worker_does_not_serve_lose_it_and_a_new_replica_replaces_it() -> None:
+    # B and C agree, B is asked for the outputs and does not serve them: B is lost (and never
+    # paid), C alone is no majority of two, so D replaces B; C and D agree and one serves.
+    mesh = Mesh(prices=(3, 1, 2, 4))
     mesh.fail_outputs = {"B"}
     mesh.submit("A", make_job())
     mesh.run_job()
     j = mesh.job()
-    assert j.state == "done" and mesh.names[j.fetch_from] == "C"
-    assert [mesh.names[f.worker] for f in mesh.effects(FetchOutputs, "A")] == ["B", "C"]
+    assert j.state == "done", j.history
+    fetched = [mesh.names[f.worker] for f in mesh.effects(FetchOutputs, "A")]
+    assert fetched[0] == "B" and fetched[1:] in (["C"], ["D"])
+    assert mesh.workers() == {"B": "lost", "C": "reported", "D": "reported"}
+    assert j.replicas[mesh.ids["B"]].lost_reason == "outputs could not be fetched: refused"
+    assert sorted(mesh.names[e.peer_id] for _, _, e in mesh.sent("pay", src="A")) == ["C", "D"]
+    [v] = _verdicts(mesh)
+    assert v.outcome == "accepted" and sorted(mesh.names[w] for w in v.agreeing) == ["C", "D"]
 
 
-def test_outputs_nobody_serves_fail_the_job() -> None:
+def test_outputs_nobody_serves_never_end_done_and_pay_nothing() -> None:
+    # B is asked first and is lost; C alone is no majority and nobody is left to replace B.
     mesh = Mesh()
     mesh.fail_outputs = {"B", "C"}
     mesh.submit("A", make_job())
     mesh.run_job()
-    assert mesh.job().state == "failed"
-    assert mesh.job().error == "outputs could not be fetched: refused"
+    j = mesh.job()
+    assert j.state == "timeout", j.history
+    assert mesh.workers() == {"B": "lost", "C": "reported"}
+    assert not mesh.sent("pay") and not _verdicts(mesh)
+    assert mesh.node("A").ledger.balance_json(mesh.ids["A"])["spent"] == 0
 
 
 def test_deadline_before_enough_results_is_timeout() -> None:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2pmesh.core import codec
+from p2pmesh.core.auction import majority
 from p2pmesh.core.auction import messages as m
 from p2pmesh.core.auction.selection import choose_winners
 from p2pmesh.core.crypto import Signer
@@ -101,6 +102,7 @@ class RequesterJob:
     retry_fetch_at: int = 0
     resumed: bool = False  # restored after a restart: transfers in flight must be re-issued
     accepted_digest: str = ""
+    decided_at: int = 0  # when the accepted group formed: the date its verdict carries
     fetch_from: str = ""
     error: str = ""
     finished_at: int = 0
@@ -313,12 +315,15 @@ class Requester:
             return self._lose(j, rep, now, f"outputs could not be fetched: {error}")
         if j.state != "fetching" or worker != j.fetch_from:
             return []
-        if ok:
-            rep = j.replicas[worker]
+        rep = j.replicas[worker]
+        if not j.error:
+            # An accepted group: nothing is signed or paid before its outputs are here.
+            if ok:
+                return self._accept(j, now)
+            return self._unserved(j, rep, now, error)
+        if ok:  # a failed job whose outputs/logs were fetched for the user
             assert rep.result is not None
-            if j.error:  # a failed job whose outputs/logs were fetched for the user
-                return self._finish(j, _failure_state(rep.result), now, j.error)
-            return self._finish(j, "done", now, "")
+            return self._finish(j, _failure_state(rep.result), now, j.error)
         # Try another replica that reported the same digest before giving up.
         j.tried_fetch.add(worker)
         candidates = [
@@ -331,7 +336,7 @@ class Requester:
         if candidates:
             return self._fetch(j, candidates[0], now)
         if now + FETCH_RETRY_S < j.deadline_at:
-            # Decided (and paid): the workers may just be restarting. Try again later.
+            # Decided: the workers may just be restarting. Try again later.
             j.tried_fetch.clear()
             j.retry_fetch_at = now + FETCH_RETRY_S
             j.note(now, f"outputs not fetched ({error}); retrying in {FETCH_RETRY_S} s")
@@ -567,6 +572,14 @@ class Requester:
         return j.k
 
     def _lose(self, j: RequesterJob, rep: Replica, now: int, reason: str) -> list[Effect]:
+        out = self._mark_lost(j, rep, now, reason)
+        if not any(r.state in ("running", "reported") for r in j.active()):
+            j.state = "awarded" if j.active() else "bidding"
+        out += self._replace(j, now)
+        out.append(self._persist(j, now))
+        return out
+
+    def _mark_lost(self, j: RequesterJob, rep: Replica, now: int, reason: str) -> list[Effect]:
         if not reason.startswith(("declined", "award not delivered")):
             self.book.record(rep.worker, "no-show", now, job_id=j.job_id)
         rep.state = "lost"
@@ -577,43 +590,37 @@ class Requester:
             j.bids.pop(rep.worker, None)
         j.note(now, f"lost {rep.worker}: {reason}")
         cancel = m.build_cancel(self.signer, job_id=j.job_id, reason=reason, now=now)
-        out: list[Effect] = [
+        return [
             Log(
                 "warning", "worker lost", {"job": j.job_id, "worker": rep.worker, "reason": reason}
             ),
             SendMessage(rep.worker, "cancel", cancel.raw, j.job_id),
         ]
-        if not any(r.state in ("running", "reported") for r in j.active()):
-            j.state = "awarded" if j.active() else "bidding"
-        spare = [b for b in j.bids.values() if b.bidder not in j.tried]
-        if spare:
-            out += self._award(j, now)
-        else:
-            out += self._offer(j, now)
-        out.append(self._persist(j, now))
-        return out
 
-    def _groups(self, j: RequesterJob, reported: list[Replica]) -> list[list[str]] | None:
-        """Agreeing sets among the reported replicas; None while a comparison is pending."""
-        ok = sorted(r.worker for r in reported if _succeeded(r.result))
-        failed: dict[tuple[str, int | None], list[str]] = {}
-        for r in sorted(reported, key=lambda r: r.worker):
-            if r.result is not None and not _succeeded(r.result):
-                failed.setdefault((r.result.status, r.result.exit_code), []).append(r.worker)
-        if j.spec.validation.mode == "numeric" and len(ok) > 1:
-            if tuple(ok) != j.compared:
-                return None
-            success = [list(g) for g in (j.groups or [])]
-        else:
-            by_digest: dict[str, list[str]] = {}
-            for w in ok:
-                res = j.replicas[w].result
-                assert res is not None
-                by_digest.setdefault(res.output_digest, []).append(w)
-            success = list(by_digest.values())
-        groups = success + list(failed.values())
-        # Largest first; among equals a success group first, then the smallest worker ID.
-        return sorted(groups, key=lambda g: (-len(g), g[0] not in ok, min(g)))
+    def _replace(self, j: RequesterJob, now: int) -> list[Effect]:
+        """A replica in play is missing: the best unused bid, else the next offer round."""
+        spare = [b for b in j.bids.values() if b.bidder not in j.tried]
+        return self._award(j, now) if spare else self._offer(j, now)
+
+    def _decision(self, j: RequesterJob) -> majority.Decision:
+        votes = [
+            majority.Vote(r.worker)
+            if r.state != "reported" or r.result is None
+            else majority.Vote(
+                r.worker, r.result.status, r.result.exit_code, r.result.output_digest
+            )
+            for r in j.active()
+        ]
+        # One agreeing result suffices only when one replica was asked for: an explicit
+        # redundancy of 1 (the user opted out of checking), or "auto" on a credible worker.
+        rule = majority.Rule(
+            lone_ok=(j.auto and j.k == 1) or j.spec.redundancy == 1,
+            max_replicas=j.max_replicas,
+            numeric=j.spec.validation.mode == "numeric",
+            compared=j.compared,
+            groups=None if j.groups is None else tuple(tuple(g) for g in j.groups),
+        )
+        return majority.decide(votes, rule)
 
     def _maybe_decide(self, j: RequesterJob, now: int) -> list[Effect]:
         active = j.active()
@@ -648,87 +655,53 @@ class Requester:
                 j.groups = None
                 outputs = tuple((w, j.replicas[w].result.output_digest) for w in ok)  # type: ignore[union-attr]
                 return [CompareOutputs(j.job_id, outputs, j.spec.validation)]
-        groups = self._groups(j, reported)
-        if groups is None:
-            return []
-        best = groups[0]
-        # One agreeing result suffices only when one replica was asked for: an explicit
-        # redundancy of 1 (the user opted out of checking), or "auto" on a credible worker.
-        need = 1 if (j.auto and j.k == 1) or j.spec.redundancy == 1 else 2
-        if len(best) >= need and len(best) * 2 > len(active):
-            return self._decide(j, best, reported, now)
-        if len(reported) < len(active):
-            return []  # more results may still make a majority
-        if len(active) < j.max_replicas:
-            j.k = len(active) + 1
+        d = self._decision(j)
+        if isinstance(d, majority.Decide):
+            return self._decide(j, d, now)
+        if isinstance(d, majority.AddReplica):
+            j.k = d.replicas
             j.state = "awarded" if not any(r.state == "running" for r in active) else "running"
             j.note(now, f"results disagree: adding replica {j.k} of at most {j.max_replicas}")
-            spare = [b for b in j.bids.values() if b.bidder not in j.tried]
-            extra = self._award(j, now) if spare else self._offer(j, now)
             return [
                 Log("info", "replicas disagree; adding one", {"job": j.job_id, "replicas": j.k}),
-                *extra,
+                *self._replace(j, now),
             ]
-        verdict = m.build_verdict(
-            self.signer,
-            job_id=j.job_id,
-            job_digest=j.job.digest,
-            outcome="inconclusive",
-            accepted_digest="",
-            agreeing=[],
-            dissenting=[],
-            now=now,
-        )
-        j.verdict_raw = verdict.raw
-        return [
-            Publish(m.TOPIC_VERDICTS, verdict.raw),
-            *self._finish(
-                j,
-                "inconclusive",
-                now,
-                f"no majority after {len(active)} replicas (groups: "
-                f"{', '.join(str(len(g)) for g in groups)})",
-            ),
-        ]
+        if isinstance(d, majority.Inconclusive):
+            verdict = m.build_verdict(
+                self.signer,
+                job_id=j.job_id,
+                job_digest=j.job.digest,
+                outcome="inconclusive",
+                accepted_digest="",
+                agreeing=[],
+                dissenting=[],
+                now=now,
+            )
+            j.verdict_raw = verdict.raw
+            return [
+                Publish(m.TOPIC_VERDICTS, verdict.raw),
+                *self._finish(
+                    j,
+                    "inconclusive",
+                    now,
+                    f"no majority after {len(active)} replicas (groups: "
+                    f"{', '.join(str(n) for n in d.sizes)})",
+                ),
+            ]
+        return []  # wait: more results, or a comparison, may still make a majority
 
-    def _decide(
-        self, j: RequesterJob, best: list[str], reported: list[Replica], now: int
-    ) -> list[Effect]:
-        first = j.replicas[best[0]].result
+    def _decide(self, j: RequesterJob, d: majority.Decide, now: int) -> list[Effect]:
+        """A group has a majority: stop the rest, then fetch the group's outputs.
+
+        A failed outcome pays nobody, so its verdict is signed at once and the outputs and log
+        are fetched for the user only. An accepted one is signed, credited and paid in
+        ``_accept``, once its outputs are on our disk and verified (PROTOCOL.md §8.1).
+        """
+        first = j.replicas[d.agreeing[0]].result
         assert first is not None
-        agreeing = list(best)
-        dissenting = sorted(r.worker for r in reported if r.worker not in best)
-        outcome = "accepted" if _succeeded(first) else "failed"
-        verdict = m.build_verdict(
-            self.signer,
-            job_id=j.job_id,
-            job_digest=j.job.digest,
-            outcome=outcome,
-            accepted_digest=first.output_digest,
-            agreeing=agreeing,
-            dissenting=dissenting,
-            now=now,
-        )
-        j.verdict_raw = verdict.raw
-        if len(agreeing) >= 2:  # a lone result (auto, or redundancy 1) was not checked
-            for w in agreeing:
-                self.book.record(w, "agreed", now, job_id=j.job_id)
-        for w in dissenting:
-            self.book.record(w, "dissented", now, job_id=j.job_id)
-        j.note(now, f"verdict {outcome}: {len(agreeing)} agree, {len(dissenting)} dissent")
-        out: list[Effect] = [
-            Publish(m.TOPIC_VERDICTS, verdict.raw),
-            Log(
-                "info" if not dissenting else "warning",
-                "verdict",
-                {
-                    "job": j.job_id,
-                    "outcome": outcome,
-                    "agreeing": agreeing,
-                    "dissenting": dissenting,
-                },
-            ),
-        ]
+        agreeing = list(d.agreeing)
+        outcome = "accepted" if d.accepted else "failed"
+        out: list[Effect] = []
         # Replicas still running are no longer needed: stop them (and they are not paid).
         cancel = m.build_cancel(self.signer, job_id=j.job_id, reason="decided", now=now)
         for r in j.active():
@@ -742,17 +715,95 @@ class Requester:
                 "agreeing replica(s)"
             )
         j.accepted_digest = first.output_digest
-        if outcome == "accepted" and self.pay is not None:
-            for w in agreeing:
+        if d.accepted:
+            j.decided_at = now
+            j.note(now, f"majority of {len(agreeing)}: verifying outputs before the verdict")
+        else:
+            out += self._verdict(j, d, now)
+        return out + self._fetch(j, agreeing[0], now)
+
+    def _accept(self, j: RequesterJob, now: int) -> list[Effect]:
+        """The accepted group's outputs are here and verified: verdict, evidence, payments."""
+        d = self._decision(j)
+        if not (isinstance(d, majority.Decide) and d.accepted and j.fetch_from in d.agreeing):
+            # Cannot happen while the replicas in play are frozen (the rest were cancelled);
+            # should it, the rule decides afresh rather than pay for a group that is gone.
+            j.state = "running"
+            return [*self._maybe_decide(j, now), self._persist(j, now)]
+        out = self._verdict(j, d, now)
+        if self.pay is not None:
+            for w in d.agreeing:
                 out += self.pay(
                     job_id=j.job_id,
                     payee=w,
                     amount=j.replicas[w].price,
-                    accepted_digest=first.output_digest,
-                    verdict=verdict.raw,
+                    accepted_digest=d.digest,
+                    verdict=j.verdict_raw,
                     now=now,
                 )
-        return out + self._fetch(j, best[0], now)
+        return out + self._finish(j, "done", now, "")
+
+    def _unserved(self, j: RequesterJob, rep: Replica, now: int, error: str) -> list[Effect]:
+        """The accepted group's outputs did not come from ``rep``: it is lost, and unpaid.
+
+        If the rest of the group still has a majority, ask its next worker; otherwise replace
+        the replica, as for any other lost one.
+        """
+        out = self._mark_lost(j, rep, now, f"outputs could not be fetched: {error}")
+        active = j.active()
+        if any(r.state == "running" for r in active):
+            j.state = "running"
+        else:
+            j.state = "awarded" if active else "bidding"
+        d = self._decision(j)
+        if isinstance(d, majority.Decide):
+            out += self._decide(j, d, now)
+        else:
+            out += self._replace(j, now)
+            out += self._maybe_decide(j, now)
+        out.append(self._persist(j, now))
+        return out
+
+    def _verdict(self, j: RequesterJob, d: majority.Decide, now: int) -> list[Effect]:
+        """Sign and publish the verdict of ``d`` and record its evidence.
+
+        Dated when the majority was reached: a restart that fetches again signs the very same
+        bytes, so a payment proposed before the restart still names this verdict.
+        """
+        outcome = "accepted" if d.accepted else "failed"
+        at = j.decided_at if d.accepted and j.decided_at else now
+        verdict = m.build_verdict(
+            self.signer,
+            job_id=j.job_id,
+            job_digest=j.job.digest,
+            outcome=outcome,
+            accepted_digest=d.digest,
+            agreeing=list(d.agreeing),
+            dissenting=list(d.dissenting),
+            now=at,
+        )
+        j.verdict_raw = verdict.raw
+        if len(d.agreeing) >= 2:  # a lone result (auto, or redundancy 1) was not checked
+            for w in d.agreeing:
+                self.book.record(w, "agreed", at, job_id=j.job_id)
+        for w in d.dissenting:
+            self.book.record(w, "dissented", at, job_id=j.job_id)
+        j.note(
+            now, f"verdict {outcome}: {len(d.agreeing)} agree, {len(d.dissenting)} dissent"
+        )
+        return [
+            Publish(m.TOPIC_VERDICTS, verdict.raw),
+            Log(
+                "info" if not d.dissenting else "warning",
+                "verdict",
+                {
+                    "job": j.job_id,
+                    "outcome": outcome,
+                    "agreeing": list(d.agreeing),
+                    "dissenting": list(d.dissenting),
+                },
+            ),
+        ]
 
     def _fetch(self, j: RequesterJob, worker: str, now: int) -> list[Effect]:
         rep = j.replicas[worker]
@@ -867,6 +918,7 @@ def to_doc(j: RequesterJob) -> dict[str, Any]:
         "tried_fetch": sorted(j.tried_fetch),
         "accepted_digest": j.accepted_digest,
         "fetch_from": j.fetch_from,
+        "decided_at": j.decided_at,
         "error": j.error,
         "finished_at": j.finished_at,
         "history": j.history,
@@ -907,6 +959,7 @@ def from_doc(doc: dict[str, Any], requester_id: str, now: int) -> RequesterJob:
         groups=doc.get("groups"),
         resumed=True,
         accepted_digest=doc["accepted_digest"],
+        decided_at=doc.get("decided_at", 0),
         fetch_from=doc["fetch_from"],
         error=doc["error"],
         finished_at=doc["finished_at"],

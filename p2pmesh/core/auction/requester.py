@@ -788,9 +788,7 @@ class Requester:
                 self.book.record(w, "agreed", at, job_id=j.job_id)
         for w in d.dissenting:
             self.book.record(w, "dissented", at, job_id=j.job_id)
-        j.note(
-            now, f"verdict {outcome}: {len(d.agreeing)} agree, {len(d.dissenting)} dissent"
-        )
+        j.note(now, f"verdict {outcome}: {len(d.agreeing)} agree, {len(d.dissenting)} dissent")
         return [
             Publish(m.TOPIC_VERDICTS, verdict.raw),
             Log(

@@ -8,21 +8,29 @@ Theory of operation (PROTOCOL.md §7). States::
        ├─(deadline, never a bid) ─▶ no-bids
        any non-final ─(deadline) ─▶ timeout      any non-final ─(cancel) ─▶ cancelled
 
-Cross-validation (PROTOCOL.md §8). Results are grouped: successful ones by the job's
-``validation`` rule (exact: same canonical output digest; numeric: the driver compares the
-fetched outputs value by value and reports groups back), failed ones by (status, exit code).
-The largest group decides once it has at least two members (one for a credible worker running an
-``auto`` job alone) and is a strict majority of the replicas still in play. While no group can
-win, one more replica is added on a new peer, up to ``max_replicas`` (2k+1); then the job is
-``inconclusive``. Every decision is a signed ``verdict`` that is gossiped, and it is evidence for
+Cross-validation (PROTOCOL.md §8). The majority rule itself is ``majority.decide``, a pure
+function of the replicas in play: decide, add a replica, inconclusive, or wait. Numeric
+validation needs the successful replicas' outputs fetched and compared first (the driver
+compares them and reports the groups back); this module does that and turns each decision into
+effects. Every decision is a signed ``verdict`` that is gossiped, and it is evidence for
 reputation: agreeing workers gain, dissenting ones lose, no-shows lose a little.
+
+Nothing is paid for nothing. When a success group has its majority, the replicas that have not
+reported are cancelled and the outputs are fetched from the group's first worker; the driver
+answers ``OutputsFetched`` ok only once they are on our disk, match the result's digests and
+pass the archive checks. Only then is the ``accepted`` verdict signed (dated when the group
+formed, so a restart mid-fetch signs the same bytes), the evidence recorded and each agreeing
+worker paid once. A worker that does not serve is lost (a no-show) and unpaid; the rule is
+applied again, and either the group's next worker is asked or the replica is replaced. A failure
+group pays nobody: its verdict is signed at once, and its outputs and log are fetched for the
+user only, retried every ``FETCH_RETRY_S`` until the deadline.
 
 A *replica* is one awarded worker. It is lost when it declines, when the award cannot be
 delivered, when it stays silent for ``SILENCE_S`` (workers send a status at least every
-``HEARTBEAT_S``), or when it has not reported by ``timeout_s + GRACE_S`` after its award. A lost
-replica is replaced by the best unused bid of the current round, else by a new round of offers
-that excludes every peer already tried. The job needs ``k`` reported replicas; when all agree (same
-output digest, exit 0) the outputs are fetched by hash from one of them and the job is done.
+``HEARTBEAT_S``), when it has not reported by ``timeout_s + GRACE_S`` after its award, or when
+it does not serve the outputs of an accepted group. A lost replica is replaced by the best
+unused bid of the current round, else by a new round of offers that excludes every peer already
+tried.
 
 All times are integer unix seconds passed in by the driver.
 """

@@ -352,10 +352,11 @@ class JobRunner:
     async def fetch_outputs(self, eff: FetchOutputs) -> None:
         """Fetch a result's outputs and log, and say ok only once they are verified on disk.
 
-        The core pays for an accepted result on this answer (PROTOCOL.md §8.1), so ok means:
-        both blobs are in the store (a blob held already is not fetched again), each matches
-        the result's digest and size (the store's writer checks while receiving), and the
-        output archive unpacks under the same rules as ``export``.
+        The core pays the worker on this answer (PROTOCOL.md §8.1), so ok means: this worker
+        served both blobs (transferred even when an equal copy is held already: that is what
+        shows it delivers), each matched the result's digest and size (the store's writer
+        checks while receiving), and the output archive unpacks under the rules ``export``
+        uses.
         """
         rec = self.node.peers.get(eff.worker)
         addrs = tuple(f"{a}/p2p/{eff.worker}" for a in rec.record.caps.addrs) if rec else ()
@@ -364,8 +365,7 @@ class JobRunner:
                 (eff.output_digest, eff.output_size),
                 (eff.log_digest, eff.log_size),
             ):
-                if not self.blobs.has(digest):
-                    await self._fetch_blob(eff.worker, addrs, digest, size)
+                await self._fetch_blob(eff.worker, addrs, digest, size)
             await trio.to_thread.run_sync(self._check_outputs, eff)
         except (TransportError, ValidationError, PackingError, OSError) as exc:
             self.net.emit(OutputsFetched(eff.job_id, eff.worker, False, str(exc)[:200]))

@@ -309,26 +309,28 @@ class Requester:
         self, job_id: str, worker: str, ok: bool, error: str, now: int
     ) -> list[Effect]:
         j = self.jobs.get(job_id)
-        if j is None:
+        if j is None or j.state in FINAL:
             return []
-        if j.state == "validating" and worker in j.fetching:
+        rep = j.replicas.get(worker)
+        if worker in j.fetching and rep is not None:
+            # One replica's own outputs: for a numeric comparison, or before it is paid.
             j.fetching.discard(worker)
             if ok:
                 j.fetched.add(worker)
-                return [*self._maybe_decide(j, now), self._persist(j, now)]
-            rep = j.replicas.get(worker)
-            if rep is None:
+                if j.state == "validating":
+                    return [*self._maybe_decide(j, now), self._persist(j, now)]
+                if j.state == "fetching" and not j.error:
+                    return self._verify_again(j, now)
+                return [self._persist(j, now)]
+            if rep.state == "lost":
                 return []
-            # Outputs we cannot fetch cannot be checked: that replica is lost.
-            return self._lose(j, rep, now, f"outputs could not be fetched: {error}")
-        if j.state != "fetching" or worker != j.fetch_from:
-            return []
-        rep = j.replicas[worker]
-        if not j.error:
-            # An accepted group: nothing is signed or paid before its outputs are here.
-            if ok:
-                return self._accept(j, now)
+            if j.state == "validating":
+                # Outputs we cannot fetch cannot be checked: that replica is lost.
+                return self._lose(j, rep, now, f"outputs could not be fetched: {error}")
             return self._unserved(j, rep, now, error)
+        if j.state != "fetching" or worker != j.fetch_from or not j.error:
+            return []
+        assert rep is not None
         if ok:  # a failed job whose outputs/logs were fetched for the user
             assert rep.result is not None
             return self._finish(j, _failure_state(rep.result), now, j.error)
@@ -444,8 +446,11 @@ class Requester:
 
     def _resume(self, j: RequesterJob, now: int) -> list[Effect]:
         """Re-issue what a restart interrupted: output fetches and comparisons."""
-        if j.state == "fetching" and j.fetch_from in j.replicas:
+        if j.state == "fetching" and j.error and j.fetch_from in j.replicas:
             return self._fetch(j, j.fetch_from, now)
+        if j.state == "fetching":
+            j.fetching.clear()  # not persisted anyway: every transfer died with the process
+            return self._verify_again(j, now)
         if j.state == "validating":
             j.fetching.clear()
             j.compared = ()
@@ -725,19 +730,43 @@ class Requester:
         j.accepted_digest = first.output_digest
         if d.accepted:
             j.decided_at = now
-            j.note(now, f"majority of {len(agreeing)}: verifying outputs before the verdict")
-        else:
-            out += self._verdict(j, d, now)
+            j.note(now, f"majority of {len(agreeing)}: fetching its outputs before the verdict")
+            return out + self._verify(j, d, now)
+        out += self._verdict(j, d, now)
         return out + self._fetch(j, agreeing[0], now)
 
-    def _accept(self, j: RequesterJob, now: int) -> list[Effect]:
-        """The accepted group's outputs are here and verified: verdict, evidence, payments."""
+    def _verify(self, j: RequesterJob, d: majority.Decide, now: int) -> list[Effect]:
+        """Fetch the outputs from every agreeing worker that has not served them yet.
+
+        Every payee must have served: equal digests make one copy as good as another, but a
+        worker is paid for a delivered result, and asking each is what catches one that never
+        delivers (numeric mode fetched them all for the comparison already).
+        """
+        j.state = "fetching"
+        j.fetch_from = d.agreeing[0]  # whose copy ``export`` shows
+        missing = [w for w in d.agreeing if w not in j.fetched]
+        if not missing:
+            return self._accept(j, d, now)
+        out: list[Effect] = []
+        for w in missing:
+            if w not in j.fetching:
+                j.fetching.add(w)
+                out.append(self._fetch_effect(j, w))
+        out.append(self._persist(j, now))
+        return out
+
+    def _verify_again(self, j: RequesterJob, now: int) -> list[Effect]:
+        """Outputs arrived (or a restart interrupted their fetch): accept once all are here."""
         d = self._decision(j)
-        if not (isinstance(d, majority.Decide) and d.accepted and j.fetch_from in d.agreeing):
-            # Cannot happen while the replicas in play are frozen (the rest were cancelled);
-            # should it, the rule decides afresh rather than pay for a group that is gone.
-            j.state = "running"
-            return [*self._maybe_decide(j, now), self._persist(j, now)]
+        if isinstance(d, majority.Decide) and d.accepted:
+            return self._verify(j, d, now)
+        # Cannot happen while the replicas in play are frozen (the rest were cancelled);
+        # should it, the rule decides afresh rather than pay for a group that is gone.
+        j.state = "running"
+        return [*self._maybe_decide(j, now), self._persist(j, now)]
+
+    def _accept(self, j: RequesterJob, d: majority.Decide, now: int) -> list[Effect]:
+        """Every agreeing worker served verified outputs: verdict, evidence, payments."""
         out = self._verdict(j, d, now)
         if self.pay is not None:
             for w in d.agreeing:
@@ -754,8 +783,8 @@ class Requester:
     def _unserved(self, j: RequesterJob, rep: Replica, now: int, error: str) -> list[Effect]:
         """The accepted group's outputs did not come from ``rep``: it is lost, and unpaid.
 
-        If the rest of the group still has a majority, ask its next worker; otherwise replace
-        the replica, as for any other lost one.
+        If the rest of the group still has a majority it goes on (its other fetches are under
+        way); otherwise the replica is replaced, as any other lost one.
         """
         out = self._mark_lost(j, rep, now, f"outputs could not be fetched: {error}")
         active = j.active()
@@ -768,7 +797,6 @@ class Requester:
             out += self._decide(j, d, now)
         else:
             out += self._replace(j, now)
-            out += self._maybe_decide(j, now)
         out.append(self._persist(j, now))
         return out
 
@@ -812,17 +840,16 @@ class Requester:
         ]
 
     def _fetch(self, j: RequesterJob, worker: str, now: int) -> list[Effect]:
-        rep = j.replicas[worker]
-        assert rep.result is not None
         j.state = "fetching"
         j.fetch_from = worker
-        r = rep.result
-        return [
-            FetchOutputs(
-                j.job_id, worker, r.output_digest, r.output_size, r.log_digest, r.log_size
-            ),
-            self._persist(j, now),
-        ]
+        return [self._fetch_effect(j, worker), self._persist(j, now)]
+
+    def _fetch_effect(self, j: RequesterJob, worker: str) -> FetchOutputs:
+        r = j.replicas[worker].result
+        assert r is not None
+        return FetchOutputs(
+            j.job_id, worker, r.output_digest, r.output_size, r.log_digest, r.log_size
+        )
 
     def _cancel_replicas(self, j: RequesterJob, now: int, reason: str) -> list[Effect]:
         out: list[Effect] = []

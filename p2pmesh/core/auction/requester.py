@@ -290,6 +290,9 @@ class Requester:
                 },
             )
         ]
+        # Fetch a successful result's outputs at once: no payee is paid before it has served
+        # them, and one that does not is found (and replaced) while the others still run.
+        out += self._prefetch(j)
         out += self._maybe_decide(j, now)
         out.append(self._persist(j, now))
         return out
@@ -448,15 +451,25 @@ class Requester:
         """Re-issue what a restart interrupted: output fetches and comparisons."""
         if j.state == "fetching" and j.error and j.fetch_from in j.replicas:
             return self._fetch(j, j.fetch_from, now)
+        j.fetching.clear()  # not persisted anyway: every transfer died with the process
+        out = self._prefetch(j)
         if j.state == "fetching":
-            j.fetching.clear()  # not persisted anyway: every transfer died with the process
-            return self._verify_again(j, now)
+            return out + self._verify_again(j, now)
         if j.state == "validating":
-            j.fetching.clear()
             j.compared = ()
             j.groups = None
-            return self._maybe_decide(j, now)
-        return []
+            return out + self._maybe_decide(j, now)
+        return out
+
+    def _prefetch(self, j: RequesterJob) -> list[Effect]:
+        """Ask every successful replica in play for its outputs, unless asked or served."""
+        out: list[Effect] = []
+        for r in j.active():
+            asked = r.worker in j.fetched or r.worker in j.fetching
+            if r.state == "reported" and _succeeded(r.result) and not asked:
+                j.fetching.add(r.worker)
+                out.append(self._fetch_effect(j, r.worker))
+        return out
 
     def _missing(self, j: RequesterJob) -> int:
         return j.k - len(j.active())
@@ -781,7 +794,7 @@ class Requester:
         return out + self._finish(j, "done", now, "")
 
     def _unserved(self, j: RequesterJob, rep: Replica, now: int, error: str) -> list[Effect]:
-        """The accepted group's outputs did not come from ``rep``: it is lost, and unpaid.
+        """A successful result's outputs did not come from ``rep``: it is lost, and unpaid.
 
         If the rest of the group still has a majority it goes on (its other fetches are under
         way); otherwise the replica is replaced, as any other lost one.

@@ -210,3 +210,33 @@ def test_a_crash_between_payment_and_job_record_pays_once_with_the_same_verdict(
     assert again.verdict_raw == first_verdict  # the very bytes the proposals name
     assert len(proposals(node)) == 2
     assert account(mesh)["payments_out"] == 2
+
+
+def test_a_wrong_answer_that_is_not_served_still_counts_as_a_dissent() -> None:
+    # B answers wrong and refuses the fetch: lost at once, and still a dissenter in the verdict
+    # (not only the lighter no-show), so refusing cannot hide a wrong answer.
+    mesh = Mesh(prices=(3, 1, 2, 3))
+    mesh.scripts = {"B": Script(output_digest=_digest(b"wrong"))}
+    mesh.fail_outputs = {"B"}
+    mesh.submit("A", make_job())
+    mesh.run_job()
+    assert mesh.job().state == "done"
+    assert mesh.workers() == {"B": "lost", "C": "reported", "D": "reported"}
+    [v] = _verdicts(mesh)
+    assert [mesh.names[w] for w in v.dissenting] == ["B"]
+    assert sorted(mesh.names[w] for w in v.agreeing) == ["C", "D"]
+    kinds = {
+        e["kind"]
+        for e in mesh.node("A").requester.book.explain(mesh.ids["B"], mesh.now)["evidence"]
+    }
+    assert kinds == {"no-show", "dissented"}
+    assert paid(mesh) == ["C", "D"]
+
+
+def test_a_right_answer_that_is_not_served_is_no_dissent() -> None:
+    mesh = Mesh(prices=(3, 1, 2, 3))
+    mesh.fail_outputs = {"B"}
+    mesh.submit("A", make_job())
+    mesh.run_job()
+    [v] = _verdicts(mesh)
+    assert not v.dissenting and mesh.ids["B"] not in v.agreeing

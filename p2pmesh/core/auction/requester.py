@@ -15,15 +15,16 @@ compares them and reports the groups back); this module does that and turns each
 effects. Every decision is a signed ``verdict`` that is gossiped, and it is evidence for
 reputation: agreeing workers gain, dissenting ones lose, no-shows lose a little.
 
-Nothing is paid for nothing. When a success group has its majority, the replicas that have not
-reported are cancelled and the outputs are fetched from the group's first worker; the driver
-answers ``OutputsFetched`` ok only once they are on our disk, match the result's digests and
-pass the archive checks. Only then is the ``accepted`` verdict signed (dated when the group
-formed, so a restart mid-fetch signs the same bytes), the evidence recorded and each agreeing
-worker paid once. A worker that does not serve is lost (a no-show) and unpaid; the rule is
-applied again, and either the group's next worker is asked or the replica is replaced. A failure
-group pays nobody: its verdict is signed at once, and its outputs and log are fetched for the
-user only, retried every ``FETCH_RETRY_S`` until the deadline.
+Nothing is paid for nothing. A successful result's outputs are fetched from its worker as soon
+as it arrives; the driver answers ``OutputsFetched`` ok only once they are on our disk, match
+the result's digests and pass the archive checks. When a success group has its majority, the
+replicas that have not reported are cancelled, and once *every* worker of the group has served
+its copy the ``accepted`` verdict is signed (dated when the group formed, so a restart mid-fetch
+signs the same bytes), the evidence recorded and each agreeing worker paid once. A worker that
+does not serve is lost (a no-show; a dissenter as well if its result disagrees) and unpaid; the
+rule is applied again, and either the rest of the group still decides or the replica is
+replaced. A failure group pays nobody: its verdict is signed at once, and its outputs and log
+are fetched for the user only, retried every ``FETCH_RETRY_S`` until the deadline.
 
 A *replica* is one awarded worker. It is lost when it declines, when the award cannot be
 delivered, when it stays silent for ``SILENCE_S`` (workers send a status at least every
@@ -64,6 +65,7 @@ HEARTBEAT_S = 15
 ACCEPT_WITHIN_S = 30
 GRACE_S = 120
 FETCH_RETRY_S = 15
+UNSERVED = "outputs could not be fetched"  # lost_reason of a replica that did not serve
 FINAL = frozenset({"done", "failed", "timeout", "cancelled", "no-bids", "inconclusive"})
 DEFAULT_SPOT_CHECK = 0.10
 
@@ -329,7 +331,7 @@ class Requester:
                 return []
             if j.state == "validating":
                 # Outputs we cannot fetch cannot be checked: that replica is lost.
-                return self._lose(j, rep, now, f"outputs could not be fetched: {error}")
+                return self._lose(j, rep, now, f"{UNSERVED}: {error}")
             return self._unserved(j, rep, now, error)
         if j.state != "fetching" or worker != j.fetch_from or not j.error:
             return []
@@ -606,7 +608,11 @@ class Requester:
         return out
 
     def _mark_lost(self, j: RequesterJob, rep: Replica, now: int, reason: str) -> list[Effect]:
-        if not reason.startswith(("declined", "award not delivered")):
+        if reason.startswith(UNSERVED):
+            # Its own key: the book counts one item per (job, peer), and a dissent about the
+            # same job may follow in the verdict; it must not be swallowed by this one.
+            self.book.record(rep.worker, "no-show", now, job_id=f"{j.job_id}/outputs")
+        elif not reason.startswith(("declined", "award not delivered")):
             self.book.record(rep.worker, "no-show", now, job_id=j.job_id)
         rep.state = "lost"
         rep.lost_reason = reason
@@ -753,7 +759,7 @@ class Requester:
 
         Every payee must have served: equal digests make one copy as good as another, but a
         worker is paid for a delivered result, and asking each is what catches one that never
-        delivers (numeric mode fetched them all for the comparison already).
+        delivers. Usually all were asked when their results arrived (``_prefetch``).
         """
         j.state = "fetching"
         j.fetch_from = d.agreeing[0]  # whose copy ``export`` shows
@@ -799,7 +805,7 @@ class Requester:
         If the rest of the group still has a majority it goes on (its other fetches are under
         way); otherwise the replica is replaced, as any other lost one.
         """
-        out = self._mark_lost(j, rep, now, f"outputs could not be fetched: {error}")
+        out = self._mark_lost(j, rep, now, f"{UNSERVED}: {error}")
         active = j.active()
         if any(r.state == "running" for r in active):
             j.state = "running"
@@ -821,6 +827,20 @@ class Requester:
         """
         outcome = "accepted" if d.accepted else "failed"
         at = j.decided_at if d.accepted and j.decided_at else now
+        # Not serving its outputs does not hide a wrong answer: a replica lost for it whose
+        # result disagrees is a dissenter too (else a cheater could trade a dissent for the
+        # lighter no-show by refusing every fetch).
+        unserved = sorted(
+            r.worker
+            for r in j.replicas.values()
+            if r.state == "lost"
+            and r.lost_reason.startswith(UNSERVED)
+            and j.spec.validation.mode == "exact"
+            and r.result is not None
+            and (not d.accepted or r.result.output_digest != d.digest)
+        )
+        dissenting = [*d.dissenting, *(w for w in unserved if w not in d.dissenting)]
+        d = majority.Decide(d.agreeing, tuple(sorted(dissenting[:16])), d.accepted, d.digest)
         verdict = m.build_verdict(
             self.signer,
             job_id=j.job_id,

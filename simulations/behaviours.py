@@ -27,6 +27,8 @@ digests). Kinds of bad behaviour:
   as an honest peer and so tries to spend beyond its credit limit.
 * ``Forker``: honest worker whose node signs two ledger blocks at one height
   (``NodeConfig(fault_fork_ledger=True)``).
+* ``withholder``: computes the right answer and reports it, but never serves its outputs (the
+  daemon's ``P2PMESH_FAULT=withhold-outputs``): the requester loses it and never pays it.
 
 Churn (``Churn``) is orthogonal: any peer may come and go with heavy-tailed sessions.
 """
@@ -65,6 +67,7 @@ class Behaviour:
     work: bool = True
     price: int = HONEST_PRICE
     fork_ledger: bool = False
+    withhold_outputs: bool = False  # reports results, refuses every request for the outputs
     requester_weight: float = 1.0  # relative rate at which this peer submits jobs
     join_at: float = 0.0  # seconds after the start when the peer first comes online
 
@@ -163,3 +166,7 @@ def free_rider(weight: float = 20.0) -> Behaviour:
 
 def forker() -> Behaviour:
     return Behaviour(name="forker", bad=True, fork_ledger=True)
+
+
+def withholder() -> Behaviour:
+    return Behaviour(name="withholder", bad=True, withhold_outputs=True)

@@ -13,7 +13,8 @@ to ``Node.handle`` with the virtual ``now`` and carries out every effect the nod
   this machine's speed × a little noise; the output's value class comes from the behaviour;
 * ``StopContainer`` → ``ContainerFinished(status="killed")`` at once (the daemon's executor
   returns when stopped, and the core ignores the report);
-* ``FetchOutputs`` → ``OutputsFetched`` after the transfer from the worker;
+* ``FetchOutputs`` → ``OutputsFetched`` after the transfer from the worker (refused after one
+  round trip by a ``withholder``);
   ``CompareOutputs`` → ``OutputsCompared``, grouping workers by value class (numeric jobs:
   honest replicas differ in bytes but agree within tolerance);
 * ``StoreBlock``/``Persist`` are counted; ``Persist`` of a finished requester job tells the
@@ -438,23 +439,26 @@ class SimPeer:
         )
 
     def _fetch_outputs(self, eff: FetchOutputs) -> None:
-        if eff.output_digest in self.blobs:
-            self._later(0.0, OutputsFetched(eff.job_id, eff.worker, True))
-            return
+        # Always transferred, as the daemon does: each payee must serve its own copy.
         src = self.sim.index.get(eff.worker)
         if src is None:
             self._later(0.0, OutputsFetched(eff.job_id, eff.worker, False, "unknown worker"))
             return
         epoch = self.epoch
+        # The daemon's worker refuses the request (withhold-outputs): one round trip, no bytes.
+        withheld = self.sim.peers[src].behaviour.withhold_outputs
 
         def done(ok: bool, error: str) -> None:
             if epoch != self.epoch:
                 return
+            if ok and withheld:
+                ok, error = False, "peer refused blob: not available to you"
             if ok:
                 self.blobs.add(eff.output_digest)
             self.deliver(OutputsFetched(eff.job_id, eff.worker, ok, error))
 
-        self.sim.net.blob(src, self.idx, eff.output_size + eff.log_size, done)
+        size = 0 if withheld else eff.output_size + eff.log_size
+        self.sim.net.blob(src, self.idx, size, done)
 
     def _compare(self, eff: CompareOutputs) -> None:
         by_value: dict[str, list[str]] = {}

@@ -49,6 +49,7 @@ LOG_MAX_BYTES = 4 * MiB
 PIDS_LIMIT = 512
 DEFAULT_BID_WINDOW_S = 2
 SEND_RETRIES = 3
+EXPORT_MAX_BYTES = 1 << 34  # unpacked outputs; checked on fetch with the limit export uses
 
 
 class JobRunner:
@@ -74,6 +75,9 @@ class JobRunner:
         self.blobs = BlobStore(home / "blobs")
         self.work = home / "work"
         self.work.mkdir(mode=0o700, exist_ok=True)
+        for left in self.work.glob(".check-*"):  # an output check a crash interrupted
+            shutil.rmtree(left, ignore_errors=True)
+        self.withheld: set[str] = set()  # FAULT withhold-outputs: our output digests
         self.wire = JobWire(
             net,
             may_fetch=self.may_fetch,
@@ -93,6 +97,9 @@ class JobRunner:
     # -- who may fetch what (read-only look at the core's state) -------------------------------
     def may_fetch(self, peer: str, digest: str) -> bool:
         if not self.blobs.has(digest):
+            return False
+        if digest in self.withheld:
+            self.log("warning", "FAULT withhold-outputs: refusing our outputs", peer=peer)
             return False
         for j in self.node.requester.jobs.values():
             if peer in j.replicas and any(r.digest == digest for r in j.job.input_refs.values()):
@@ -293,6 +300,9 @@ class JobRunner:
                 data = b""
                 nonlocal_status[0] = "error"
             out_digest = self.blobs.put_bytes(data)
+            if self.fault == "withhold-outputs":
+                # The result will name these outputs; nobody will ever be served them.
+                self.withheld.add(out_digest)
             log_digest, log_size = (
                 self.blobs.put_file(log_path)
                 if log_path.exists()
@@ -340,6 +350,14 @@ class JobRunner:
             self.log("info", "removed running containers on exit", count=removed)
 
     async def fetch_outputs(self, eff: FetchOutputs) -> None:
+        """Fetch a result's outputs and log, and say ok only once they are verified on disk.
+
+        The core pays the worker on this answer (PROTOCOL.md §8.1), so ok means: this worker
+        served both blobs (transferred even when an equal copy is held already: that is what
+        shows it delivers), each matched the result's digest and size (the store's writer
+        checks while receiving), and the output archive unpacks under the rules ``export``
+        uses.
+        """
         rec = self.node.peers.get(eff.worker)
         addrs = tuple(f"{a}/p2p/{eff.worker}" for a in rec.record.caps.addrs) if rec else ()
         try:
@@ -347,19 +365,45 @@ class JobRunner:
                 (eff.output_digest, eff.output_size),
                 (eff.log_digest, eff.log_size),
             ):
-                if self.blobs.has(digest):
-                    continue
-                writer = self.blobs.writer(digest, size)
-                try:
-                    await self.wire.fetch(eff.worker, addrs, digest, size, writer)
-                    writer.commit()
-                except BaseException:
-                    writer.abort()
-                    raise
-        except (TransportError, ValidationError, OSError) as exc:
+                await self._fetch_blob(eff.worker, addrs, digest, size)
+            await trio.to_thread.run_sync(self._check_outputs, eff)
+        except (TransportError, ValidationError, PackingError, OSError) as exc:
             self.net.emit(OutputsFetched(eff.job_id, eff.worker, False, str(exc)[:200]))
             return
         self.net.emit(OutputsFetched(eff.job_id, eff.worker, True))
+
+    async def _fetch_blob(
+        self, worker: str, addrs: tuple[str, ...], digest: str, size: int
+    ) -> None:
+        for attempt in range(SEND_RETRIES):
+            writer = self.blobs.writer(digest, size)
+            try:
+                await self.wire.fetch(worker, addrs, digest, size, writer)
+                writer.commit()
+                return
+            except TransportError as exc:
+                writer.abort()
+                # A refusal is the worker's answer, not a glitch: asking again changes nothing.
+                if str(exc).startswith("peer refused") or attempt == SEND_RETRIES - 1:
+                    raise
+            except BaseException:
+                writer.abort()
+                raise
+            await trio.sleep(0.5 * (attempt + 1))
+
+    def _check_outputs(self, eff: FetchOutputs) -> None:
+        """Raise unless both blobs have their announced sizes and the archive unpacks."""
+        for digest, size in ((eff.output_digest, eff.output_size), (eff.log_digest, eff.log_size)):
+            if self.blobs.size(digest) != size:
+                raise ValidationError(f"{digest[:20]}… is not the size the result names")
+        data = self.blobs.path(eff.output_digest).read_bytes()
+        if not data:
+            return  # no outputs at all (export shows an empty folder)
+        scratch = self.work / f".check-{eff.job_id}-{secrets.token_hex(4)}"
+        try:
+            packing.unpack(data, scratch, max_bytes=EXPORT_MAX_BYTES)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     async def compare_outputs(self, eff: CompareOutputs) -> None:
         def run() -> list[list[str]]:
@@ -393,7 +437,7 @@ class JobRunner:
             shutil.rmtree(files)
         data = self.blobs.path(rep.result.output_digest).read_bytes()
         if data:
-            packing.unpack(data, files, max_bytes=1 << 34)
+            packing.unpack(data, files, max_bytes=EXPORT_MAX_BYTES)
         else:
             files.mkdir()
         log_path = self.blobs.path(rep.result.log_digest)

@@ -84,7 +84,7 @@ def read_config(home: Path) -> dict[str, Any]:
     return data
 
 
-FAULTS = ("wrong-result", "no-show", "slow", "crash-mid-job", "fork-ledger")
+FAULTS = ("wrong-result", "no-show", "slow", "crash-mid-job", "fork-ledger", "withhold-outputs")
 
 
 def read_fault(env: dict[str, str]) -> str | None:

@@ -360,6 +360,19 @@ def test_sigkill_during_payment_pays_each_worker_exactly_once(tmp_path: Path, en
         doc = job_state(requester, sub.job_id)
         assert {w["peer_id"] for w in doc["workers"]} == {fast.peer_id, slow.peer_id}
         assert doc["state"] != "done"  # the slow worker holds its result back for 8 s
+        # A worker is paid only once it has served its outputs, which the requester fetches
+        # as soon as the result arrives: let that finish, then stop the worker.
+        [res] = [w["result"] for w in doc["workers"] if w["peer_id"] == fast.peer_id]
+        blobs = [
+            requester.home / "blobs" / res[k].split(":", 1)[1]
+            for k in ("output_digest", "log_digest")
+        ]
+        wait_until(
+            lambda: all(b.is_file() for b in blobs),
+            20.0,
+            interval=0.05,
+            message="the fast worker's outputs never reached the requester",
+        )
         pause(fast)  # it cannot answer the payment that is about to come
 
         def slow_agreed() -> bool:

@@ -155,7 +155,12 @@ def test_scenario_runs_small(name: str) -> None:
 def test_forkers_are_excluded_by_everyone_who_hears_the_proof() -> None:
     # This simulator found that a forker holding a fraud proof against itself made the core
     # raise when it was paid (Ledger.append_own); the core now refuses to pay instead.
-    r = run("forkers", seed=3, **SMALL)
+    # The seed must give a run in which a forker pays for a job of its own: with a head
+    # fanout of a few peers, the twin of an agreement may reach nobody that holds the
+    # original, and the workload shares its random stream with the protocol, so any change
+    # of timing picks other requesters (seed 3 stopped doing so when payments moved after
+    # the output fetch).
+    r = run("forkers", seed=1, **SMALL)
     assert r.ledger_zero_sum
     assert not r.details["core_errors"], r.details["core_errors"]
     assert r.details["excluded_authors"] >= 1

@@ -415,7 +415,8 @@ def test_redundancy_two_on_three_nodes_done_with_both_workers_agreeing() -> None
         statuses = [m.parse_status(e.data).state for _, _, e in mesh.sent("status", src=w)]
         assert statuses[:2] == ["accepted", "running"]
         assert len(mesh.effects(RunContainer, w)) == 1
-    assert len(mesh.effects(FetchOutputs, "A")) == 1
+    # Each agreeing worker is asked for its own copy of the outputs before it is paid.
+    assert sorted(mesh.names[f.worker] for f in mesh.effects(FetchOutputs, "A")) == ["B", "C"]
     assert not mesh.sent("cancel")
     # Both agreeing workers are paid (ledger, PROTOCOL.md §9) and countersign.
     assert sorted(mesh.names[e.peer_id] for _, _, e in mesh.sent("pay", src="A")) == ["B", "C"]
@@ -779,23 +780,35 @@ def test_numeric_disagreement_adds_a_replica() -> None:
     assert [mesh.names[w] for w in v.dissenting] == ["C"]
 
 
-def test_outputs_that_cannot_be_fetched_try_the_other_replica() -> None:
-    mesh = Mesh(prices=(3, 1, 2))
+def test_outputs_a_worker_does_not_serve_lose_it_and_a_new_replica_replaces_it() -> None:
+    # B and C agree and are asked for their outputs; B does not serve them: B is lost (and
+    # never paid), C alone is no majority of two, so D replaces B; C and D agree and serve.
+    mesh = Mesh(prices=(3, 1, 2, 4))
     mesh.fail_outputs = {"B"}
     mesh.submit("A", make_job())
     mesh.run_job()
     j = mesh.job()
-    assert j.state == "done" and mesh.names[j.fetch_from] == "C"
-    assert [mesh.names[f.worker] for f in mesh.effects(FetchOutputs, "A")] == ["B", "C"]
+    assert j.state == "done", j.history
+    # Both agreeing workers are asked at once; C serves, and so does D later.
+    assert [mesh.names[f.worker] for f in mesh.effects(FetchOutputs, "A")] == ["B", "C", "D"]
+    assert mesh.workers() == {"B": "lost", "C": "reported", "D": "reported"}
+    assert j.replicas[mesh.ids["B"]].lost_reason == "outputs could not be fetched: refused"
+    assert sorted(mesh.names[e.peer_id] for _, _, e in mesh.sent("pay", src="A")) == ["C", "D"]
+    [v] = _verdicts(mesh)
+    assert v.outcome == "accepted" and sorted(mesh.names[w] for w in v.agreeing) == ["C", "D"]
 
 
-def test_outputs_nobody_serves_fail_the_job() -> None:
+def test_outputs_nobody_serves_never_end_done_and_pay_nothing() -> None:
+    # Both are asked, neither serves: both are lost, and nobody is left to replace them.
     mesh = Mesh()
     mesh.fail_outputs = {"B", "C"}
     mesh.submit("A", make_job())
     mesh.run_job()
-    assert mesh.job().state == "failed"
-    assert mesh.job().error == "outputs could not be fetched: refused"
+    j = mesh.job()
+    assert j.state == "timeout", j.history
+    assert mesh.workers() == {"B": "lost", "C": "lost"}
+    assert not mesh.sent("pay") and not _verdicts(mesh)
+    assert mesh.node("A").ledger.balance_json(mesh.ids["A"])["spent"] == 0
 
 
 def test_deadline_before_enough_results_is_timeout() -> None:

@@ -8,21 +8,30 @@ Theory of operation (PROTOCOL.md §7). States::
        ├─(deadline, never a bid) ─▶ no-bids
        any non-final ─(deadline) ─▶ timeout      any non-final ─(cancel) ─▶ cancelled
 
-Cross-validation (PROTOCOL.md §8). Results are grouped: successful ones by the job's
-``validation`` rule (exact: same canonical output digest; numeric: the driver compares the
-fetched outputs value by value and reports groups back), failed ones by (status, exit code).
-The largest group decides once it has at least two members (one for a credible worker running an
-``auto`` job alone) and is a strict majority of the replicas still in play. While no group can
-win, one more replica is added on a new peer, up to ``max_replicas`` (2k+1); then the job is
-``inconclusive``. Every decision is a signed ``verdict`` that is gossiped, and it is evidence for
+Cross-validation (PROTOCOL.md §8). The majority rule itself is ``majority.decide``, a pure
+function of the replicas in play: decide, add a replica, inconclusive, or wait. Numeric
+validation needs the successful replicas' outputs fetched and compared first (the driver
+compares them and reports the groups back); this module does that and turns each decision into
+effects. Every decision is a signed ``verdict`` that is gossiped, and it is evidence for
 reputation: agreeing workers gain, dissenting ones lose, no-shows lose a little.
+
+Nothing is paid for nothing. A successful result's outputs are fetched from its worker as soon
+as it arrives; the driver answers ``OutputsFetched`` ok only once they are on our disk, match
+the result's digests and pass the archive checks. When a success group has its majority, the
+replicas that have not reported are cancelled, and once *every* worker of the group has served
+its copy the ``accepted`` verdict is signed (dated when the group formed, so a restart mid-fetch
+signs the same bytes), the evidence recorded and each agreeing worker paid once. A worker that
+does not serve is lost (a no-show; a dissenter as well if its result disagrees) and unpaid; the
+rule is applied again, and either the rest of the group still decides or the replica is
+replaced. A failure group pays nobody: its verdict is signed at once, and its outputs and log
+are fetched for the user only, retried every ``FETCH_RETRY_S`` until the deadline.
 
 A *replica* is one awarded worker. It is lost when it declines, when the award cannot be
 delivered, when it stays silent for ``SILENCE_S`` (workers send a status at least every
-``HEARTBEAT_S``), or when it has not reported by ``timeout_s + GRACE_S`` after its award. A lost
-replica is replaced by the best unused bid of the current round, else by a new round of offers
-that excludes every peer already tried. The job needs ``k`` reported replicas; when all agree (same
-output digest, exit 0) the outputs are fetched by hash from one of them and the job is done.
+``HEARTBEAT_S``), when it has not reported by ``timeout_s + GRACE_S`` after its award, or when
+it does not serve the outputs of an accepted group. A lost replica is replaced by the best
+unused bid of the current round, else by a new round of offers that excludes every peer already
+tried.
 
 All times are integer unix seconds passed in by the driver.
 """
@@ -34,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2pmesh.core import codec
+from p2pmesh.core.auction import majority
 from p2pmesh.core.auction import messages as m
 from p2pmesh.core.auction.selection import choose_winners
 from p2pmesh.core.crypto import Signer
@@ -55,6 +65,7 @@ HEARTBEAT_S = 15
 ACCEPT_WITHIN_S = 30
 GRACE_S = 120
 FETCH_RETRY_S = 15
+UNSERVED = "outputs could not be fetched"  # lost_reason of a replica that did not serve
 FINAL = frozenset({"done", "failed", "timeout", "cancelled", "no-bids", "inconclusive"})
 DEFAULT_SPOT_CHECK = 0.10
 
@@ -101,6 +112,7 @@ class RequesterJob:
     retry_fetch_at: int = 0
     resumed: bool = False  # restored after a restart: transfers in flight must be re-issued
     accepted_digest: str = ""
+    decided_at: int = 0  # when the accepted group formed: the date its verdict carries
     fetch_from: str = ""
     error: str = ""
     finished_at: int = 0
@@ -280,6 +292,9 @@ class Requester:
                 },
             )
         ]
+        # Fetch a successful result's outputs at once: no payee is paid before it has served
+        # them, and one that does not is found (and replaced) while the others still run.
+        out += self._prefetch(j)
         out += self._maybe_decide(j, now)
         out.append(self._persist(j, now))
         return out
@@ -299,26 +314,31 @@ class Requester:
         self, job_id: str, worker: str, ok: bool, error: str, now: int
     ) -> list[Effect]:
         j = self.jobs.get(job_id)
-        if j is None:
+        if j is None or j.state in FINAL:
             return []
-        if j.state == "validating" and worker in j.fetching:
+        rep = j.replicas.get(worker)
+        if worker in j.fetching and rep is not None:
+            # One replica's own outputs: for a numeric comparison, or before it is paid.
             j.fetching.discard(worker)
             if ok:
                 j.fetched.add(worker)
-                return [*self._maybe_decide(j, now), self._persist(j, now)]
-            rep = j.replicas.get(worker)
-            if rep is None:
+                if j.state == "validating":
+                    return [*self._maybe_decide(j, now), self._persist(j, now)]
+                if j.state == "fetching" and not j.error:
+                    return self._verify_again(j, now)
+                return [self._persist(j, now)]
+            if rep.state == "lost":
                 return []
-            # Outputs we cannot fetch cannot be checked: that replica is lost.
-            return self._lose(j, rep, now, f"outputs could not be fetched: {error}")
-        if j.state != "fetching" or worker != j.fetch_from:
+            if j.state == "validating":
+                # Outputs we cannot fetch cannot be checked: that replica is lost.
+                return self._lose(j, rep, now, f"{UNSERVED}: {error}")
+            return self._unserved(j, rep, now, error)
+        if j.state != "fetching" or worker != j.fetch_from or not j.error:
             return []
-        if ok:
-            rep = j.replicas[worker]
+        assert rep is not None
+        if ok:  # a failed job whose outputs/logs were fetched for the user
             assert rep.result is not None
-            if j.error:  # a failed job whose outputs/logs were fetched for the user
-                return self._finish(j, _failure_state(rep.result), now, j.error)
-            return self._finish(j, "done", now, "")
+            return self._finish(j, _failure_state(rep.result), now, j.error)
         # Try another replica that reported the same digest before giving up.
         j.tried_fetch.add(worker)
         candidates = [
@@ -331,7 +351,7 @@ class Requester:
         if candidates:
             return self._fetch(j, candidates[0], now)
         if now + FETCH_RETRY_S < j.deadline_at:
-            # Decided (and paid): the workers may just be restarting. Try again later.
+            # Decided: the workers may just be restarting. Try again later.
             j.tried_fetch.clear()
             j.retry_fetch_at = now + FETCH_RETRY_S
             j.note(now, f"outputs not fetched ({error}); retrying in {FETCH_RETRY_S} s")
@@ -431,14 +451,27 @@ class Requester:
 
     def _resume(self, j: RequesterJob, now: int) -> list[Effect]:
         """Re-issue what a restart interrupted: output fetches and comparisons."""
-        if j.state == "fetching" and j.fetch_from in j.replicas:
+        if j.state == "fetching" and j.error and j.fetch_from in j.replicas:
             return self._fetch(j, j.fetch_from, now)
+        j.fetching.clear()  # not persisted anyway: every transfer died with the process
+        out = self._prefetch(j)
+        if j.state == "fetching":
+            return out + self._verify_again(j, now)
         if j.state == "validating":
-            j.fetching.clear()
             j.compared = ()
             j.groups = None
-            return self._maybe_decide(j, now)
-        return []
+            return out + self._maybe_decide(j, now)
+        return out
+
+    def _prefetch(self, j: RequesterJob) -> list[Effect]:
+        """Ask every successful replica in play for its outputs, unless asked or served."""
+        out: list[Effect] = []
+        for r in j.active():
+            asked = r.worker in j.fetched or r.worker in j.fetching
+            if r.state == "reported" and _succeeded(r.result) and not asked:
+                j.fetching.add(r.worker)
+                out.append(self._fetch_effect(j, r.worker))
+        return out
 
     def _missing(self, j: RequesterJob) -> int:
         return j.k - len(j.active())
@@ -567,7 +600,19 @@ class Requester:
         return j.k
 
     def _lose(self, j: RequesterJob, rep: Replica, now: int, reason: str) -> list[Effect]:
-        if not reason.startswith(("declined", "award not delivered")):
+        out = self._mark_lost(j, rep, now, reason)
+        if not any(r.state in ("running", "reported") for r in j.active()):
+            j.state = "awarded" if j.active() else "bidding"
+        out += self._replace(j, now)
+        out.append(self._persist(j, now))
+        return out
+
+    def _mark_lost(self, j: RequesterJob, rep: Replica, now: int, reason: str) -> list[Effect]:
+        if reason.startswith(UNSERVED):
+            # Its own key: the book counts one item per (job, peer), and a dissent about the
+            # same job may follow in the verdict; it must not be swallowed by this one.
+            self.book.record(rep.worker, "no-show", now, job_id=f"{j.job_id}/outputs")
+        elif not reason.startswith(("declined", "award not delivered")):
             self.book.record(rep.worker, "no-show", now, job_id=j.job_id)
         rep.state = "lost"
         rep.lost_reason = reason
@@ -577,43 +622,37 @@ class Requester:
             j.bids.pop(rep.worker, None)
         j.note(now, f"lost {rep.worker}: {reason}")
         cancel = m.build_cancel(self.signer, job_id=j.job_id, reason=reason, now=now)
-        out: list[Effect] = [
+        return [
             Log(
                 "warning", "worker lost", {"job": j.job_id, "worker": rep.worker, "reason": reason}
             ),
             SendMessage(rep.worker, "cancel", cancel.raw, j.job_id),
         ]
-        if not any(r.state in ("running", "reported") for r in j.active()):
-            j.state = "awarded" if j.active() else "bidding"
-        spare = [b for b in j.bids.values() if b.bidder not in j.tried]
-        if spare:
-            out += self._award(j, now)
-        else:
-            out += self._offer(j, now)
-        out.append(self._persist(j, now))
-        return out
 
-    def _groups(self, j: RequesterJob, reported: list[Replica]) -> list[list[str]] | None:
-        """Agreeing sets among the reported replicas; None while a comparison is pending."""
-        ok = sorted(r.worker for r in reported if _succeeded(r.result))
-        failed: dict[tuple[str, int | None], list[str]] = {}
-        for r in sorted(reported, key=lambda r: r.worker):
-            if r.result is not None and not _succeeded(r.result):
-                failed.setdefault((r.result.status, r.result.exit_code), []).append(r.worker)
-        if j.spec.validation.mode == "numeric" and len(ok) > 1:
-            if tuple(ok) != j.compared:
-                return None
-            success = [list(g) for g in (j.groups or [])]
-        else:
-            by_digest: dict[str, list[str]] = {}
-            for w in ok:
-                res = j.replicas[w].result
-                assert res is not None
-                by_digest.setdefault(res.output_digest, []).append(w)
-            success = list(by_digest.values())
-        groups = success + list(failed.values())
-        # Largest first; among equals a success group first, then the smallest worker ID.
-        return sorted(groups, key=lambda g: (-len(g), g[0] not in ok, min(g)))
+    def _replace(self, j: RequesterJob, now: int) -> list[Effect]:
+        """A replica in play is missing: the best unused bid, else the next offer round."""
+        spare = [b for b in j.bids.values() if b.bidder not in j.tried]
+        return self._award(j, now) if spare else self._offer(j, now)
+
+    def _decision(self, j: RequesterJob) -> majority.Decision:
+        votes = [
+            majority.Vote(r.worker)
+            if r.state != "reported" or r.result is None
+            else majority.Vote(
+                r.worker, r.result.status, r.result.exit_code, r.result.output_digest
+            )
+            for r in j.active()
+        ]
+        # One agreeing result suffices only when one replica was asked for: an explicit
+        # redundancy of 1 (the user opted out of checking), or "auto" on a credible worker.
+        rule = majority.Rule(
+            lone_ok=(j.auto and j.k == 1) or j.spec.redundancy == 1,
+            max_replicas=j.max_replicas,
+            numeric=j.spec.validation.mode == "numeric",
+            compared=j.compared,
+            groups=None if j.groups is None else tuple(tuple(g) for g in j.groups),
+        )
+        return majority.decide(votes, rule)
 
     def _maybe_decide(self, j: RequesterJob, now: int) -> list[Effect]:
         active = j.active()
@@ -648,87 +687,53 @@ class Requester:
                 j.groups = None
                 outputs = tuple((w, j.replicas[w].result.output_digest) for w in ok)  # type: ignore[union-attr]
                 return [CompareOutputs(j.job_id, outputs, j.spec.validation)]
-        groups = self._groups(j, reported)
-        if groups is None:
-            return []
-        best = groups[0]
-        # One agreeing result suffices only when one replica was asked for: an explicit
-        # redundancy of 1 (the user opted out of checking), or "auto" on a credible worker.
-        need = 1 if (j.auto and j.k == 1) or j.spec.redundancy == 1 else 2
-        if len(best) >= need and len(best) * 2 > len(active):
-            return self._decide(j, best, reported, now)
-        if len(reported) < len(active):
-            return []  # more results may still make a majority
-        if len(active) < j.max_replicas:
-            j.k = len(active) + 1
+        d = self._decision(j)
+        if isinstance(d, majority.Decide):
+            return self._decide(j, d, now)
+        if isinstance(d, majority.AddReplica):
+            j.k = d.replicas
             j.state = "awarded" if not any(r.state == "running" for r in active) else "running"
             j.note(now, f"results disagree: adding replica {j.k} of at most {j.max_replicas}")
-            spare = [b for b in j.bids.values() if b.bidder not in j.tried]
-            extra = self._award(j, now) if spare else self._offer(j, now)
             return [
                 Log("info", "replicas disagree; adding one", {"job": j.job_id, "replicas": j.k}),
-                *extra,
+                *self._replace(j, now),
             ]
-        verdict = m.build_verdict(
-            self.signer,
-            job_id=j.job_id,
-            job_digest=j.job.digest,
-            outcome="inconclusive",
-            accepted_digest="",
-            agreeing=[],
-            dissenting=[],
-            now=now,
-        )
-        j.verdict_raw = verdict.raw
-        return [
-            Publish(m.TOPIC_VERDICTS, verdict.raw),
-            *self._finish(
-                j,
-                "inconclusive",
-                now,
-                f"no majority after {len(active)} replicas (groups: "
-                f"{', '.join(str(len(g)) for g in groups)})",
-            ),
-        ]
+        if isinstance(d, majority.Inconclusive):
+            verdict = m.build_verdict(
+                self.signer,
+                job_id=j.job_id,
+                job_digest=j.job.digest,
+                outcome="inconclusive",
+                accepted_digest="",
+                agreeing=[],
+                dissenting=[],
+                now=now,
+            )
+            j.verdict_raw = verdict.raw
+            return [
+                Publish(m.TOPIC_VERDICTS, verdict.raw),
+                *self._finish(
+                    j,
+                    "inconclusive",
+                    now,
+                    f"no majority after {len(active)} replicas (groups: "
+                    f"{', '.join(str(n) for n in d.sizes)})",
+                ),
+            ]
+        return []  # wait: more results, or a comparison, may still make a majority
 
-    def _decide(
-        self, j: RequesterJob, best: list[str], reported: list[Replica], now: int
-    ) -> list[Effect]:
-        first = j.replicas[best[0]].result
+    def _decide(self, j: RequesterJob, d: majority.Decide, now: int) -> list[Effect]:
+        """A group has a majority: stop the rest, then fetch the group's outputs.
+
+        A failed outcome pays nobody, so its verdict is signed at once and the outputs and log
+        are fetched for the user only. An accepted one is signed, credited and paid in
+        ``_accept``, once its outputs are on our disk and verified (PROTOCOL.md §8.1).
+        """
+        first = j.replicas[d.agreeing[0]].result
         assert first is not None
-        agreeing = list(best)
-        dissenting = sorted(r.worker for r in reported if r.worker not in best)
-        outcome = "accepted" if _succeeded(first) else "failed"
-        verdict = m.build_verdict(
-            self.signer,
-            job_id=j.job_id,
-            job_digest=j.job.digest,
-            outcome=outcome,
-            accepted_digest=first.output_digest,
-            agreeing=agreeing,
-            dissenting=dissenting,
-            now=now,
-        )
-        j.verdict_raw = verdict.raw
-        if len(agreeing) >= 2:  # a lone result (auto, or redundancy 1) was not checked
-            for w in agreeing:
-                self.book.record(w, "agreed", now, job_id=j.job_id)
-        for w in dissenting:
-            self.book.record(w, "dissented", now, job_id=j.job_id)
-        j.note(now, f"verdict {outcome}: {len(agreeing)} agree, {len(dissenting)} dissent")
-        out: list[Effect] = [
-            Publish(m.TOPIC_VERDICTS, verdict.raw),
-            Log(
-                "info" if not dissenting else "warning",
-                "verdict",
-                {
-                    "job": j.job_id,
-                    "outcome": outcome,
-                    "agreeing": agreeing,
-                    "dissenting": dissenting,
-                },
-            ),
-        ]
+        agreeing = list(d.agreeing)
+        outcome = "accepted" if d.accepted else "failed"
+        out: list[Effect] = []
         # Replicas still running are no longer needed: stop them (and they are not paid).
         cancel = m.build_cancel(self.signer, job_id=j.job_id, reason="decided", now=now)
         for r in j.active():
@@ -742,30 +747,142 @@ class Requester:
                 "agreeing replica(s)"
             )
         j.accepted_digest = first.output_digest
-        if outcome == "accepted" and self.pay is not None:
-            for w in agreeing:
+        if d.accepted:
+            j.decided_at = now
+            j.note(now, f"majority of {len(agreeing)}: fetching its outputs before the verdict")
+            return out + self._verify(j, d, now)
+        out += self._verdict(j, d, now)
+        return out + self._fetch(j, agreeing[0], now)
+
+    def _verify(self, j: RequesterJob, d: majority.Decide, now: int) -> list[Effect]:
+        """Fetch the outputs from every agreeing worker that has not served them yet.
+
+        Every payee must have served: equal digests make one copy as good as another, but a
+        worker is paid for a delivered result, and asking each is what catches one that never
+        delivers. Usually all were asked when their results arrived (``_prefetch``).
+        """
+        j.state = "fetching"
+        j.fetch_from = d.agreeing[0]  # whose copy ``export`` shows
+        missing = [w for w in d.agreeing if w not in j.fetched]
+        if not missing:
+            return self._accept(j, d, now)
+        out: list[Effect] = []
+        for w in missing:
+            if w not in j.fetching:
+                j.fetching.add(w)
+                out.append(self._fetch_effect(j, w))
+        out.append(self._persist(j, now))
+        return out
+
+    def _verify_again(self, j: RequesterJob, now: int) -> list[Effect]:
+        """Outputs arrived (or a restart interrupted their fetch): accept once all are here."""
+        d = self._decision(j)
+        if isinstance(d, majority.Decide) and d.accepted:
+            return self._verify(j, d, now)
+        # Cannot happen while the replicas in play are frozen (the rest were cancelled);
+        # should it, the rule decides afresh rather than pay for a group that is gone.
+        j.state = "running"
+        return [*self._maybe_decide(j, now), self._persist(j, now)]
+
+    def _accept(self, j: RequesterJob, d: majority.Decide, now: int) -> list[Effect]:
+        """Every agreeing worker served verified outputs: verdict, evidence, payments."""
+        out = self._verdict(j, d, now)
+        if self.pay is not None:
+            for w in d.agreeing:
                 out += self.pay(
                     job_id=j.job_id,
                     payee=w,
                     amount=j.replicas[w].price,
-                    accepted_digest=first.output_digest,
-                    verdict=verdict.raw,
+                    accepted_digest=d.digest,
+                    verdict=j.verdict_raw,
                     now=now,
                 )
-        return out + self._fetch(j, best[0], now)
+        return out + self._finish(j, "done", now, "")
+
+    def _unserved(self, j: RequesterJob, rep: Replica, now: int, error: str) -> list[Effect]:
+        """A successful result's outputs did not come from ``rep``: it is lost, and unpaid.
+
+        If the rest of the group still has a majority it goes on (its other fetches are under
+        way); otherwise the replica is replaced, as any other lost one.
+        """
+        out = self._mark_lost(j, rep, now, f"{UNSERVED}: {error}")
+        active = j.active()
+        if any(r.state == "running" for r in active):
+            j.state = "running"
+        else:
+            j.state = "awarded" if active else "bidding"
+        d = self._decision(j)
+        if isinstance(d, majority.Decide):
+            out += self._decide(j, d, now)
+        else:
+            out += self._replace(j, now)
+        out.append(self._persist(j, now))
+        return out
+
+    def _verdict(self, j: RequesterJob, d: majority.Decide, now: int) -> list[Effect]:
+        """Sign and publish the verdict of ``d`` and record its evidence.
+
+        Dated when the majority was reached: a restart that fetches again signs the very same
+        bytes, so a payment proposed before the restart still names this verdict.
+        """
+        outcome = "accepted" if d.accepted else "failed"
+        at = j.decided_at if d.accepted and j.decided_at else now
+        # Not serving its outputs does not hide a wrong answer: a replica lost for it whose
+        # result disagrees is a dissenter too (else a cheater could trade a dissent for the
+        # lighter no-show by refusing every fetch).
+        unserved = sorted(
+            r.worker
+            for r in j.replicas.values()
+            if r.state == "lost"
+            and r.lost_reason.startswith(UNSERVED)
+            and j.spec.validation.mode == "exact"
+            and r.result is not None
+            and (not d.accepted or r.result.output_digest != d.digest)
+        )
+        dissenting = [*d.dissenting, *(w for w in unserved if w not in d.dissenting)]
+        d = majority.Decide(d.agreeing, tuple(sorted(dissenting[:16])), d.accepted, d.digest)
+        verdict = m.build_verdict(
+            self.signer,
+            job_id=j.job_id,
+            job_digest=j.job.digest,
+            outcome=outcome,
+            accepted_digest=d.digest,
+            agreeing=list(d.agreeing),
+            dissenting=list(d.dissenting),
+            now=at,
+        )
+        j.verdict_raw = verdict.raw
+        if len(d.agreeing) >= 2:  # a lone result (auto, or redundancy 1) was not checked
+            for w in d.agreeing:
+                self.book.record(w, "agreed", at, job_id=j.job_id)
+        for w in d.dissenting:
+            self.book.record(w, "dissented", at, job_id=j.job_id)
+        j.note(now, f"verdict {outcome}: {len(d.agreeing)} agree, {len(d.dissenting)} dissent")
+        return [
+            Publish(m.TOPIC_VERDICTS, verdict.raw),
+            Log(
+                "info" if not d.dissenting else "warning",
+                "verdict",
+                {
+                    "job": j.job_id,
+                    "outcome": outcome,
+                    "agreeing": list(d.agreeing),
+                    "dissenting": list(d.dissenting),
+                },
+            ),
+        ]
 
     def _fetch(self, j: RequesterJob, worker: str, now: int) -> list[Effect]:
-        rep = j.replicas[worker]
-        assert rep.result is not None
         j.state = "fetching"
         j.fetch_from = worker
-        r = rep.result
-        return [
-            FetchOutputs(
-                j.job_id, worker, r.output_digest, r.output_size, r.log_digest, r.log_size
-            ),
-            self._persist(j, now),
-        ]
+        return [self._fetch_effect(j, worker), self._persist(j, now)]
+
+    def _fetch_effect(self, j: RequesterJob, worker: str) -> FetchOutputs:
+        r = j.replicas[worker].result
+        assert r is not None
+        return FetchOutputs(
+            j.job_id, worker, r.output_digest, r.output_size, r.log_digest, r.log_size
+        )
 
     def _cancel_replicas(self, j: RequesterJob, now: int, reason: str) -> list[Effect]:
         out: list[Effect] = []
@@ -867,6 +984,7 @@ def to_doc(j: RequesterJob) -> dict[str, Any]:
         "tried_fetch": sorted(j.tried_fetch),
         "accepted_digest": j.accepted_digest,
         "fetch_from": j.fetch_from,
+        "decided_at": j.decided_at,
         "error": j.error,
         "finished_at": j.finished_at,
         "history": j.history,
@@ -907,6 +1025,7 @@ def from_doc(doc: dict[str, Any], requester_id: str, now: int) -> RequesterJob:
         groups=doc.get("groups"),
         resumed=True,
         accepted_digest=doc["accepted_digest"],
+        decided_at=doc.get("decided_at", 0),
         fetch_from=doc["fetch_from"],
         error=doc["error"],
         finished_at=doc["finished_at"],

@@ -379,6 +379,7 @@ def worker_view(j: WorkerJob) -> dict[str, Any]:
         "requester": j.requester,
         "state": j.state,
         "price": j.bid.price,
+        "winners": [p for p, _ in j.award.winners] if j.award else [],
         "detail": j.detail,
         "result": j.result.to_json() if j.result else None,
     }

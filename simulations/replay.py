@@ -145,7 +145,7 @@ class Replay:
     def reputation(self, observer: int, peers: Sequence[int]) -> dict[str, dict[str, Any]]:
         """``p2pmesh reputation PEER --json`` on ``observer`` for each of ``peers``, by ID."""
         node = self.node(observer)
-        return {self.peer_id(i): node.reputation(self.peer_id(i), self.now) for i in peers}
+        return {self.peer_id(i): node.explain_reputation(self.peer_id(i), self.now) for i in peers}
 
     def balances(self, observer: int) -> dict[str, dict[str, Any]]:
         """The ``balances`` of ``p2pmesh ledger --json`` on ``observer``."""

@@ -440,6 +440,10 @@ class Node:
     def reputation_of(self, peer_id: str, now: float) -> float:
         return self.book.score(peer_id, now)
 
+    def explain_reputation(self, peer_id: str, now: float) -> dict[str, Any]:
+        """What we hold on ``peer_id`` (the prior when nothing), as ``reputation PEER`` shows."""
+        return self.book.explain(peer_id, now)
+
     def reputation(self, peer: str | None, now: float) -> Any:
         """``p2pmesh reputation [PEER]``: one peer's explanation (``peer`` may be a unique
         suffix), or every peer we hold evidence or a record for, best first."""

@@ -85,8 +85,9 @@ class Membership:
             yield Alarm(self.peers.next_expiry(), "expire")
         if self._reannounce_at is not None:
             yield Alarm(self._reannounce_at, "reannounce")
-        for pid, at in list(self._dht_lookup_at.items()):
-            yield Alarm(at, "dht-lookup", pid)
+        if self._dht_lookup_at:
+            for pid, at in list(self._dht_lookup_at.items()):
+                yield Alarm(at, "dht-lookup", pid)
         if self.peers.connected_count():
             yield Alarm(self._next_exchange, "exchange")
         republish = self._last_publish + self.config.min_republish_interval_s

@@ -323,7 +323,7 @@ class Provider:
 
     def next_wakeup(self) -> float:
         """The earliest ``now`` at which ``tick`` would act, read from the same alarms."""
-        return earliest(self._alarms())
+        return earliest(self._alarm(j) for j in self._open_jobs())
 
     def is_idle(self) -> bool:
         """No awarded job still needs us (bids waiting for an award do not count)."""

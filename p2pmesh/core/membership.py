@@ -25,7 +25,7 @@ from p2pmesh.core.capability import Capabilities, CapabilityRecord
 from p2pmesh.core.crypto import Signer
 from p2pmesh.core.effects import DhtGet, DhtPut, Dial, Effect, ExchangePeers, Log, Persist, Publish
 from p2pmesh.core.peers import PeerTable
-from p2pmesh.core.timers import Alarm, earliest
+from p2pmesh.core.timers import INF, Alarm, earliest
 from p2pmesh.errors import DecodeError, ValidationError
 
 TOPIC_CAPABILITIES = "p2pmesh/capabilities/1"
@@ -82,21 +82,28 @@ class Membership:
     def _alarms(self) -> Iterator[Alarm]:
         """Every deadline, in the order ``tick`` acts on them (lazily: each sees the last)."""
         if len(self.peers):
-            yield Alarm(self.peers.next_expiry(), "expire")
+            yield Alarm((self.peers.next_expiry(), "expire", None, INF))
         if self._reannounce_at is not None:
-            yield Alarm(self._reannounce_at, "reannounce")
+            yield Alarm((self._reannounce_at, "reannounce", None, INF))
         if self._dht_lookup_at:
             for pid, at in list(self._dht_lookup_at.items()):
-                yield Alarm(at, "dht-lookup", pid)
+                yield Alarm((at, "dht-lookup", pid, INF))
         if self.peers.connected_count():
-            yield Alarm(self._next_exchange, "exchange")
+            yield Alarm((self._next_exchange, "exchange", None, INF))
         republish = self._last_publish + self.config.min_republish_interval_s
         if self._dirty or self.own is None:
-            yield Alarm(republish, "publish")
+            yield Alarm((republish, "publish", None, INF))
         else:
-            yield Alarm(max(republish, (self.own.issued_at + self.own.expires_at) / 2), "publish")
+            yield Alarm(
+                (
+                    max(republish, (self.own.issued_at + self.own.expires_at) / 2),
+                    "publish",
+                    None,
+                    INF,
+                )
+            )
         if not self.peers.connected_count() and self.config.bootstrap:
-            yield Alarm(self._boot_next, "bootstrap")
+            yield Alarm((self._boot_next, "bootstrap", None, INF))
 
     def next_wakeup(self) -> float:
         return earliest(self._alarms())

@@ -7,26 +7,31 @@ for ``next_wakeup`` to restate. A driver may therefore tick only at ``next_wakeu
 simulator does) and miss nothing; ticking earlier does nothing (the flow tests check that).
 
 An alarm is due when ``at <= now <= until``: ``until`` closes a window after which the alarm
-no longer fires (a result resent only until the job's deadline).
+no longer fires (a result resent only until the job's deadline); ``INF`` when it has none.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from operator import itemgetter
+
+INF = math.inf
 
 
-class Alarm(NamedTuple):
-    # A tuple, not a dataclass: every next_wakeup builds one per open job, and the simulator
-    # asks after almost every event (a frozen dataclass cost it a tenth of its run time).
-    at: float
-    what: str
-    subject: Any = None
-    until: float = math.inf
+class Alarm(tuple):  # (at, what, subject, until)
+    """Built as ``Alarm((at, what, subject, until))``: one C-level call. Every next_wakeup
+    builds one per open job and the simulator asks after almost every event, so a dataclass
+    (or a NamedTuple's Python ``__new__``) cost it a noticeable share of its run time."""
+
+    __slots__ = ()
+    at = property(itemgetter(0))
+    what = property(itemgetter(1))
+    subject = property(itemgetter(2))
+    until = property(itemgetter(3))
 
     def due(self, now: float) -> bool:
-        return self.at <= now <= self.until
+        return self[0] <= now <= self[3]
 
 
 def earliest(alarms: Iterable[Alarm | None]) -> float:
@@ -34,9 +39,9 @@ def earliest(alarms: Iterable[Alarm | None]) -> float:
     no alarm)."""
     at = math.inf
     for a in alarms:
-        if a is not None and a.at < at and a.at <= a.until:
-            at = a.at
+        if a is not None and a[0] < at and a[0] <= a[3]:
+            at = a[0]
     return at
 
 
-__all__ = ["Alarm", "earliest"]
+__all__ = ["INF", "Alarm", "earliest"]

@@ -32,7 +32,7 @@ from p2pmesh.core.effects import (
     SendMessage,
     StopContainer,
 )
-from p2pmesh.core.timers import Alarm, earliest
+from p2pmesh.core.timers import INF, Alarm, earliest
 from p2pmesh.errors import DecodeError, ValidationError
 
 ACTIVE = frozenset({"fetching", "running"})
@@ -292,13 +292,13 @@ class Provider:
     def _alarm(self, j: WorkerJob) -> Alarm | None:
         """The one deadline of an open job (whole seconds, as ``tick`` compares them)."""
         if j.state == "bid":
-            return Alarm(j.offer.deadline_at + 1, "forget", j)  # never awarded
+            return Alarm((j.offer.deadline_at + 1, "forget", j, INF))  # never awarded
         if j.state in ACTIVE:
-            return Alarm(j.last_status + HEARTBEAT_S, "heartbeat", j)
+            return Alarm((j.last_status + HEARTBEAT_S, "heartbeat", j, INF))
         if j.state == "reported" and not j.result_sent and j.result is not None:
             # Resent until the job's deadline; results are idempotent at the requester.
             resend = j.last_result_try + RESEND_RESULT_S
-            return Alarm(resend, "resend-result", j, until=j.offer.deadline_at)
+            return Alarm((resend, "resend-result", j, j.offer.deadline_at))
         return None
 
     def _alarms(self) -> list[Alarm]:

@@ -49,7 +49,7 @@ from p2pmesh.core.effects import (
 )
 from p2pmesh.core.jobspec import WireJob, job_from_wire
 from p2pmesh.core.reputation import ReputationBook
-from p2pmesh.core.timers import Alarm, earliest
+from p2pmesh.core.timers import INF, Alarm, earliest
 from p2pmesh.errors import DecodeError, ValidationError
 
 SILENCE_S = 45
@@ -351,21 +351,21 @@ class Requester:
         Times are whole seconds; ``now - t > limit`` is ``now >= t + limit + 1``.
         """
         if j.resumed:
-            yield Alarm(-math.inf, "resume")
+            yield Alarm((-math.inf, "resume", None, INF))
         if j.state == "fetching" and j.retry_fetch_at:
-            yield Alarm(j.retry_fetch_at, "retry-fetch")
-        yield Alarm(j.deadline_at, "deadline")
+            yield Alarm((j.retry_fetch_at, "retry-fetch", None, INF))
+        yield Alarm((j.deadline_at, "deadline", None, INF))
         for rep in j.active():
             if rep.state == "reported":
                 continue
             heard = max(rep.last_heard, rep.awarded_at)
             # In order of precedence: the first one due decides why the replica is lost.
             if rep.state == "awarded":
-                yield Alarm(rep.awarded_at + ACCEPT_WITHIN_S + 1, "not-accepted", rep)
-            yield Alarm(heard + SILENCE_S + 1, "silent", rep)
-            yield Alarm(rep.awarded_at + j.spec.timeout_s + GRACE_S + 1, "no-result", rep)
+                yield Alarm((rep.awarded_at + ACCEPT_WITHIN_S + 1, "not-accepted", rep, INF))
+            yield Alarm((heard + SILENCE_S + 1, "silent", rep, INF))
+            yield Alarm((rep.awarded_at + j.spec.timeout_s + GRACE_S + 1, "no-result", rep, INF))
         if j.state == "bidding":
-            yield Alarm(j.window_ends, "window")
+            yield Alarm((j.window_ends, "window", None, INF))
 
     def tick(self, now: int) -> list[Effect]:
         out: list[Effect] = []

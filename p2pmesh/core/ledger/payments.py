@@ -41,7 +41,7 @@ from p2pmesh.core.ledger.accounts import Account, LiveBooks, can_spend, credit_l
 from p2pmesh.core.ledger.block import Block, Tx, build_block, parse_block
 from p2pmesh.core.ledger.chain import FraudProof, Ledger, open_fraud, seal_fraud
 from p2pmesh.core.reputation import ReputationBook
-from p2pmesh.core.timers import Alarm, earliest
+from p2pmesh.core.timers import INF, Alarm, earliest
 from p2pmesh.errors import DecodeError, ValidationError
 
 TOPIC_HEADS = "p2pmesh/ledger/1"
@@ -389,8 +389,8 @@ class LedgerMachine:
 
     # -- time -------------------------------------------------------------------------------
     def _alarms(self) -> list[Alarm]:
-        out = [Alarm(p.last_sent + RESEND_S, "resend-pay", p) for p in self.pending.values()]
-        out.append(Alarm(self._last_announce + ANNOUNCE_S, "announce-head"))
+        out = [Alarm((p.last_sent + RESEND_S, "resend-pay", p, INF)) for p in self.pending.values()]
+        out.append(Alarm((self._last_announce + ANNOUNCE_S, "announce-head", None, INF)))
         return out
 
     def next_wakeup(self) -> float:

@@ -12,6 +12,7 @@ import collections
 import dataclasses
 import json
 import logging
+import math
 import os
 import random
 import signal
@@ -138,7 +139,10 @@ class Daemon:
             rng=random.SystemRandom(),
         )
         self.events_send, self.events_recv = trio.open_memory_channel[Any](4096)
-        self.persist_send, self.persist_recv = trio.open_memory_channel[Persist](4096)
+        # Unbounded: a write the core asked for is never dropped, and the owner task (which
+        # cannot wait) never blocks on it. Writes are few per event and the event queue above
+        # is bounded, so under overload this grows only as fast as events are handled.
+        self.persist_send, self.persist_recv = trio.open_memory_channel[Persist](math.inf)
         self.net = MeshNet(
             load_or_create_key(self.home),
             self.events_send,
@@ -202,10 +206,7 @@ class Daemon:
             # Durable with the proposal it describes: a restart must resend it.
             self.tstore.call_now(self.store.put_payment, eff.key, eff.value)
             return
-        try:
-            self.persist_send.send_nowait(eff)
-        except trio.WouldBlock:
-            self.log("error", "persist queue full; write dropped", table=eff.table)
+        self.persist_send.send_nowait(eff)
 
     def _publish(self, eff: Publish) -> None:
         self._spawn(self._limited, self.net.publish, eff.topic, eff.data)

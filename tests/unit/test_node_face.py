@@ -189,3 +189,30 @@ def test_every_topic_has_a_kind_and_makes_the_right_event() -> None:
     assert kinds["p2pmesh/capabilities/1"] == "record"
     assert event_of("p2pmesh/capabilities/1", b"r", "p").source == "gossip"  # type: ignore[union-attr]
     assert event_of(m.TOPIC_OFFERS, b"o", "p").kind == "offer"  # type: ignore[union-attr]
+
+
+def test_eligible_bidders_use_the_bid_policys_own_fit_test() -> None:
+    from dataclasses import replace
+
+    from p2pmesh.core.auction.strategies import job_fits
+    from p2pmesh.core.capability import Gpu, build_record
+    from p2pmesh.core.crypto import Ed25519Signer
+    from p2pmesh.core.events import RecordReceived
+    from tests.unit.test_auction_flow import caps_for
+
+    a = Node(NodeConfig(), Ed25519Signer(bytes([9]) * 32), caps_for(0), started_at=float(T0))
+    job = make_job(resources={"disk_gb": 50, "gpus": 1, "gpu_memory_gb": 16})
+    big = Gpu("big", 40_960, "d", "9.0")
+    peers = {
+        "fits": replace(caps_for(1), gpus=(big,)),
+        "small disk": replace(caps_for(2), gpus=(big,), disk_free_mb=10_000),
+        "small gpu": replace(caps_for(3), gpus=(Gpu("small", 8192, "d", "8.6"),)),
+        "no gpu": caps_for(4),
+    }
+    for i, caps in enumerate(peers.values()):
+        signer = Ed25519Signer(bytes([20 + i]) * 32)
+        rec = build_record(signer, caps, seq=1, now=T0, ttl_s=300)
+        a.handle(RecordReceived(rec.raw, "gossip"), float(T0))
+    reasons = {k: job_fits(c, job.spec, network_allowed=None) for k, c in peers.items()}
+    assert reasons["fits"] is None and all(reasons[k] for k in peers if k != "fits")
+    assert a.requester.eligible(job) == 1

@@ -60,3 +60,31 @@ async def test_network_input_is_shed_by_reason_only_under_flood() -> None:
     assert net.stats.shed == {"job-stream": 1, "gossip p2pmesh/offers/1": 1}
     await recv.receive()  # room again: network input is taken again
     assert net.inbound(MessageReceived("bid", b"f", "p"), "job-stream")
+
+
+async def test_a_shed_job_message_is_answered_busy_so_the_sender_retries() -> None:
+    from p2pmesh.errors import TransportError
+
+    x_send, x_recv = trio.open_memory_channel[object](4)
+    y_send, _y_recv = trio.open_memory_channel[object](64)
+    x = MeshNet(bytes([1]) * 32, x_send, local_records=list)
+    y = MeshNet(bytes([2]) * 32, y_send, local_records=list)
+    async with (
+        x.running(["/ip4/127.0.0.1/tcp/0"], mdns=False),
+        y.running(["/ip4/127.0.0.1/tcp/0"], mdns=False),
+    ):
+        JobWire(x, may_fetch=lambda peer, digest: False, blob_path=lambda d: None)
+        wire = JobWire(y, may_fetch=lambda peer, digest: False, blob_path=lambda d: None)
+        addrs = tuple(f"{a}/p2p/{x.peer_id}" for a in x.listen_addrs())
+        await wire.send(x.peer_id, addrs, "bid", b"one")  # room: taken, acknowledged
+        while x_send.statistics().current_buffer_used < 3:
+            await x.emit(Ticked())  # the node is busy: its queue is 3/4 full
+        try:
+            await wire.send(x.peer_id, addrs, "bid", b"two")
+        except TransportError as exc:
+            assert "busy" in str(exc)
+        else:
+            raise AssertionError("a shed message was acknowledged")
+        assert x.stats.shed == {"job-stream": 1}
+        got = [x_recv.receive_nowait() for _ in range(3)]
+        assert [e.data for e in got if isinstance(e, MessageReceived)] == [b"one"]

@@ -140,6 +140,16 @@ class GossipProbe:
                     delivered += 1
                     latencies.append(max(0.0, t_recv - t_pub))
 
+        def shed_total() -> int:
+            # Network input shed under flood (net.shed, by reason); own events never are.
+            total = 0
+            for n in self.nodes:
+                if n.status_first and n.status_last:
+                    a = n.status_first.get("net", {}).get("shed", {})
+                    b = n.status_last.get("net", {}).get("shed", {})
+                    total += sum(b.values()) - sum(a.values())
+            return total
+
         def counter(name: str, section: str = "net") -> int:
             total = 0
             for n in self.nodes:
@@ -171,7 +181,7 @@ class GossipProbe:
                 "dials_ok": counter("dials_ok"),
                 "dials_failed": counter("dials_failed"),
                 "gossip_invalid": counter("gossip_invalid"),
-                "events_dropped": counter("events_dropped"),
+                "events_shed": shed_total(),
                 "publish_failed": counter("publish_failed"),
                 "records_refused": counter("records_refused", "stats"),
             },

@@ -334,23 +334,31 @@ def node_panel(node: dict, now: float) -> Panel:
     peers += f"{NONE if known is None else known} known"
     work = n.get("work")
     seq = _int(n.get("record_seq"))
-    grid = _kv_grid(
-        [
-            ("Peer ID", _text(n.get("peer_id"), THEME["peer_id"], 200)),
-            ("Addresses", Text("\n".join(addrs)) if addrs else _text(None)),
-            ("Uptime", Text(uptime)),
-            ("Peers", Text(peers)),
-            ("Capabilities", Text(capability_summary(n.get("capabilities")))),
-            ("Work", Text("on" if work is True else "off" if work is False else NONE)),
-            ("Record seq", Text(NONE if seq is None else str(seq))),
-        ]
-    )
+    shed = _shed_summary(_map(n.get("net")).get("shed"))
+    rows = [
+        ("Peer ID", _text(n.get("peer_id"), THEME["peer_id"], 200)),
+        ("Addresses", Text("\n".join(addrs)) if addrs else _text(None)),
+        ("Uptime", Text(uptime)),
+        ("Peers", Text(peers)),
+        ("Capabilities", Text(capability_summary(n.get("capabilities")))),
+        ("Work", Text("on" if work is True else "off" if work is False else NONE)),
+        ("Record seq", Text(NONE if seq is None else str(seq))),
+    ]
+    if shed:
+        # Network input dropped under flood (the node's own events never are).
+        rows.append(("Shed", Text(shed, style=THEME["warning"])))
+    grid = _kv_grid(rows)
     return Panel(
         grid,
         title=Text("p2pmesh node", style=THEME["title"]),
         title_align="left",
         border_style=THEME["border"],
     )
+
+
+def _shed_summary(shed: Any) -> str:
+    counts = [(str(k), _int(v)) for k, v in _map(shed).items()]
+    return ", ".join(f"{_safe(k, 60)} {v}" for k, v in sorted(counts) if v)
 
 
 def events_panel(events: list[dict], limit: int = 10) -> Panel:

@@ -194,6 +194,7 @@ def report(sim: Simulation) -> Report:
         "sends_failed": sim.net.failed_sends,
         "blob_bytes_per_job": round(sim.net.blob_bytes / n_jobs, 1),
         "ignored_effects": dict(sorted(sim.net.ignored.items())),
+        "gossip_refused": dict(sorted(sim.net.gossip_refused.items())),
         "stored_blocks": sim.stored_blocks,
         "restarts": sum(p.restarts for p in sim.peers),
         "container_s_per_slot_s": _round(busy / online_slots if online_slots else 0.0),
@@ -236,18 +237,18 @@ def _audit(sim: Simulation) -> dict[str, Any]:
     for p in sim.peers:
         if p.node is None:
             continue
-        for proof in p.node.ledger.ledger.frauds.values():
+        for proof in p.node.fraud_proofs().values():
             auditor.add_fraud(proof)
     refused = 0
     for p in sim.peers:
         if p.node is None:
             continue
-        for blk in p.node.ledger.ledger.chains.get(p.peer_id, []):
+        for blk in p.node.chain(p.peer_id):
             if auditor.ingest(blk.raw).status not in ("added", "duplicate", "excluded"):
                 refused += 1
     books = compute(auditor)
     sample = [p for p in sim.peers if p.node is not None][:BOOKS_SAMPLE]
-    local_ok = all(p.node.ledger.live.books.total() == 0 for p in sample if p.node)
+    local_ok = all(p.node.balances_sum() == 0 for p in sample if p.node)
     honest_workers = [p for p in sim.peers if p.worker and not p.behaviour.bad]
     earned = [float(books.get(p.peer_id).earned) for p in honest_workers]
     bad_earned = sum(books.get(p.peer_id).earned for p in sim.peers if p.behaviour.bad)
@@ -257,12 +258,9 @@ def _audit(sim: Simulation) -> dict[str, Any]:
     overspend = [
         max(0, -books.get(p.peer_id).balance - (base + books.get(p.peer_id).earned)) for p in free
     ]
-    excluded = {a for p in sim.peers if p.node for a in p.node.ledger.ledger.frauds}
+    excluded = {a for p in sim.peers if p.node for a in p.node.fraud_proofs()}
     forkers = [p for p in sim.peers if p.behaviour.fork_ledger]
-    knows = [
-        sum(1 for q in sim.peers if q.node and f.peer_id in q.node.ledger.ledger.frauds)
-        for f in forkers
-    ]
+    knows = [sum(1 for q in sim.peers if q.node and q.node.excluded(f.peer_id)) for f in forkers]
     details: dict[str, Any] = {
         "ledger_blocks": auditor.block_count(),
         "ledger_refused": refused,

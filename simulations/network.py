@@ -23,9 +23,11 @@ What it models, and why each simplification is acceptable (docs/SIMULATIONS.md h
   epidemically because every first receiver re-publishes its own sealed copy. Capability
   records are not delivered: discovery is the oracle's job here (the offer sample), and the
   auction never reads the peer table.
+  Every delivery goes through the topic's validator at the receiver (``SimPeer.deliver_gossip``,
+  the core's ``topics`` table), as GossipSub runs it before delivery; refusals are counted.
 * **Ledger sync** (``SyncChain``, ``FetchHeads``): a request/response with the target peer,
-  answered from the target's own ledger by the same read-only calls the daemon's stream handler
-  makes (``LedgerMachine.blocks_for`` / ``on_heads_wanted``).
+  answered from the target's own ledger by the call the daemon's stream handler makes
+  (``Node.serve_ledger``, with the request the daemon would send).
 * ``DhtPut``/``DhtGet``/``Dial``/``ExchangePeers`` are counted and not answered: without
   capability records the core never needs them to run jobs (see peer.py).
 """
@@ -37,10 +39,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from p2pmesh.core.auction.messages import TOPIC_OFFERS, TOPIC_VERDICTS
-from p2pmesh.core.effects import Publish, SendMessage
+from p2pmesh.core import topics
+from p2pmesh.core.effects import FetchHeads, Publish, SendMessage, SyncChain
 from p2pmesh.core.events import BlocksReceived, MessageDelivered, MessageReceived, SendFailed
-from p2pmesh.core.ledger.payments import TOPIC_FRAUD, TOPIC_HEADS, FetchHeads, SyncChain
 
 if TYPE_CHECKING:
     from p2pmesh.simulations.peer import SimPeer
@@ -54,9 +55,6 @@ RETRY_PAUSE_S = 0.5
 GOSSIP_DEGREE = 6
 # Per-message framing on a stream (length prefix, protocol id, yamux header): counted in bytes.
 FRAME_OVERHEAD = 64
-
-TOPIC_KIND = {TOPIC_OFFERS: "offer", TOPIC_VERDICTS: "verdict", TOPIC_HEADS: "head",
-              TOPIC_FRAUD: "fraud"}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +142,7 @@ class Network:
         self.failed_sends = 0
         self.by_kind: dict[str, int] = {}
         self.ignored: dict[str, int] = {}
+        self.gossip_refused: dict[str, int] = {}  # "topic ignore|reject" -> deliveries
 
     # -- topology ---------------------------------------------------------------------------
     def add_peer(self) -> int:
@@ -250,8 +249,10 @@ class Network:
 
     # -- gossip --------------------------------------------------------------------------------
     def publish(self, src: SimPeer, eff: Publish) -> None:
-        kind = TOPIC_KIND.get(eff.topic)
-        if kind is None:
+        topic = topics.BY_NAME.get(eff.topic)
+        kind = topic.kind if topic is not None else None
+        if kind is None or kind == "record":
+            # Capability records are not delivered in the model (discovery is the oracle's).
             self.ignored[eff.topic] = self.ignored.get(eff.topic, 0) + 1
             return
         cfg = self.cfg
@@ -274,16 +275,20 @@ class Network:
             self.messages += 1
             self.bytes += size
             d = sum(self.delay(src.idx, t) for _ in range(hops))
-            self.sim.engine.after(d, self._gossip_arrive, (src, t, kind, eff.data))
+            self.sim.engine.after(d, self._gossip_arrive, (src, t, eff.topic, eff.data))
 
     def _hops(self, n: int) -> int:
         return max(1, math.ceil(math.log(max(n, 2)) / math.log(GOSSIP_DEGREE)))
 
     def _gossip_arrive(self, arg: tuple[SimPeer, int, str, bytes]) -> None:
-        src, t, kind, data = arg
+        src, t, topic, data = arg
         if not self.reachable(src.idx, t):
             return
-        self.sim.peers[t].deliver(MessageReceived(kind, data, src.peer_id))
+        self.sim.peers[t].deliver_gossip(topic, data, src.peer_id)
+
+    def count_refused(self, topic: str, verdict: topics.Validation) -> None:
+        key = f"{topic} {verdict.value}"
+        self.gossip_refused[key] = self.gossip_refused.get(key, 0) + 1
 
     # -- ledger sync ---------------------------------------------------------------------------
     def sync(self, src: SimPeer, eff: SyncChain | FetchHeads) -> None:
@@ -300,11 +305,13 @@ class Network:
         dst = self.sim.peers[dst_i]
         if not self.reachable(src.idx, dst_i) or not dst.online:
             return
-        ledger = dst.node.ledger
+        node = dst.node
+        assert node is not None
         if isinstance(eff, FetchHeads):
-            blocks = ledger.on_heads_wanted()
-        else:
-            blocks = ledger.blocks_for(eff.author, max(1, eff.first), eff.last)
+            request: dict[str, Any] = {"heads": True}
+        else:  # what the daemon sends (daemon/runner.py, SyncChain)
+            request = {"author": eff.author, "first": eff.first, "last": eff.last}
+        blocks = node.serve_ledger(request)
         if not blocks:
             return
         size = sum(len(b) for b in blocks) + FRAME_OVERHEAD

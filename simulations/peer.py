@@ -28,11 +28,17 @@ accepted award, no unconfirmed payment) is ticked at most every ``IDLE_TICK_S``:
 delays its periodic ledger-head announcement, its record refresh and the forgetting of bids
 that were never awarded (docs/SIMULATIONS.md, "What is not modelled").
 
+Gossip arrives through ``deliver_gossip``, which runs the topic's validator first
+(``Node.validate_gossip``, the same core function GossipSub calls in the daemon) and hands the
+node only what it ACCEPTs; IGNOREd and REJECTed copies are counted.
+
 Churn. Leaving stops the machine (containers and transfers die). Coming back is a daemon
-restart: a new ``Node`` restored through the same calls as ``Daemon._restore_jobs`` from what
-the node had persisted: ledger blocks, fraud proofs, pending payments and job documents, with
+restart: a new ``Node`` restored by ``Node.restore``, the call the daemon makes, from what the
+node had persisted: ledger blocks, fraud proofs, pending payments and job documents, with
 reputation rebuilt from its own stored verdicts (evidence gossiped by others is forgotten, as
 in the daemon).
+
+Like the daemon, this driver sees only ``Node``'s face (handle, next_wakeup, restore, views).
 """
 
 from __future__ import annotations
@@ -42,7 +48,7 @@ import random
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from p2pmesh.core.auction import provider as provider_mod
+from p2pmesh.core import topics
 from p2pmesh.core.auction import requester as requester_mod
 from p2pmesh.core.capability import Capabilities
 from p2pmesh.core.crypto import Ed25519Signer
@@ -52,6 +58,7 @@ from p2pmesh.core.effects import (
     DhtPut,
     Dial,
     ExchangePeers,
+    FetchHeads,
     FetchInputs,
     FetchOutputs,
     Log,
@@ -60,6 +67,8 @@ from p2pmesh.core.effects import (
     RunContainer,
     SendMessage,
     StopContainer,
+    StoreBlock,
+    SyncChain,
 )
 from p2pmesh.core.events import (
     ContainerFinished,
@@ -69,7 +78,6 @@ from p2pmesh.core.events import (
     OutputsFetched,
     Ticked,
 )
-from p2pmesh.core.ledger.payments import FetchHeads, StoreBlock, SyncChain
 from p2pmesh.core.node import Node, NodeConfig
 from p2pmesh.simulations.behaviours import HONEST, Behaviour, Churn, JobSeen
 from p2pmesh.simulations.workloads import BID_WINDOW_S, JobMeta, digest_of
@@ -143,8 +151,6 @@ class SimPeer:
         self.tick_gen = 0
         self.next_tick = math.inf
         self.last_tick = -math.inf
-        self.req_open: set[str] = set()
-        self.work_open: set[str] = set()
         self.running: dict[str, tuple[int, float]] = {}  # job -> (token, started_at)
         self._token = 0
         self.blobs: set[str] = set()
@@ -222,22 +228,15 @@ class SimPeer:
             started_at=now,
             rng=self.rng,
         )
-        blocks = [b.raw for chain in old.ledger.ledger.chains.values() for b in chain]
-        node.ledger.restore(blocks, list(self.frauds.values()), list(self.payments.values()))
-        t = int(now)
-        resumed: list[Any] = []
-        # As Daemon._restore_jobs: every requester job comes back from its stored document
-        # (the core persists one on every change), and our own verdicts rebuild reputation.
-        for j in old.requester.jobs.values():
-            restored = requester_mod.from_doc(requester_mod.to_doc(j), node.peer_id, t)
-            node.requester.jobs[restored.job_id] = restored
-            if restored.verdict_raw:
-                node.requester.replay_verdict(restored.verdict_raw)
-        self.work_open.clear()
-        for w in old.provider.jobs.values():
-            # Bids are never persisted (provider.on_offer has no Persist): only awarded work is.
-            if w.state != "bid":
-                resumed += node.provider.restore(provider_mod.to_doc(w), t)
+        # The daemon's store holds every block it was told to store; the old node's chains
+        # are exactly those. Job documents are what Persist("jobs") last wrote.
+        resumed = node.restore(
+            now=now,
+            blocks=[b.raw for a in old.chain_authors() for b in old.chain(a)],
+            frauds=list(self.frauds.values()),
+            payments=list(self.payments.values()),
+            jobs=old.job_docs(),
+        )
         self.node = node
         return resumed
 
@@ -246,7 +245,6 @@ class SimPeer:
         """The user runs ``p2pmesh offer``: the job enters the node, which is now busy."""
         if not self.online:
             return
-        self.req_open.add(job_id)
         self._handle(JobSubmitted(job_id, job, BID_WINDOW_S))
 
     # -- the owner task: one event in, its effects out ------------------------------------------
@@ -256,6 +254,18 @@ class SimPeer:
         self._handle(event)
 
     deliver_event = deliver  # engine callback spelling: ``engine.after(d, peer.deliver_event, ev)``
+
+    def deliver_gossip(self, topic: str, data: bytes, sender: str) -> None:
+        """A gossip message arrives: the topic validator first, as GossipSub runs it."""
+        if not self.online:
+            return
+        node = self.node
+        assert node is not None
+        verdict = node.validate_gossip(topic, data, self.sim.engine.now)
+        if verdict is not topics.ACCEPT:
+            self.sim.net.count_refused(topic, verdict)
+            return
+        self._handle(topics.event_of(topic, data, sender))
 
     def _handle(self, event: Any) -> None:
         node = self.node
@@ -284,7 +294,7 @@ class SimPeer:
         at most every ``IDLE_TICK_S`` when idle)."""
         node = self.node
         assert node is not None
-        if self._busy():
+        if not node.is_idle():
             at = max(node.next_wakeup(), self.last_tick + BUSY_TICK_S, self.sim.engine.now)
         else:
             # Idle: a tick at the floor is at worst one that does nothing, so the node is not
@@ -305,26 +315,6 @@ class SimPeer:
         self.last_tick = self.sim.engine.now
         self.next_tick = math.inf
         self._handle(Ticked())
-
-    def _busy(self) -> bool:
-        node = self.node
-        assert node is not None
-        if self.req_open:
-            jobs = node.requester.jobs
-            for jid in [j for j in self.req_open if j not in jobs or jobs[j].state in REQ_FINAL]:
-                self.req_open.discard(jid)
-        if self.work_open:
-            wjobs = node.provider.jobs
-            done = [
-                jid
-                for jid in self.work_open
-                if jid not in wjobs
-                or wjobs[jid].state in ("cancelled", "expired")
-                or (wjobs[jid].state == "reported" and wjobs[jid].result_sent)
-            ]
-            for jid in done:
-                self.work_open.discard(jid)
-        return bool(self.req_open or self.work_open or node.ledger.pending)
 
     # -- effects --------------------------------------------------------------------------------
     def _send(self, eff: SendMessage) -> None:
@@ -348,7 +338,6 @@ class SimPeer:
             self.deliver(event)
 
     def _fetch_inputs(self, eff: FetchInputs) -> None:
-        self.work_open.add(eff.job_id)
         missing = {digest: size for _, digest, size, _ in eff.refs if digest not in self.blobs}
         if not missing:
             self._later(0.0, InputsFetched(eff.job_id, True))
@@ -373,8 +362,8 @@ class SimPeer:
         meta = self.sim.jobs[eff.job_id]
         node = self.node
         assert node is not None
-        w = node.provider.jobs.get(eff.job_id)
-        winners = tuple(p for p, _ in w.award.winners) if w is not None and w.award else ()
+        view = node.job(eff.job_id)
+        winners = tuple(view.get("winners") or ()) if view is not None else ()
         seen = JobSeen(winners, tuple(meta.holders), eff.job.spec.redundancy)
         value = self.behaviour.output(self.idx, seen, self.rng)
         run_s = meta.work_s * self.speed * math.exp(self.rng.gauss(0.0, RUN_NOISE_SIGMA))
@@ -475,7 +464,7 @@ class SimPeer:
         table = eff.table
         if table == "jobs":
             if eff.key.startswith("requester:") and eff.value["state"] in REQ_FINAL:
-                self.sim.job_final(self, eff.key[len("requester:") :])
+                self.sim.job_final(eff.key[len("requester:") :], eff.value["view"])
         elif table == "payments":
             if eff.value is None:
                 self.payments.pop(eff.key, None)
@@ -494,6 +483,7 @@ class SimPeer:
         self.sim.net.count_ignored(type(eff).__name__)
 
 
+# One handler per effect type of ``core.effects.Effect`` (tests/unit/test_face.py checks it).
 _EXEC: dict[type, Callable[[SimPeer, Any], None]] = {
     SendMessage: SimPeer._send,
     Publish: SimPeer._publish,

@@ -12,8 +12,8 @@ simulator against real daemons (``tests/integration/test_sim_agreement.py``) bot
 * ``run_script`` runs a ``Plan`` whose ``script`` holds those jobs, then lets the payments that
   follow the last verdicts settle, as a user waits for ``p2pmesh balance`` to show them;
 * ``Replay`` reads the outcome through the views the daemon's control handlers use
-  (``requester.job_view``, ``ReputationBook.explain``, ``LedgerMachine.balance_json``), so both
-  sides can be compared on the same documents.
+  (``Node.job``, ``Node.reputation``, ``Node.balances``), so both sides can be compared on the
+  same documents.
 
 Nothing here decides anything the protocol decides: every award, verdict, reputation change and
 payment is the real core's reaction, driven by ``SimPeer`` as in any other run.
@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from p2pmesh import packing
-from p2pmesh.core.auction.requester import job_view
 from p2pmesh.core.jobspec import MAX_INPUT_BYTES, InputRef, WireJob
 from p2pmesh.core.node import Node
 from p2pmesh.jobfile import load_job_file
@@ -132,7 +131,9 @@ class Replay:
         """The n-th job's document at its requester: what ``p2pmesh job ID --json`` shows."""
         job_id = self.job_ids[n]
         meta = self.sim.jobs[job_id]
-        return job_view(self.node(meta.requester).requester.jobs[job_id])
+        doc = self.node(meta.requester).job(job_id)
+        assert doc is not None and doc["role"] == "requester", job_id
+        return doc
 
     def accepted_honest(self, n: int) -> bool | None:
         """Model fact: did the n-th job accept the right answer? None when nothing was."""
@@ -143,13 +144,12 @@ class Replay:
 
     def reputation(self, observer: int, peers: Sequence[int]) -> dict[str, dict[str, Any]]:
         """``p2pmesh reputation PEER --json`` on ``observer`` for each of ``peers``, by ID."""
-        book = self.node(observer).book
-        return {self.peer_id(i): book.explain(self.peer_id(i), self.now) for i in peers}
+        node = self.node(observer)
+        return {self.peer_id(i): node.explain_reputation(self.peer_id(i), self.now) for i in peers}
 
     def balances(self, observer: int) -> dict[str, dict[str, Any]]:
         """The ``balances`` of ``p2pmesh ledger --json`` on ``observer``."""
-        lm = self.node(observer).ledger
-        return {p: lm.balance_json(p) for p in lm.live.books.accounts}
+        return self.node(observer).balances()
 
 
 def run_script(
@@ -170,7 +170,7 @@ def run_script(
     # have settled, one tick at a time.
     engine = sim.engine
     limit = engine.now + settle_s
-    while engine.now < limit and any(p.node and p.node.ledger.pending for p in sim.peers):
+    while engine.now < limit and any(p.node and p.node.pending_payments() for p in sim.peers):
         engine.run_until(engine.now + 1.0)
     return Replay(sim, report(sim), list(sim.jobs))
 

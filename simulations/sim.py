@@ -232,18 +232,17 @@ class Simulation:
         return self.value_class.get(digest, "unknown")
 
     # -- observations ---------------------------------------------------------------------------
-    def job_final(self, peer: SimPeer, job_id: str) -> None:
+    def job_final(self, job_id: str, view: dict[str, Any]) -> None:
+        """A requester persisted ``job_id`` in a final state; ``view`` is its job document."""
         meta = self.jobs.get(job_id)
-        node = peer.node
-        if meta is None or meta.final_state or node is None:
+        if meta is None or meta.final_state:
             return
-        j = node.requester.jobs[job_id]
-        meta.final_state = j.state
+        meta.final_state = view["state"]
         meta.finished_at = self.engine.now
-        meta.replicas = len(j.replicas)
-        if j.state == "done" and j.accepted_digest:
+        meta.replicas = len(view["workers"])
+        if view["state"] == "done" and view["output_digest"]:
             meta.accepted_class = (
-                "honest" if self.value_of(j.accepted_digest) == HONEST else "wrong"
+                "honest" if self.value_of(view["output_digest"]) == HONEST else "wrong"
             )
         self.finals += 1
         self._maybe_stop()

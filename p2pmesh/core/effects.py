@@ -1,4 +1,9 @@
-"""Outputs of the core: what a driver (daemon or simulator) must do. Imperative names."""
+"""Outputs of the core: what a driver (daemon or simulator) must do. Imperative names.
+
+Every effect type of every machine is defined here and listed in ``Effect``, so a driver can
+dispatch through one table keyed by type and a test can prove that neither driver lacks a
+handler (tests/unit/test_face.py).
+"""
 
 from __future__ import annotations
 
@@ -54,9 +59,6 @@ class Log:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
-Effect = Publish | DhtPut | DhtGet | Dial | ExchangePeers | Persist | Log
-
-
 # -- jobs (PROTOCOL.md §7) ---------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class SendMessage:
@@ -107,4 +109,49 @@ class CompareOutputs:
     rule: Any  # jobspec.ValidationRule
 
 
-JobEffect = SendMessage | FetchInputs | RunContainer | StopContainer | FetchOutputs | CompareOutputs
+# -- ledger (PROTOCOL.md §9) -------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class SyncChain:
+    """Ask ``peer`` for blocks ``first..last`` of ``author``'s chain."""
+
+    peer_id: str
+    author: str
+    first: int
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
+class FetchHeads:
+    """Ask ``peer`` for the newest block of every chain it holds."""
+
+    peer_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoreBlock:
+    """Write a block durably *before* anything that depends on it is sent."""
+
+    author: str
+    seq: int
+    raw: bytes
+
+
+Effect = (
+    Publish
+    | DhtPut
+    | DhtGet
+    | Dial
+    | ExchangePeers
+    | Persist
+    | Log
+    | SendMessage
+    | FetchInputs
+    | RunContainer
+    | StopContainer
+    | FetchOutputs
+    | CompareOutputs
+    | SyncChain
+    | FetchHeads
+    | StoreBlock
+)
+EFFECT_TYPES: tuple[type, ...] = Effect.__args__  # type: ignore[attr-defined]

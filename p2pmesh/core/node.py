@@ -1,29 +1,31 @@
-"""The node's composition root: routes events to sub-machines and returns their effects.
+"""The node's composition root and the core's only face.
 
-Theory of operation (issue: node). Each ``Ticked`` the node (1) drops peers whose records expired,
-(2) re-signs and re-announces its own record when it is half-way to expiry or the profile changed
-materially, and (3) when it has no connection at all, dials the bootstrap peers with exponential
-backoff, so a node that started while its bootstrap was down joins once it is back. A record
-received from anywhere (gossip, DHT, peer exchange) is checked by ``PeerTable`` and, if new,
-persisted; an unknown peer's addresses are dialled so the mesh does not hang on one bootstrap node.
-A newly connected peer is asked for its peer table (peer exchange) and looked up in the DHT.
+``Node.handle(event, now)`` routes each event to the machine that owns it: ``Membership``
+(our record, the peer table, dialling), ``Requester`` and ``Provider`` (the two job machines),
+``LedgerMachine`` (payments and replication) and the reputation book. Drivers (the daemon, the
+simulator, the CLI through the daemon) see only the methods below the "face" line: restore after
+a restart, read-only views that return plain data, and the few questions a stream server asks
+(``may_serve_blob``, ``serve_ledger``). A static test (tests/unit/test_face.py) fails when code
+outside ``p2pmesh/core`` reaches into the machines themselves.
 
 Nothing here reads a clock or does I/O: ``now`` is unix seconds passed in by the driver.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from fnmatch import fnmatchcase
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
-from p2pmesh.core import capability, reputation
-from p2pmesh.core.auction.messages import parse_offer, parse_verdict
+from p2pmesh.core import capability, reputation, topics
+from p2pmesh.core.auction import provider as provider_mod
+from p2pmesh.core.auction import requester as requester_mod
+from p2pmesh.core.auction.messages import parse_verdict
 from p2pmesh.core.auction.provider import Provider
 from p2pmesh.core.auction.requester import Requester
 from p2pmesh.core.capability import Capabilities, CapabilityRecord
 from p2pmesh.core.crypto import Signer
-from p2pmesh.core.effects import DhtGet, DhtPut, Dial, Effect, ExchangePeers, Log, Persist, Publish
+from p2pmesh.core.effects import Effect, ExchangePeers, Log
 from p2pmesh.core.events import (
     BlocksReceived,
     CancelRequested,
@@ -45,13 +47,21 @@ from p2pmesh.core.events import (
     SendFailed,
     Ticked,
 )
-from p2pmesh.core.ledger.block import parse_block
-from p2pmesh.core.ledger.chain import open_fraud
-from p2pmesh.core.ledger.payments import LedgerMachine
+from p2pmesh.core.ledger.accounts import compute
+from p2pmesh.core.ledger.block import Block
+from p2pmesh.core.ledger.chain import FraudProof, Ledger, open_fraud
+from p2pmesh.core.ledger.payments import MAX_SYNC_BLOCKS, LedgerMachine
+from p2pmesh.core.membership import (
+    TOPIC_CAPABILITIES,
+    Membership,
+    full_addrs,
+    peer_id_of_addr,
+)
 from p2pmesh.core.peers import PeerTable
 from p2pmesh.errors import DecodeError, ValidationError
 
-TOPIC_CAPABILITIES = "p2pmesh/capabilities/1"
+# Restoring a stored job document can fail in as many ways as the document can be damaged.
+_DOC_ERRORS = (DecodeError, ValidationError, KeyError, TypeError, ValueError, AttributeError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,26 +98,6 @@ class NodeConfig:
             raise ValueError("target_connections must be >= 1")
 
 
-def _material(c: Capabilities) -> Capabilities:
-    # Load and free disk move all the time; they ride along with timed refreshes only.
-    return replace(c, load_milli=0, disk_free_mb=0)
-
-
-def peer_id_of_addr(addr: str) -> str | None:
-    parts = addr.rstrip("/").split("/")
-    if len(parts) >= 2 and parts[-2] == "p2p":
-        return parts[-1]
-    return None
-
-
-@dataclass(slots=True)
-class _Stats:
-    records_accepted: int = 0
-    records_refused: int = 0
-    refused_reasons: dict[str, int] = field(default_factory=dict)
-    published: int = 0
-
-
 class Node:
     def __init__(
         self,
@@ -123,29 +113,19 @@ class Node:
         self.config = config
         self.signer = signer
         self.peer_id = signer.peer_id
-        self.caps = caps
-        self.peers = PeerTable(self.peer_id)
-        self.book = reputation.ReputationBook(self.peer_id)
-        self.own: CapabilityRecord | None = None
         self.started_at = started_at
-        self._last_seq = last_seq
-        self._dirty = True
-        self._last_publish = float("-inf")
-        self._dialled: dict[str, float] = {}
-        self._boot_next = 0.0
-        self._boot_backoff = config.bootstrap_backoff_min_s
-        self._reannounce_at: float | None = None
-        self._next_exchange = 0.0
-        self._exchange_turn = 0
-        self._dht_lookup_at: dict[str, float] = {}
-        self.stats = _Stats()
+        self._now = started_at
+        # The machines. Core code (and unit tests) may use them; drivers may not (the face).
+        self.membership = Membership(config, signer, caps, last_seq=last_seq, now=started_at)
+        self.peers: PeerTable = self.membership.peers
+        self.book = reputation.ReputationBook(self.peer_id)
         self.requester = Requester(
             signer,
             lambda pid: self.reputation_of(pid, self._now),
             book=self.book,
             rng=rng,
             spot_check=config.spot_check,
-            eligible=self._eligible_bidders,
+            eligible=lambda job: self.membership.count_fitting(job.spec),
         )
         self.provider = Provider(signer, allow_network=config.allow_network)
         self.ledger = LedgerMachine(
@@ -157,23 +137,23 @@ class Node:
         self.requester.pay = self.ledger.pay
         self.requester.excluded = self.ledger.ledger.excluded
         self.provider.requester_allowed = self.ledger.may_trade_with
-        self._now = started_at
 
-    def _eligible_bidders(self, job: Any) -> int:
-        """How many known peers' capability records fit ``job`` (what decide_bid checks)."""
-        spec, r, n = job.spec, job.spec.resources, 0
-        for e in self.peers.entries():
-            c = e.record.caps
-            n += bool(
-                c.work
-                and "docker" in c.executors
-                and c.price <= spec.max_price
-                and any(fnmatchcase(spec.image, p) for p in c.allow_images)
-                and r.millicpus <= c.cpus * 1000
-                and r.ram_mib <= c.ram_mb
-                and r.gpus <= len(c.gpus)
-            )
-        return n
+    # Our own capabilities and record live in Membership; these keep the old spelling.
+    @property
+    def caps(self) -> Capabilities:
+        return self.membership.caps
+
+    @caps.setter
+    def caps(self, caps: Capabilities) -> None:
+        self.membership.caps = caps
+
+    @property
+    def own(self) -> CapabilityRecord | None:
+        return self.membership.own
+
+    @property
+    def stats(self) -> Any:
+        return self.membership.stats
 
     # -- the one entry point -------------------------------------------------------------
     def handle(self, event: Event | JobEvent, now: float) -> list[Effect]:
@@ -181,7 +161,7 @@ class Node:
         if isinstance(event, Ticked):
             t = int(now)
             return (
-                self._tick(now)
+                self.membership.tick(now)
                 + self.requester.tick(t)
                 + self.provider.tick(t)
                 + self.ledger.tick(t)
@@ -205,28 +185,34 @@ class Node:
                 event.job_id, event.worker, event.ok, event.error, int(now)
             )
         if isinstance(event, RecordReceived):
-            return self._record(event, now)
+            return self.membership.record(event.data, event.source, event.from_peer, now)
         if isinstance(event, ProfileChanged):
-            if _material(event.caps) != _material(self.caps):
-                self._dirty = True
-            self.caps = event.caps
-            return self._tick(now)
+            return self.membership.profile_changed(event.caps, now)
         if isinstance(event, PeerConnected):
             return self._connected(event.peer_id, now)
         if isinstance(event, PeerDisconnected):
-            self.peers.set_connected(event.peer_id, False, now)
+            self.membership.disconnected(event.peer_id, now)
             return [Log("info", "peer disconnected", {"peer": event.peer_id})]
         if isinstance(event, PeerDiscovered):
-            return self._discovered(event, now)
+            return self.membership.discovered(event.peer_id, event.addrs, now)
         if isinstance(event, DialFailed):
             return [Log("debug", "dial failed", {"peer": event.peer_id, "reason": event.reason})]
         raise TypeError(f"unknown event {event!r}")
+
+    def _connected(self, peer_id: str, now: float) -> list[Effect]:
+        if not self.membership.connected(peer_id, now):
+            return []
+        return [
+            Log("info", "peer connected", {"peer": peer_id}),
+            ExchangePeers(peer_id),
+            *self.ledger.on_connected(peer_id),
+        ]
 
     def _job_message(
         self, ev: MessageReceived | JobSubmitted | SendFailed | MessageDelivered, now: int
     ) -> list[Effect]:
         if isinstance(ev, JobSubmitted):
-            addrs = tuple(f"{a}/p2p/{self.peer_id}" for a in self.caps.addrs)
+            addrs = tuple(full_addrs(self.peer_id, self.caps.addrs))
             return self.requester.submit(
                 ev.job_id, ev.job, now=now, bid_window_s=ev.bid_window_s, addrs=addrs
             )
@@ -292,264 +278,329 @@ class Node:
             )
         return []
 
-    def check_verdict(self, data: bytes, now: float) -> bool:
-        try:
-            v = parse_verdict(data)
-        except (DecodeError, ValidationError):
-            return False
-        return v.at <= now + capability.MAX_CLOCK_SKEW_S
-
-    def check_block(self, data: bytes, now: float) -> bool:
-        """Ledger-heads validator: a well-formed, signed block (chain rules apply on ingest)."""
-        try:
-            parse_block(data)
-        except (DecodeError, ValidationError):
-            return False
-        return True
-
-    def check_fraud(self, data: bytes, now: float) -> bool:
-        try:
-            open_fraud(data)
-        except (DecodeError, ValidationError):
-            return False
-        return True
-
-    def check_offer(self, data: bytes, now: float) -> bool:
-        """Offers-topic validator: signed, well-formed, within its deadline."""
-        try:
-            offer = parse_offer(data)
-        except (DecodeError, ValidationError):
-            return False
-        return offer.created_at <= now + capability.MAX_CLOCK_SKEW_S and offer.deadline_at > now
-
-    def check_gossip_record(self, data: bytes, now: float) -> bool:
-        """Topic validator: True only for a record we would accept (nothing is changed)."""
-        try:
-            self.peers.check(data, now)
-        except (DecodeError, ValidationError):
-            return False
-        return True
-
     def next_wakeup(self) -> float:
         """The earliest ``now`` at which a ``Ticked`` would do anything (``-inf``: at once).
 
         A driver may tick less often than every second without changing what the node does, as
         long as it ticks at this time (re-asked after every ``handle``). The daemon ticks every
         second anyway; the simulator uses this to skip the hundreds of empty ticks a job would
-        otherwise cost (docs/SIMULATIONS.md). Each term mirrors one condition of ``_tick`` and
-        the machines' ``tick``; earlier is always safe, later never.
+        otherwise cost (docs/SIMULATIONS.md). Each machine reads it from the same alarms its
+        ``tick`` fires (``core/timers.py``); earlier is always safe, later never.
         """
-        at = min(
+        return min(
+            self.membership.next_wakeup(),
             self.requester.next_wakeup(),
             self.provider.next_wakeup(),
             self.ledger.next_wakeup(),
         )
-        if len(self.peers):
-            at = min(at, self.peers.next_expiry())
-        if self._reannounce_at is not None:
-            at = min(at, self._reannounce_at)
-        if self._dht_lookup_at:
-            at = min(at, min(self._dht_lookup_at.values()))
-        if self.peers.connected_count():
-            at = min(at, self._next_exchange)
-        elif self.config.bootstrap:
-            at = min(at, self._boot_next)
-        republish = self._last_publish + self.config.min_republish_interval_s
-        if self._dirty or self.own is None:
-            at = min(at, republish)
-        else:
-            at = min(at, max(republish, (self.own.issued_at + self.own.expires_at) / 2))
-        return at
 
-    # -- handlers --------------------------------------------------------------------------
-    def _tick(self, now: float) -> list[Effect]:
+    # == the face: everything a driver may call besides handle and next_wakeup ================
+    # -- restart ---------------------------------------------------------------------------
+    def restore(
+        self,
+        *,
+        now: float,
+        records: Iterable[bytes] = (),
+        blocks: Iterable[bytes] = (),
+        frauds: Iterable[bytes] = (),
+        payments: Iterable[dict[str, Any]] = (),
+        jobs: Iterable[tuple[str, dict[str, Any]]] = (),
+    ) -> list[Effect]:
+        """Rebuild a fresh node from what an earlier run persisted; returns effects to execute.
+
+        ``records``: stored peer records; ``blocks``, ``frauds``, ``payments``: the ledger's
+        tables; ``jobs``: (role, document) as the last ``Persist("jobs")`` wrote them. Requester
+        jobs come back from their documents and our own stored verdicts rebuild reputation
+        (evidence gossiped by others is forgotten); awarded worker jobs resume. A document that
+        cannot be read is logged and skipped, never fatal. Call once, before the first event.
+        """
         out: list[Effect] = []
-        if len(self._dialled) > 1024:
-            cutoff = now - self.config.redial_after_s
-            self._dialled = {p: t for p, t in self._dialled.items() if t >= cutoff}
-        for pid in self.peers.expire(now):
-            out.append(Log("info", "peer aged out", {"peer": pid}))
-            out.append(Persist("peers", pid, None))
-        if self._reannounce_at is not None and now >= self._reannounce_at:
-            self._reannounce_at = None
-            self._dirty = True
-        for pid, at in list(self._dht_lookup_at.items()):
-            if now >= at:
-                del self._dht_lookup_at[pid]
-                if self.peers.get(pid) is None and self.peers.is_connected(pid):
-                    out.append(DhtGet(capability.dht_key(pid)))
-        connected = self.peers.connected_ids()
-        if connected and now >= self._next_exchange:
-            self._next_exchange = now + self.config.anti_entropy_s
-            self._exchange_turn += 1
-            out.append(ExchangePeers(connected[self._exchange_turn % len(connected)]))
-        half_life = self.own is None or now >= (self.own.issued_at + self.own.expires_at) / 2
-        if (self._dirty or half_life) and now - self._last_publish >= (
-            self.config.min_republish_interval_s
-        ):
-            out.extend(self._publish_own(now))
-        out.extend(self._bootstrap(now))
-        return out
-
-    def _publish_own(self, now: float) -> list[Effect]:
-        # Millisecond clock as a floor keeps sequence numbers rising across restarts even if the
-        # stored counter was lost; +1 keeps them rising within one millisecond.
-        seq = max(self._last_seq + 1, int(now * 1000))
-        try:
-            own = capability.build_record(
-                self.signer, self.caps, seq=seq, now=int(now), ttl_s=self.config.record_ttl_s
-            )
-        except (DecodeError, ValidationError) as exc:
-            # Our own profile breaks the record limits (say, 20 GPUs): keep running without a
-            # fresh record rather than crash, and say why once per attempt.
-            self._dirty = False
-            self._last_publish = now
-            return [
-                Log("error", "own capability record refused by the limits", {"reason": str(exc)})
-            ]
-        self._last_seq = seq
-        self.own = own
-        self._dirty = False
-        self._last_publish = now
-        self.stats.published += 1
-        raw = self.own.raw
-        return [
-            Persist("meta", "record_seq", seq),
-            Publish(TOPIC_CAPABILITIES, raw),
-            DhtPut(capability.dht_key(self.peer_id), raw),
-        ]
-
-    def _bootstrap(self, now: float) -> list[Effect]:
-        if self.peers.connected_count() > 0:
-            self._boot_backoff = self.config.bootstrap_backoff_min_s
-            return []
-        if not self.config.bootstrap or now < self._boot_next:
-            return []
-        self._boot_next = now + self._boot_backoff
-        self._boot_backoff = min(self._boot_backoff * 2, self.config.bootstrap_backoff_max_s)
-        out: list[Effect] = []
-        for addr in self.config.bootstrap:
-            pid = peer_id_of_addr(addr)
-            if pid and pid != self.peer_id:
-                out.append(Dial(pid, (addr,)))
-        return out
-
-    def _record(self, ev: RecordReceived, now: float) -> list[Effect]:
-        try:
-            rec = self.peers.offer(ev.data, now)
-        except (DecodeError, ValidationError) as exc:
-            reason = str(exc)
-            self.stats.records_refused += 1
-            key = reason.split(" (")[0][:60]
-            self.stats.refused_reasons[key] = self.stats.refused_reasons.get(key, 0) + 1
-            return [
-                Log(
-                    "debug",
-                    "record refused",
-                    {"source": ev.source, "from": ev.from_peer, "reason": reason},
+        for raw in records:
+            out += self.membership.record(raw, "store", None, now)
+        self.ledger.restore(list(blocks), list(frauds), list(payments))
+        t = int(now)
+        for role, doc in jobs:
+            try:
+                if role == "requester":
+                    j = requester_mod.from_doc(doc, self.peer_id, t)
+                    self.requester.restore_job(j)
+                elif role == "worker":
+                    out += self.provider.restore(doc, t)
+                else:
+                    raise ValueError(f"unknown role {role!r}")
+            except _DOC_ERRORS as exc:
+                job_id = doc.get("job_id", "?") if isinstance(doc, dict) else "?"
+                out.append(
+                    Log("error", "could not restore job", {"job": job_id, "error": repr(exc)})
                 )
-            ]
-        if rec.peer_id == self.peer_id:
-            if rec.seq > self._last_seq:
-                # An older run of ours published higher (the clock went back and the stored
-                # counter was lost): climb above it, or peers would refuse us as stale.
-                self._last_seq = rec.seq
-                self._dirty = True
-            return []
-        self.stats.records_accepted += 1
-        out: list[Effect] = []
-        # A refresh with the same capabilities needs no disk write: the stored copy only
-        # seeds the table after a restart, and an expired one is refused there anyway.
-        previous = self.peers.replaced
-        if previous is None or _material(previous.caps) != _material(rec.caps):
-            out.append(Persist("peers", rec.peer_id, rec.raw))
-        if not self.peers.is_connected(rec.peer_id) and rec.caps.addrs:
-            last = self._dialled.get(rec.peer_id, float("-inf"))
-            pending = sum(
-                1
-                for pid, t in self._dialled.items()
-                if now - t < self.config.dial_pending_s and not self.peers.is_connected(pid)
-            )
-            if (
-                self.peers.connected_count() + pending < self.config.target_connections
-                and now - last >= self.config.redial_after_s
-            ):
-                self._dialled[rec.peer_id] = now
-                full = tuple(f"{a}/p2p/{rec.peer_id}" for a in rec.caps.addrs)
-                out.append(Dial(rec.peer_id, full))
         return out
 
-    def _discovered(self, ev: PeerDiscovered, now: float) -> list[Effect]:
-        if ev.peer_id == self.peer_id or self.peers.is_connected(ev.peer_id) or not ev.addrs:
-            return []
-        if now - self._dialled.get(ev.peer_id, float("-inf")) < self.config.redial_after_s:
-            return []
-        self._dialled[ev.peer_id] = now
-        return [Dial(ev.peer_id, ev.addrs)]
-
-    def _connected(self, peer_id: str, now: float) -> list[Effect]:
-        first = not self.peers.is_connected(peer_id)
-        if first and self.peers.connected_count() == 0:
-            self._reannounce_at = now + self.config.reannounce_after_join_s
-        self.peers.set_connected(peer_id, True, now)
-        if not first:
-            return []
-        out: list[Effect] = [
-            Log("info", "peer connected", {"peer": peer_id}),
-            ExchangePeers(peer_id),
-            *self.ledger.on_connected(peer_id),
+    def job_docs(self) -> list[tuple[str, dict[str, Any]]]:
+        """(role, document) of every job, as ``Persist("jobs")`` last wrote it (bids are never
+        persisted). What a store holds; the simulator restarts a node from it."""
+        out = [("requester", requester_mod.to_doc(j)) for j in self.requester.jobs.values()]
+        out += [
+            ("worker", provider_mod.to_doc(w))
+            for w in self.provider.jobs.values()
+            if w.state != "bid"
         ]
-        if self.peers.get(peer_id) is None:
-            # Peer exchange with that peer usually brings its record within a second; look it
-            # up in the DHT only if it has not (a DHT query costs far more CPU than an exchange).
-            self._dht_lookup_at[peer_id] = now + self.config.dht_lookup_after_s
         return out
 
-    # -- read-only views -------------------------------------------------------------------
+    # -- jobs ----------------------------------------------------------------------------------
+    def job(self, job_id: str, *, prefix: bool = False) -> dict[str, Any] | None:
+        """The job document (``role`` "requester" or "worker"), or None. ``prefix``: a unique
+        prefix of a requester job's ID is enough (what the CLI accepts)."""
+        j = self.requester.jobs.get(job_id)
+        if j is not None:
+            return {**requester_mod.job_view(j), "role": "requester"}
+        w = self.provider.jobs.get(job_id)
+        if w is not None:
+            return {**provider_mod.worker_view(w), "role": "worker"}
+        if prefix and job_id:
+            matches = [k for k in self.requester.jobs if k.startswith(job_id)]
+            if len(matches) == 1:
+                return {
+                    **requester_mod.job_view(self.requester.jobs[matches[0]]),
+                    "role": "requester",
+                }
+        return None
+
+    def jobs(self) -> list[dict[str, Any]]:
+        """Every job we requested, and every one we were awarded, oldest first."""
+        out = [
+            {**requester_mod.job_view(j), "role": "requester"} for j in self.requester.jobs.values()
+        ]
+        out += [
+            {**provider_mod.worker_view(w), "role": "worker"}
+            for w in self.provider.jobs.values()
+            if w.state != "bid"
+        ]
+        return sorted(out, key=lambda d: d.get("created_at") or 0)
+
+    def job_outputs(self, job_id: str) -> dict[str, Any] | None:
+        """What exporting a requested job needs: its document and the digests of the accepted
+        outputs and their log (None for both until they are fetched). None: no such job."""
+        j = self.requester.jobs.get(job_id)
+        if j is None:
+            return None
+        doc = requester_mod.job_view(j)
+        rep = j.replicas.get(j.fetch_from) if j.fetch_from and j.accepted_digest else None
+        res = rep.result if rep is not None else None
+        return {
+            "job": doc,
+            "state": j.state,
+            "output_digest": res.output_digest if res is not None else None,
+            "log_digest": res.log_digest if res is not None else None,
+            # Every replica's log, the accepted one first: any of them explains a failure.
+            "log_digests": [
+                r.result.log_digest
+                for r in sorted(j.replicas.values(), key=lambda r: r.worker != j.fetch_from)
+                if r.result is not None
+            ],
+        }
+
+    def is_idle(self) -> bool:
+        """Nothing is in flight: no open requester job, no awarded work not yet settled, no
+        payment awaiting agreement. A driver may tick an idle node rarely (the simulator does):
+        that only delays its record refresh, head announcements and forgetting stale bids."""
+        return self.requester.is_idle() and self.provider.is_idle() and not self.ledger.pending
+
+    def may_serve_blob(self, peer: str, digest: str) -> bool:
+        """May ``peer`` fetch blob ``digest`` from us? Inputs go only to a job's awarded workers,
+        outputs and logs only to the job's requester (PROTOCOL.md §7.6)."""
+        for j in self.requester.jobs.values():
+            if peer in j.replicas and any(r.digest == digest for r in j.job.input_refs.values()):
+                return True
+        for w in self.provider.jobs.values():
+            res = w.result
+            if w.requester == peer and res and digest in (res.output_digest, res.log_digest):
+                return True
+        return False
+
+    # -- peers and reputation ----------------------------------------------------------------------
     def records(self) -> list[bytes]:
-        # Our own first: peer exchange sends a bounded prefix of this list.
-        out = [self.own.raw] if self.own is not None else []
-        out += [e.record.raw for e in self.peers.entries()]
+        """The signed records we hold, our own first (what peer exchange serves)."""
+        return self.membership.records()
+
+    def peer(self, peer_id: str, now: float) -> dict[str, Any] | None:
+        return self.membership.peer_json(peer_id, self.reputation_of(peer_id, now))
+
+    def peer_addrs(self, peer_id: str) -> tuple[str, ...]:
+        """Full multiaddrs from ``peer_id``'s record (empty when we hold none)."""
+        return self.membership.peer_addrs(peer_id)
+
+    def peers_json(self, now: float) -> list[dict[str, Any]]:
+        out = []
+        for pid in self.membership.peer_ids():
+            doc = self.peer(pid, now)
+            if doc is not None:
+                out.append(doc)
         return out
 
     def reputation_of(self, peer_id: str, now: float) -> float:
         return self.book.score(peer_id, now)
 
-    def peers_json(self, now: float) -> list[dict[str, Any]]:
-        out = []
-        for e in sorted(self.peers.entries(), key=lambda e: e.record.peer_id):
-            r = e.record
-            out.append(
-                {
-                    "peer_id": r.peer_id,
-                    "addrs": [f"{a}/p2p/{r.peer_id}" for a in r.caps.addrs],
-                    "capabilities": r.to_json(),
-                    "reputation": round(self.reputation_of(r.peer_id, now), 4),
-                    "last_seen": e.last_seen,
-                    "first_seen": e.first_seen,
-                    "connected": e.connected,
-                    "record_seq": r.seq,
-                    "record_expires_at": r.expires_at,
-                }
-            )
-        return out
+    def explain_reputation(self, peer_id: str, now: float) -> dict[str, Any]:
+        """What we hold on ``peer_id`` (the prior when nothing), as ``reputation PEER`` shows."""
+        return self.book.explain(peer_id, now)
 
+    def reputation(self, peer: str | None, now: float) -> Any:
+        """``p2pmesh reputation [PEER]``: one peer's explanation (``peer`` may be a unique
+        suffix), or every peer we hold evidence or a record for, best first."""
+        known = {*self.book.evidence, *self.membership.peer_ids()}
+        if peer:
+            matches = [p for p in known if p.endswith(peer.lstrip("…")) or p == peer]
+            if len(matches) != 1:
+                raise ValueError(f"no single peer matches {peer!r}")
+            return self.book.explain(matches[0], now)
+        return sorted((self.book.explain(p, now) for p in known), key=lambda d: -d["reputation"])
+
+    def validate_gossip(self, topic: str, data: bytes, now: float) -> topics.Validation:
+        """The topic validator of ``topic`` (``core/topics.py``): ACCEPT, IGNORE or REJECT."""
+        t = topics.BY_NAME.get(topic)
+        return topics.REJECT if t is None else t.check(self, data, now)
+
+    # -- ledger ------------------------------------------------------------------------------------
+    def balance(self, peer: str | None = None) -> dict[str, Any]:
+        return self.ledger.balance_json(peer or self.peer_id)
+
+    def balances(self) -> dict[str, dict[str, Any]]:
+        return {p: self.ledger.balance_json(p) for p in self.ledger.live.books.accounts}
+
+    def balances_sum(self) -> int:
+        return self.ledger.live.books.total()
+
+    def chain(self, author: str) -> tuple[Block, ...]:
+        """``author``'s chain as we hold it (blocks are immutable)."""
+        return tuple(self.ledger.ledger.chains.get(author, ()))
+
+    def chain_authors(self) -> list[str]:
+        return list(self.ledger.ledger.chains)
+
+    def fraud_proofs(self) -> dict[str, FraudProof]:
+        """Author → the proof that excluded it (proofs are immutable)."""
+        return dict(self.ledger.ledger.frauds)
+
+    def excluded(self, peer: str) -> bool:
+        return self.ledger.ledger.excluded(peer)
+
+    def pending_payments(self) -> int:
+        """Payments we proposed whose agreement has not come back yet."""
+        return len(self.ledger.pending)
+
+    def ledger_json(self, peer: str | None = None, *, last: int = 200) -> dict[str, Any]:
+        """``p2pmesh ledger --json`` without ``verify``: the last ``last`` blocks of each chain
+        (of authors ending in ``peer`` when given), every balance, the excluded authors."""
+        chains: dict[str, list[dict[str, Any]]] = {}
+        for author, chain in self.ledger.ledger.chains.items():
+            if peer and not author.endswith(peer):
+                continue
+            chains[author] = [_block_json(b) for b in chain[-last:]]
+        return {
+            "self": self.peer_id,
+            "chains": chains,
+            "balances": self.balances(),
+            "excluded": sorted(self.ledger.ledger.frauds),
+        }
+
+    def ledger_snapshot(self) -> LedgerSnapshot:
+        """A copy of every chain, fraud proof and balance, taken now, that ``verify_ledger``
+        can check anywhere (a worker thread) while this node goes on adding blocks."""
+        led = self.ledger.ledger
+        return LedgerSnapshot(
+            chains={a: tuple(c) for a, c in led.chains.items()},
+            frauds=tuple(led.frauds.values()),
+            balances={p: a.balance for p, a in self.ledger.live.books.accounts.items()},
+        )
+
+    def serve_ledger(self, request: Any) -> list[bytes]:
+        """Answer a ledger stream request (PROTOCOL.md §9.3): ``{"heads": true}`` or
+        ``{"author", "first", "last"}`` with integers 1 <= first <= last; else nothing."""
+        if not isinstance(request, dict):
+            return []
+        if request.get("heads") is True:
+            return self.ledger.on_heads_wanted()
+        author, first, last = request.get("author"), request.get("first"), request.get("last")
+        if (
+            isinstance(author, str)
+            and isinstance(first, int)
+            and isinstance(last, int)
+            and not isinstance(first, bool)
+            and not isinstance(last, bool)
+            and 1 <= first <= last
+        ):
+            return self.ledger.blocks_for(author, first, min(last, first + MAX_SYNC_BLOCKS - 1))
+        return []
+
+    # -- this node -------------------------------------------------------------------------
     def node_json(self, now: float) -> dict[str, Any]:
         own = self.own
         return {
             "peer_id": self.peer_id,
             "public_key": self.signer.public_key.hex(),
-            "addrs": [f"{a}/p2p/{self.peer_id}" for a in self.caps.addrs],
+            "addrs": full_addrs(self.peer_id, self.caps.addrs),
             "capabilities": own.to_json() if own else {},
             "started_at": self.started_at,
             "peers_connected": self.peers.connected_count(),
             "peers_known": len(self.peers),
             "work": self.caps.work,
             "record_seq": own.seq if own else 0,
-            "stats": {
-                "records_accepted": self.stats.records_accepted,
-                "records_refused": self.stats.records_refused,
-                "refused_reasons": dict(self.stats.refused_reasons),
-                "published": self.stats.published,
-            },
+            "stats": self.membership.stats_json(),
         }
+
+
+def _block_json(b: Block) -> dict[str, Any]:
+    return {
+        "seq": b.seq,
+        "kind": b.kind,
+        "hash": b.hash,
+        "prev": b.prev,
+        "job_id": b.tx.job_id,
+        "payer": b.tx.payer,
+        "payee": b.tx.payee,
+        "amount": b.tx.amount,
+        "ts": b.ts,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerSnapshot:
+    """Immutable copies (blocks and proofs are frozen): safe to hand to another thread."""
+
+    chains: dict[str, tuple[Block, ...]]
+    frauds: tuple[FraudProof, ...]
+    balances: dict[str, int]
+
+
+def verify_ledger(snap: LedgerSnapshot) -> dict[str, Any]:
+    """``p2pmesh ledger --verify``: re-check every block and proof of ``snap`` from its bytes, and
+    that the balances an auditor derives sum to zero and equal the node's own. Pure; touches no
+    live machine, so it may run on a worker thread."""
+    led = Ledger("verifier")
+    for proof in snap.frauds:
+        led.frauds[proof.author] = proof
+    for author, chain in snap.chains.items():
+        led.chains[author] = list(chain)
+        for b in chain:
+            led.by_hash[b.hash] = b
+    report = led.verify_all()
+    books = compute(led)
+    report["balances_sum"] = books.total()
+    report["balances_match"] = all(
+        books.get(p).balance == snap.balances.get(p, 0) for p in books.accounts
+    )
+    if report["balances_sum"] != 0 or not report["balances_match"]:
+        report["ok"] = False
+        report["problems"].append("balances do not sum to zero or do not match")
+    return report
+
+
+__all__ = [
+    "TOPIC_CAPABILITIES",
+    "LedgerSnapshot",
+    "Node",
+    "NodeConfig",
+    "open_fraud",
+    "peer_id_of_addr",
+    "verify_ledger",
+]

@@ -94,38 +94,18 @@ class JobRunner:
             self._executor = DockerExecutor()
         return self._executor
 
-    # -- who may fetch what (read-only look at the core's state) -------------------------------
+    # -- what the stream servers ask the core (on the event loop, never a thread) -------------
     def may_fetch(self, peer: str, digest: str) -> bool:
         if not self.blobs.has(digest):
             return False
         if digest in self.withheld:
             self.log("warning", "FAULT withhold-outputs: refusing our outputs", peer=peer)
             return False
-        for j in self.node.requester.jobs.values():
-            if peer in j.replicas and any(r.digest == digest for r in j.job.input_refs.values()):
-                return True
-        for w in self.node.provider.jobs.values():
-            res = w.result
-            if w.requester == peer and res and digest in (res.output_digest, res.log_digest):
-                return True
-        return False
+        return self.node.may_serve_blob(peer, digest)
 
     def ledger_blocks(self, req: dict[str, Any]) -> list[bytes]:
         """Serve a ledger request: ``{"heads": true}`` or ``{"author", "first", "last"}``."""
-        ledger = self.node.ledger
-        if req.get("heads") is True:
-            return ledger.on_heads_wanted()
-        author, first, last = req.get("author"), req.get("first"), req.get("last")
-        if (
-            isinstance(author, str)
-            and isinstance(first, int)
-            and isinstance(last, int)
-            and not isinstance(first, bool)
-            and not isinstance(last, bool)
-            and 1 <= first <= last
-        ):
-            return ledger.blocks_for(author, first, last)
-        return []
+        return self.node.serve_ledger(req)
 
     async def sync_chain(self, peer: str, request: dict[str, Any]) -> None:
         try:
@@ -134,7 +114,7 @@ class JobRunner:
             self.log("debug", "ledger sync failed", peer=peer, error=str(exc))
             return
         if blocks:
-            self.net.emit(BlocksReceived(tuple(blocks), peer))
+            self.net.inbound(BlocksReceived(tuple(blocks), peer), "ledger-sync")
 
     # -- submit (control socket) ---------------------------------------------------------------
     async def submit(self, job_file: str, bid_window_s: int) -> dict[str, Any]:
@@ -144,7 +124,7 @@ class JobRunner:
             refs[name] = await trio.to_thread.run_sync(self._store_input, path)
         job = WireJob(spec, refs)
         job_id = secrets.token_hex(16)
-        self.net.emit(JobSubmitted(job_id, job, bid_window_s))
+        await self.net.emit(JobSubmitted(job_id, job, bid_window_s))
         return {"job_id": job_id, "job_digest": job.digest}
 
     def _store_input(self, path: Path) -> InputRef:
@@ -160,12 +140,12 @@ class JobRunner:
         for attempt in range(SEND_RETRIES):
             try:
                 await self.wire.send(eff.peer_id, eff.addrs, eff.kind, eff.data)
-                self.net.emit(MessageDelivered(eff.job_id, eff.peer_id, eff.kind))
+                await self.net.emit(MessageDelivered(eff.job_id, eff.peer_id, eff.kind))
                 return
             except TransportError as exc:
                 last = str(exc)
                 await trio.sleep(0.5 * (attempt + 1))
-        self.net.emit(SendFailed(eff.job_id, eff.peer_id, eff.kind, last))
+        await self.net.emit(SendFailed(eff.job_id, eff.peer_id, eff.kind, last))
 
     async def fetch_inputs(self, eff: FetchInputs) -> None:
         job_dir = self.work / eff.job_id
@@ -185,9 +165,9 @@ class JobRunner:
                         raise
                 await trio.to_thread.run_sync(self._materialize, in_dir, name, digest, kind)
         except (TransportError, ValidationError, PackingError, OSError) as exc:
-            self.net.emit(InputsFetched(eff.job_id, False, str(exc)[:200]))
+            await self.net.emit(InputsFetched(eff.job_id, False, str(exc)[:200]))
             return
-        self.net.emit(InputsFetched(eff.job_id, True))
+        await self.net.emit(InputsFetched(eff.job_id, True))
 
     def _materialize(self, in_dir: Path, name: str, digest: str, kind: str) -> None:
         target = in_dir / name
@@ -314,7 +294,7 @@ class JobRunner:
         out_digest, out_size, log_digest, log_size = await trio.to_thread.run_sync(pack)
         with contextlib.suppress(OSError):
             await trio.to_thread.run_sync(shutil.rmtree, self.work / job_id)
-        self.net.emit(
+        await self.net.emit(
             ContainerFinished(
                 job_id,
                 nonlocal_status[0],
@@ -349,7 +329,7 @@ class JobRunner:
         if removed:
             self.log("info", "removed running containers on exit", count=removed)
 
-    async def fetch_outputs(self, eff: FetchOutputs) -> None:
+    async def fetch_outputs(self, eff: FetchOutputs, addrs: tuple[str, ...] = ()) -> None:
         """Fetch a result's outputs and log, and say ok only once they are verified on disk.
 
         The core pays the worker on this answer (PROTOCOL.md §8.1), so ok means: this worker
@@ -358,8 +338,6 @@ class JobRunner:
         checks while receiving), and the output archive unpacks under the rules ``export``
         uses.
         """
-        rec = self.node.peers.get(eff.worker)
-        addrs = tuple(f"{a}/p2p/{eff.worker}" for a in rec.record.caps.addrs) if rec else ()
         try:
             for digest, size in (
                 (eff.output_digest, eff.output_size),
@@ -368,9 +346,9 @@ class JobRunner:
                 await self._fetch_blob(eff.worker, addrs, digest, size)
             await trio.to_thread.run_sync(self._check_outputs, eff)
         except (TransportError, ValidationError, PackingError, OSError) as exc:
-            self.net.emit(OutputsFetched(eff.job_id, eff.worker, False, str(exc)[:200]))
+            await self.net.emit(OutputsFetched(eff.job_id, eff.worker, False, str(exc)[:200]))
             return
-        self.net.emit(OutputsFetched(eff.job_id, eff.worker, True))
+        await self.net.emit(OutputsFetched(eff.job_id, eff.worker, True))
 
     async def _fetch_blob(
         self, worker: str, addrs: tuple[str, ...], digest: str, size: int
@@ -419,32 +397,26 @@ class JobRunner:
             # A blob vanished under us: every replica stands alone, so the job adds replicas.
             self.log("error", "output comparison failed", job=eff.job_id, error=str(exc))
             groups = [[w] for w in workers]
-        self.net.emit(OutputsCompared(eff.job_id, workers, tuple(tuple(g) for g in groups)))
+        await self.net.emit(OutputsCompared(eff.job_id, workers, tuple(tuple(g) for g in groups)))
 
     # -- export to the user's folder (control socket) ------------------------------------------
-    def export(self, job_id: str, dest: str) -> dict[str, Any]:
-        j = self.node.requester.jobs.get(job_id)
-        if j is None:
-            raise MeshError(f"no job {job_id} requested from this node")
-        if not j.fetch_from or not j.accepted_digest:
-            raise MeshError(f"job {job_id} has no outputs yet (state {j.state})")
-        rep = j.replicas[j.fetch_from]
-        assert rep.result is not None
+    def export(self, job_id: str, outputs: dict[str, Any], dest: str) -> dict[str, Any]:
+        """Unpack a job's accepted outputs into ``dest`` (runs on a worker thread: ``outputs``
+        is the plain data ``Node.job_outputs`` returned on the event loop, nothing live)."""
+        doc = outputs["job"]
+        if not outputs["output_digest"] or not outputs["log_digest"]:
+            raise MeshError(f"job {job_id} has no outputs yet (state {outputs['state']})")
         out = Path(dest)
         out.mkdir(parents=True, exist_ok=True)
         files = out / "outputs"
         if files.exists():
             shutil.rmtree(files)
-        data = self.blobs.path(rep.result.output_digest).read_bytes()
+        data = self.blobs.path(outputs["output_digest"]).read_bytes()
         if data:
             packing.unpack(data, files, max_bytes=EXPORT_MAX_BYTES)
         else:
             files.mkdir()
-        log_path = self.blobs.path(rep.result.log_digest)
-        shutil.copyfile(log_path, out / "log.txt")
-        from p2pmesh.core.auction.requester import job_view
-
-        doc = job_view(j)
+        shutil.copyfile(self.blobs.path(outputs["log_digest"]), out / "log.txt")
         (out / "result.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
         return {
             "dest": str(out),
@@ -452,13 +424,11 @@ class JobRunner:
             "job": doc,
         }
 
-    def logs(self, job_id: str) -> str | None:
-        j = self.node.requester.jobs.get(job_id)
-        if j is None:
-            return None
-        for rep in j.replicas.values():
-            if rep.result and self.blobs.has(rep.result.log_digest):
-                return self.blobs.path(rep.result.log_digest).read_text(errors="replace")
+    def logs(self, log_digests: list[str]) -> str | None:
+        """The first of these logs we hold (the accepted replica's comes first)."""
+        for digest in log_digests:
+            if self.blobs.has(digest):
+                return self.blobs.path(digest).read_text(errors="replace")
         return None
 
 

@@ -12,6 +12,7 @@ import collections
 import dataclasses
 import json
 import logging
+import math
 import os
 import random
 import signal
@@ -28,9 +29,6 @@ from p2pmesh.adapters import hardware
 from p2pmesh.adapters.libp2p.net import MeshNet
 from p2pmesh.adapters.sqlite.store import Store, TrioStore
 from p2pmesh.bootstrap.peers import shipped_bootstrap
-from p2pmesh.core.auction import provider as provider_mod
-from p2pmesh.core.auction import requester as requester_mod
-from p2pmesh.core.auction.messages import TOPIC_OFFERS, TOPIC_VERDICTS
 from p2pmesh.core.capability import Capabilities, Gpu
 from p2pmesh.core.crypto import Ed25519Signer
 from p2pmesh.core.effects import (
@@ -40,6 +38,7 @@ from p2pmesh.core.effects import (
     Dial,
     Effect,
     ExchangePeers,
+    FetchHeads,
     FetchInputs,
     FetchOutputs,
     Log,
@@ -48,23 +47,18 @@ from p2pmesh.core.effects import (
     RunContainer,
     SendMessage,
     StopContainer,
+    StoreBlock,
+    SyncChain,
 )
 from p2pmesh.core.events import (
     CancelRequested,
-    MessageReceived,
     PeerDiscovered,
     ProfileChanged,
     RecordReceived,
     Ticked,
 )
-from p2pmesh.core.ledger.payments import (
-    TOPIC_FRAUD,
-    TOPIC_HEADS,
-    FetchHeads,
-    StoreBlock,
-    SyncChain,
-)
-from p2pmesh.core.node import TOPIC_CAPABILITIES, Node, NodeConfig
+from p2pmesh.core.node import Node, NodeConfig, verify_ledger
+from p2pmesh.core.topics import TOPICS, event_of
 from p2pmesh.daemon.control import open_control_listener, serve_control
 from p2pmesh.daemon.home import DB_FILE, NODE_JSON, SOCKET_FILE, ensure_home, load_or_create_key
 from p2pmesh.daemon.jobs import DEFAULT_BID_WINDOW_S, JobRunner
@@ -145,11 +139,13 @@ class Daemon:
             rng=random.SystemRandom(),
         )
         self.events_send, self.events_recv = trio.open_memory_channel[Any](4096)
-        self.persist_send, self.persist_recv = trio.open_memory_channel[Persist](4096)
+        # Unbounded: a write the core asked for is never dropped, and the owner task (which
+        # cannot wait) never blocks on it. Writes are few per event and the event queue above
+        # is bounded, so under overload this grows only as fast as events are handled.
+        self.persist_send, self.persist_recv = trio.open_memory_channel[Persist](math.inf)
         self.net = MeshNet(
             load_or_create_key(self.home),
             self.events_send,
-            check_record=lambda data: self.node.check_gossip_record(data, time.time()),
             local_records=self.node.records,
         )
         self._dialling: set[str] = set()
@@ -195,61 +191,78 @@ class Daemon:
         for eff in effects:
             if self.settings.fault and self._faulty(eff):
                 continue
-            if isinstance(eff, Log):
-                self.log(eff.level, eff.msg, **eff.fields)
-            elif isinstance(eff, Persist) and eff.table == "payments":
-                # Durable with the proposal it describes: a restart must resend it.
-                self.tstore.call_now(self.store.put_payment, eff.key, eff.value)
-            elif isinstance(eff, Persist):
-                try:
-                    self.persist_send.send_nowait(eff)
-                except trio.WouldBlock:
-                    self.log("error", "persist queue full; write dropped", table=eff.table)
-            elif isinstance(eff, Publish):
-                self.nursery.start_soon(self._limited, self.net.publish, eff.topic, eff.data)
-            elif isinstance(eff, DhtPut):
-                self.nursery.start_soon(self._limited, self.net.dht_put, eff.key, eff.value)
-            elif isinstance(eff, DhtGet):
-                self.nursery.start_soon(self._limited, self._dht_get, eff.key)
-            elif isinstance(eff, Dial):
-                if eff.peer_id not in self._dialling:
-                    self._dialling.add(eff.peer_id)
-                    self.nursery.start_soon(self._dial, eff.peer_id, eff.addrs)
-            elif isinstance(eff, ExchangePeers):
-                self.nursery.start_soon(self._limited, self.net.exchange_peers, eff.peer_id)
-            elif isinstance(eff, SendMessage):
-                assert self.jobs is not None
-                self.nursery.start_soon(self._limited, self.jobs.send_message, eff)
-            elif isinstance(eff, FetchInputs):
-                assert self.jobs is not None
-                self.nursery.start_soon(self.jobs.fetch_inputs, eff)
-            elif isinstance(eff, RunContainer):
-                assert self.jobs is not None
-                self.nursery.start_soon(self.jobs.run_container, eff)
-            elif isinstance(eff, StopContainer):
-                assert self.jobs is not None
-                self.jobs.stop_container(eff)
-            elif isinstance(eff, FetchOutputs):
-                assert self.jobs is not None
-                self.nursery.start_soon(self.jobs.fetch_outputs, eff)
-            elif isinstance(eff, StoreBlock):
-                # Durable before anything that depends on it is sent: a block of ours that a
-                # peer holds but we lost would make our next block a fork.
-                self.tstore.call_now(self.store.put_block, eff.author, eff.seq, eff.raw)
-            elif isinstance(eff, SyncChain):
-                assert self.jobs is not None
-                req = {"author": eff.author, "first": eff.first, "last": eff.last}
-                self.nursery.start_soon(self._limited, self.jobs.sync_chain, eff.peer_id, req)
-            elif isinstance(eff, FetchHeads):
-                assert self.jobs is not None
-                self.nursery.start_soon(
-                    self._limited, self.jobs.sync_chain, eff.peer_id, {"heads": True}
-                )
-            elif isinstance(eff, CompareOutputs):
-                assert self.jobs is not None
-                self.nursery.start_soon(self.jobs.compare_outputs, eff)
-            else:
+            handler = _EFFECTS.get(type(eff))
+            if handler is None:
                 self.log("error", "unknown effect", effect=repr(eff))
+            else:
+                handler(self, eff)
+
+    # One handler per effect type of ``core.effects.Effect`` (tests/unit/test_face.py checks it).
+    def _log_effect(self, eff: Log) -> None:
+        self.log(eff.level, eff.msg, **eff.fields)
+
+    def _persist(self, eff: Persist) -> None:
+        if eff.table == "payments":
+            # Durable with the proposal it describes: a restart must resend it.
+            self.tstore.call_now(self.store.put_payment, eff.key, eff.value)
+            return
+        self.persist_send.send_nowait(eff)
+
+    def _publish(self, eff: Publish) -> None:
+        self._spawn(self._limited, self.net.publish, eff.topic, eff.data)
+
+    def _dht_put(self, eff: DhtPut) -> None:
+        self._spawn(self._limited, self.net.dht_put, eff.key, eff.value)
+
+    def _dht_get_effect(self, eff: DhtGet) -> None:
+        self._spawn(self._limited, self._dht_get, eff.key)
+
+    def _dial_effect(self, eff: Dial) -> None:
+        if eff.peer_id not in self._dialling:
+            self._dialling.add(eff.peer_id)
+            self._spawn(self._dial, eff.peer_id, eff.addrs)
+
+    def _exchange(self, eff: ExchangePeers) -> None:
+        self._spawn(self._limited, self.net.exchange_peers, eff.peer_id)
+
+    def _send(self, eff: SendMessage) -> None:
+        self._spawn(self._limited, self._jobs().send_message, eff)
+
+    def _fetch_inputs(self, eff: FetchInputs) -> None:
+        self._spawn(self._jobs().fetch_inputs, eff)
+
+    def _run_container(self, eff: RunContainer) -> None:
+        self._spawn(self._jobs().run_container, eff)
+
+    def _stop_container(self, eff: StopContainer) -> None:
+        self._jobs().stop_container(eff)
+
+    def _fetch_outputs(self, eff: FetchOutputs) -> None:
+        # The worker's addresses are looked up now, on the owner task, from its record.
+        self._spawn(self._jobs().fetch_outputs, eff, self.node.peer_addrs(eff.worker))
+
+    def _compare(self, eff: CompareOutputs) -> None:
+        self._spawn(self._jobs().compare_outputs, eff)
+
+    def _store_block(self, eff: StoreBlock) -> None:
+        # Durable before anything that depends on it is sent: a block of ours that a peer
+        # holds but we lost would make our next block a fork.
+        self.tstore.call_now(self.store.put_block, eff.author, eff.seq, eff.raw)
+
+    def _sync_chain(self, eff: SyncChain) -> None:
+        req = {"author": eff.author, "first": eff.first, "last": eff.last}
+        self._spawn(self._limited, self._jobs().sync_chain, eff.peer_id, req)
+
+    def _fetch_heads(self, eff: FetchHeads) -> None:
+        self._spawn(self._limited, self._jobs().sync_chain, eff.peer_id, {"heads": True})
+
+    def _spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        assert self.nursery is not None
+        self.nursery.start_soon(fn, *args)
+
+    def _jobs(self) -> JobRunner:
+        assert self.jobs is not None
+        return self.jobs
 
     async def _limited(self, fn: Callable[..., Any], *args: Any) -> None:
         async with self._net_limiter:
@@ -258,7 +271,7 @@ class Daemon:
     async def _dht_get(self, key: str) -> None:
         value = await self.net.dht_get(key)
         if value is not None:
-            self.net.emit(RecordReceived(value, "dht"))
+            self.net.inbound(RecordReceived(value, "dht"), "dht")
 
     async def _dial(self, peer_id: str, addrs: tuple[str, ...]) -> None:
         try:
@@ -293,8 +306,8 @@ class Daemon:
         while True:
             await trio.sleep(TICK_S)
             for pid, addrs in self.net.take_mdns_peers():
-                self.net.emit(PeerDiscovered(pid, addrs))
-            self.net.emit(Ticked())
+                self.net.inbound(PeerDiscovered(pid, addrs), "mdns")
+            await self.net.emit(Ticked())
 
     async def _reprofiler(self) -> None:
         while True:
@@ -303,38 +316,35 @@ class Daemon:
                 lambda: hardware.profile(self.home, check_docker=self.settings.work)
             )
             caps = caps_from_profile(self.profile, self.net.listen_addrs(), self.settings)
-            self.net.emit(ProfileChanged(caps))
+            await self.net.emit(ProfileChanged(caps))
 
-    async def _restore_jobs(self) -> list[Effect]:
-        now = int(time.time())
-        effects: list[Effect] = []
+    async def _restore(self) -> list[Effect]:
+        """Read what the last run stored and hand it to ``Node.restore`` (written once, in the
+        core, and used by the simulator's restarts too)."""
+        records = await self.tstore.call(self.store.peer_records)
         blocks = await self.tstore.call(self.store.blocks)
         frauds = await self.tstore.call(self.store.frauds)
-        pending = await self.tstore.call(self.store.payments)
-        self.node.ledger.restore(blocks, frauds, pending)
-        if blocks:
-            self.log("info", "ledger restored", blocks=len(blocks), pending=len(pending))
+        payments = await self.tstore.call(self.store.payments)
+        rows = await self.tstore.call(self.store.jobs)
         if self.settings.work and "docker" in self.profile.executors:
-            assert self.jobs is not None
             try:
                 removed = await trio.to_thread.run_sync(
-                    self.jobs.executor.remove_stale, f"p2pmesh.node={self.node.peer_id[-8:]}"
+                    self._jobs().executor.remove_stale, f"p2pmesh.node={self.node.peer_id[-8:]}"
                 )
                 if removed:
                     self.log("info", "removed containers left by a crash", count=removed)
             except Exception as exc:
                 self.log("warning", "could not clean stale containers", error=str(exc))
-        for row in await self.tstore.call(self.store.jobs):
-            try:
-                if row["role"] == "requester":
-                    j = requester_mod.from_doc(row["doc"], self.node.peer_id, now)
-                    self.node.requester.jobs[j.job_id] = j
-                    if j.verdict_raw:
-                        self.node.requester.replay_verdict(j.verdict_raw)
-                elif row["role"] == "worker":
-                    effects += self.node.provider.restore(row["doc"], now)
-            except Exception as exc:
-                self.log("error", "could not restore job", job=row["job_id"], error=repr(exc))
+        effects = self.node.restore(
+            now=time.time(),
+            records=records,
+            blocks=blocks,
+            frauds=frauds,
+            payments=payments,
+            jobs=[(row["role"], row["doc"]) for row in rows],
+        )
+        if blocks:
+            self.log("info", "ledger restored", blocks=len(blocks), pending=len(payments))
         return effects
 
     # -- control ---------------------------------------------------------------------------------
@@ -365,116 +375,61 @@ class Daemon:
             return await self.jobs.submit(path, max(1, min(window, 600)))
 
         async def jobs(args: dict[str, Any]) -> Any:
-            out = [
-                {**requester_mod.job_view(j), "role": "requester"}
-                for j in self.node.requester.jobs.values()
-            ]
-            out += [
-                {**provider_mod.worker_view(w), "role": "worker"}
-                for w in self.node.provider.jobs.values()
-                if w.state != "bid"
-            ]
-            return sorted(out, key=lambda d: d.get("created_at") or 0)
+            return self.node.jobs()
 
         async def job(args: dict[str, Any]) -> Any:
             job_id = str(args.get("job_id", ""))
-            j = self.node.requester.jobs.get(job_id)
-            if j is not None:
-                return {**requester_mod.job_view(j), "role": "requester"}
-            w = self.node.provider.jobs.get(job_id)
-            if w is not None:
-                return {**provider_mod.worker_view(w), "role": "worker"}
-            matches = [k for k in self.node.requester.jobs if k.startswith(job_id)]
-            if job_id and len(matches) == 1:
-                return {
-                    **requester_mod.job_view(self.node.requester.jobs[matches[0]]),
-                    "role": "requester",
-                }
-            raise ValueError(f"no job {job_id!r} on this node")
+            doc = self.node.job(job_id, prefix=True)
+            if doc is None:
+                raise ValueError(f"no job {job_id!r} on this node")
+            return doc
+
+        def requested(job_id: str) -> dict[str, Any]:
+            doc = self.node.job(job_id)
+            if doc is None or doc["role"] != "requester":
+                raise ValueError(f"no job {job_id!r} requested from this node")
+            return doc
 
         async def cancel(args: dict[str, Any]) -> Any:
             job_id = str(args.get("job_id", ""))
-            if job_id not in self.node.requester.jobs:
-                raise ValueError(f"no job {job_id!r} requested from this node")
-            self.net.emit(CancelRequested(job_id))
+            requested(job_id)
+            await self.net.emit(CancelRequested(job_id))
             return {"job_id": job_id, "cancelling": True}
 
         async def export(args: dict[str, Any]) -> Any:
-            assert self.jobs is not None
+            job_id = str(args.get("job_id", ""))
+            outputs = self.node.job_outputs(job_id)  # plain data, read here on the event loop
+            if outputs is None:
+                raise ValueError(f"no job {job_id!r} requested from this node")
             return await trio.to_thread.run_sync(
-                self.jobs.export, str(args.get("job_id", "")), str(args.get("dest", ""))
+                self._jobs().export, job_id, outputs, str(args.get("dest", ""))
             )
 
         async def logs(args: dict[str, Any]) -> Any:
-            assert self.jobs is not None
             job_id = str(args.get("job_id", ""))
-            j = self.node.requester.jobs.get(job_id)
-            if j is None:
-                raise ValueError(f"no job {job_id!r} requested from this node")
-            return {"job_id": job_id, "state": j.state, "log": self.jobs.logs(job_id)}
+            doc = requested(job_id)
+            outputs = self.node.job_outputs(job_id)
+            assert outputs is not None
+            log = self._jobs().logs(outputs["log_digests"])
+            return {"job_id": job_id, "state": doc["state"], "log": log}
 
         async def reputation(args: dict[str, Any]) -> Any:
-            now = time.time()
             peer = args.get("peer_id")
-            book = self.node.book
-            if peer:
-                matches = [
-                    p
-                    for p in {
-                        *book.evidence,
-                        *(e.record.peer_id for e in self.node.peers.entries()),
-                    }
-                    if p.endswith(str(peer).lstrip("…")) or p == peer
-                ]
-                if len(matches) != 1:
-                    raise ValueError(f"no single peer matches {peer!r}")
-                return book.explain(matches[0], now)
-            known = {*book.evidence, *(e.record.peer_id for e in self.node.peers.entries())}
-            return sorted((book.explain(p, now) for p in known), key=lambda d: -d["reputation"])
+            return self.node.reputation(str(peer) if peer else None, time.time())
 
         async def balance(args: dict[str, Any]) -> Any:
-            peer = args.get("peer_id") or self.node.peer_id
-            return self.node.ledger.balance_json(str(peer))
+            peer = args.get("peer_id")
+            return self.node.balance(str(peer) if peer else None)
 
         async def ledger(args: dict[str, Any]) -> Any:
-            from p2pmesh.core.ledger.accounts import compute
-
-            lm = self.node.ledger
-            out: dict[str, Any] = {"self": self.node.peer_id}
             peer = args.get("peer_id")
+            out: dict[str, Any] = {}
             if args.get("verify"):
-                report = await trio.to_thread.run_sync(lm.ledger.verify_all)
-                books = compute(lm.ledger)
-                report["balances_sum"] = books.total()
-                report["balances_match"] = all(
-                    books.get(p).balance == lm.account(p).balance for p in books.accounts
-                )
-                if report["balances_sum"] != 0 or not report["balances_match"]:
-                    report["ok"] = False
-                    report["problems"].append("balances do not sum to zero or do not match")
-                out["verify"] = report
-            chains = {}
-            for author, chain in lm.ledger.chains.items():
-                if peer and not author.endswith(str(peer)):
-                    continue
-                chains[author] = [
-                    {
-                        "seq": b.seq,
-                        "kind": b.kind,
-                        "hash": b.hash,
-                        "prev": b.prev,
-                        "job_id": b.tx.job_id,
-                        "payer": b.tx.payer,
-                        "payee": b.tx.payee,
-                        "amount": b.tx.amount,
-                        "ts": b.ts,
-                    }
-                    for b in chain[-200:]
-                ]
-            out["chains"] = chains
-            out["balances"] = {p: lm.balance_json(p) for p in lm.live.books.accounts}
-            out["excluded"] = sorted(lm.ledger.frauds)
-            return out
+                # The copy is taken here, between two events of the owner task; the worker
+                # thread checks that copy while the node goes on adding blocks.
+                snap = self.node.ledger_snapshot()
+                out["verify"] = await trio.to_thread.run_sync(verify_ledger, snap)
+            return {**self.node.ledger_json(str(peer) if peer else None), **out}
 
         return {
             "balance": balance,
@@ -507,8 +462,6 @@ class Daemon:
         listener = await open_control_listener(self.home / SOCKET_FILE)
         try:
             async with self.net.running(list(self.settings.listen), mdns=self.settings.mdns):
-                for raw in await self.tstore.call(self.store.peer_records):
-                    self.net.emit(RecordReceived(raw, "store"))
                 self.jobs = JobRunner(
                     self.home,
                     self.net,
@@ -525,21 +478,16 @@ class Daemon:
                             f"FAULT INJECTION ACTIVE: {self.settings.fault} "
                             "(P2PMESH_ALLOW_FAULTS=1); this node misbehaves on purpose",
                         )
-                self.net.add_topic_validator(
-                    TOPIC_OFFERS, lambda data: self.node.check_offer(data, time.time())
-                )
-                self.net.add_topic_validator(
-                    TOPIC_VERDICTS, lambda data: self.node.check_verdict(data, time.time())
-                )
-                self.net.add_topic_validator(
-                    TOPIC_HEADS, lambda data: self.node.check_block(data, time.time())
-                )
-                self.net.add_topic_validator(
-                    TOPIC_FRAUD, lambda data: self.node.check_fraud(data, time.time())
-                )
-                resumed = await self._restore_jobs()
+                for topic in TOPICS:
+                    self.net.add_topic_validator(
+                        topic.name,
+                        lambda data, name=topic.name: self.node.validate_gossip(
+                            name, data, time.time()
+                        ),
+                    )
+                resumed = await self._restore()
                 caps = caps_from_profile(self.profile, self.net.listen_addrs(), self.settings)
-                self.net.emit(ProfileChanged(caps))
+                await self.net.emit(ProfileChanged(caps))
                 self.write_node_json()
                 self.log(
                     "info",
@@ -553,27 +501,8 @@ class Daemon:
                     nursery.start_soon(self._persister)
                     nursery.start_soon(self._ticker)
                     nursery.start_soon(self._reprofiler)
-                    nursery.start_soon(
-                        self.net.subscribe_loop,
-                        TOPIC_CAPABILITIES,
-                        lambda data, sender: RecordReceived(data, "gossip", sender),
-                    )
-                    nursery.start_soon(
-                        self.net.subscribe_loop,
-                        TOPIC_OFFERS,
-                        lambda data, sender: MessageReceived("offer", data, sender),
-                    )
-                    nursery.start_soon(
-                        self.net.subscribe_loop,
-                        TOPIC_VERDICTS,
-                        lambda data, sender: MessageReceived("verdict", data, sender),
-                    )
-                    for topic, kind in ((TOPIC_HEADS, "head"), (TOPIC_FRAUD, "fraud")):
-                        nursery.start_soon(
-                            self.net.subscribe_loop,
-                            topic,
-                            lambda data, sender, kind=kind: MessageReceived(kind, data, sender),
-                        )
+                    for topic in TOPICS:
+                        nursery.start_soon(self.net.subscribe_loop, topic.name, event_of)
                     nursery.start_soon(serve_control, listener, self.handlers(), self.log)
                     self.dispatch(resumed)
                     if on_ready is not None:
@@ -587,6 +516,26 @@ class Daemon:
                 if p.exists():
                     p.unlink()
             self.store.close()
+
+
+_EFFECTS: dict[type, Callable[[Daemon, Any], None]] = {
+    Log: Daemon._log_effect,
+    Persist: Daemon._persist,
+    Publish: Daemon._publish,
+    DhtPut: Daemon._dht_put,
+    DhtGet: Daemon._dht_get_effect,
+    Dial: Daemon._dial_effect,
+    ExchangePeers: Daemon._exchange,
+    SendMessage: Daemon._send,
+    FetchInputs: Daemon._fetch_inputs,
+    RunContainer: Daemon._run_container,
+    StopContainer: Daemon._stop_container,
+    FetchOutputs: Daemon._fetch_outputs,
+    CompareOutputs: Daemon._compare,
+    StoreBlock: Daemon._store_block,
+    SyncChain: Daemon._sync_chain,
+    FetchHeads: Daemon._fetch_heads,
+}
 
 
 async def run_until_signal(daemon: Daemon, on_ready: Callable[[Daemon], None] | None) -> None:

@@ -307,17 +307,14 @@ class Mesh:
         self.queue = deque(q for q in self.queue if q[0] != name)
         node = Node(NodeConfig(), old.signer, old.caps, started_at=float(self.now))
         self.nodes[name] = node
-        resumed: list[Effect] = []
         before = _job_states(old)
-        for (table, key), doc in sorted(self.db[name].items()):
-            role, _, _ = key.partition(":")
-            if table != "jobs":
-                continue
-            if role == "requester":
-                j = requester_mod.from_doc(doc, node.peer_id, self.now)
-                node.requester.jobs[j.job_id] = j
-            else:  # every worker job, as the daemon does: reported ones still serve outputs
-                resumed += node.provider.restore(doc, self.now)
+        # Every job document it persisted, restored the way the daemon restores them.
+        jobs = [
+            (key.partition(":")[0], doc)
+            for (table, key), doc in sorted(self.db[name].items())
+            if table == "jobs"
+        ]
+        resumed = node.restore(now=float(self.now), jobs=jobs)
         after = _job_states(node)
         _record({k: v for k, v in before.items() if k in after}, after, "restart")
         for eff in resumed:

@@ -24,7 +24,7 @@ from p2pmesh.errors import TransportError
 async def _exchange(payload: bytes, *, header: bytes | None = None) -> tuple[Any, list[Any]]:
     """Send one frame (or a bare header) to a node; its answer and the events it emitted."""
     send, recv = trio.open_memory_channel[Any](64)
-    server = MeshNet(bytes([5]) * 32, send, check_record=lambda d: True, local_records=list)
+    server = MeshNet(bytes([5]) * 32, send, local_records=list)
     async with server.running(["/ip4/127.0.0.1/tcp/0"], mdns=False):
         JobWire(server, may_fetch=lambda peer, digest: False, blob_path=lambda d: None)
         client = new_host(key_pair=create_new_key_pair(bytes([6]) * 32))

@@ -32,7 +32,7 @@ from p2pmesh.core.capability import DHT_NAMESPACE
 
 def _net(seed: int) -> MeshNet:
     send, _recv = trio.open_memory_channel[object](256)
-    return MeshNet(bytes([seed]) * 32, send, check_record=lambda d: True, local_records=list)
+    return MeshNet(bytes([seed]) * 32, send, local_records=list)
 
 
 def _full_addr(net: MeshNet) -> str:
@@ -93,9 +93,7 @@ async def test_a_put_sends_the_record_of_vector_v7() -> None:
         await stream.write(varint.encode(len(reply)) + reply)  # type: ignore[attr-defined]
 
     send, _recv = trio.open_memory_channel[object](256)
-    putter = MeshNet(
-        bytes.fromhex(rec["seed"]), send, check_record=lambda d: True, local_records=list
-    )
+    putter = MeshNet(bytes.fromhex(rec["seed"]), send, local_records=list)
     server = new_host(key_pair=create_new_key_pair(bytes([9]) * 32))
     server.set_stream_handler(DHT_PROTOCOL_ID, handler)
     async with (

@@ -30,6 +30,7 @@ from p2pmesh.core.events import (
     Ticked,
 )
 from p2pmesh.core.node import TOPIC_CAPABILITIES, Node, NodeConfig, peer_id_of_addr
+from p2pmesh.core.topics import ACCEPT, IGNORE, REJECT
 from p2pmesh.errors import DecodeError
 
 T0 = 1_700_000_000.0
@@ -367,27 +368,30 @@ def test_silent_peer_ages_out() -> None:
 # -- hostile input --------------------------------------------------------------------------------
 
 
-def test_check_gossip_record() -> None:
+def test_record_validator_rejects_invalid_and_ignores_stale() -> None:
     n = _node(0)
+    check = lambda data, now: n.validate_gossip(TOPIC_CAPABILITIES, data, now)  # noqa: E731
     good = _record_of(1, 5)
-    assert n.check_gossip_record(good, T0)
+    assert check(good, T0) is ACCEPT
     assert len(n.peers) == 0  # a validator changes nothing
     tampered = bytearray(good)
     tampered[-3] ^= 0x10
-    assert not n.check_gossip_record(bytes(tampered), T0)
+    assert check(bytes(tampered), T0) is REJECT
     # Signed by key 1 but claiming to be peer 2.
     body = {"peer_id": _signer(2).peer_id, "seq": 1, "issued_at": int(T0)}
     forged = seal(
         _signer(1), "capability", {**body, "expires_at": int(T0) + 60, **caps_body(_caps(1))}
     )
-    assert not n.check_gossip_record(forged, T0)
-    assert not n.check_gossip_record(good, T0 + TTL)  # expired
-    assert not n.check_gossip_record(b"", T0)
-    assert not n.check_gossip_record(b"\x80", T0)
+    assert check(forged, T0) is REJECT
+    assert check(good, T0 + TTL) is IGNORE  # expired: valid once, of no use now
+    assert check(good, T0 - 1000) is IGNORE  # not yet valid at our clock
+    assert check(b"", T0) is REJECT
+    assert check(b"\x80", T0) is REJECT
     n.handle(RecordReceived(good, "gossip"), T0)
-    assert not n.check_gossip_record(good, T0 + 1)  # replayed
-    assert not n.check_gossip_record(_record_of(1, 4), T0 + 1)  # stale
-    assert n.check_gossip_record(_record_of(1, 6), T0 + 1)
+    assert check(good, T0 + 1) is IGNORE  # replayed: an honest duplicate
+    assert check(_record_of(1, 4), T0 + 1) is IGNORE  # stale
+    assert check(_record_of(1, 6), T0 + 1) is ACCEPT
+    assert n.validate_gossip("p2pmesh/unknown/1", good, T0) is REJECT
 
 
 def test_refused_records_are_counted_with_reasons() -> None:

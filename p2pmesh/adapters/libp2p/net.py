@@ -11,7 +11,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import multiaddr
@@ -30,6 +30,7 @@ from p2pmesh.adapters.libp2p import patches
 from p2pmesh.adapters.libp2p.streams import read_frame, write_frame
 from p2pmesh.core import capability, codec
 from p2pmesh.core.events import DialFailed, PeerConnected, PeerDisconnected, RecordReceived
+from p2pmesh.core.topics import Validation
 from p2pmesh.errors import DecodeError, TransportError, ValidationError
 
 log = logging.getLogger("p2pmesh.net")
@@ -60,17 +61,17 @@ class _CapabilityValidator(Validator):
 
 
 class _Notifee:
-    def __init__(self, send: Callable[[Any], None]) -> None:
+    def __init__(self, send: Callable[[Any], Awaitable[None]]) -> None:
         self._send = send
 
     async def connected(self, network: Any, conn: Any) -> None:
-        self._send(PeerConnected(str(conn.muxed_conn.peer_id)))
+        await self._send(PeerConnected(str(conn.muxed_conn.peer_id)))
 
     async def disconnected(self, network: Any, conn: Any) -> None:
         peer = conn.muxed_conn.peer_id
         # Several connections to one peer may exist; only the last one closing matters.
         if not network.get_connections(peer):
-            self._send(PeerDisconnected(str(peer)))
+            await self._send(PeerDisconnected(str(peer)))
 
     async def opened_stream(self, network: Any, stream: Any) -> None:
         return None
@@ -85,11 +86,19 @@ class _Notifee:
         return None
 
 
+# Input from the network is shed once the owner's queue is this full, so that the events the
+# daemon makes itself (a finished container, fetched inputs) always find room without waiting.
+NETWORK_SHARE = 0.75
+
+
 @dataclass(slots=True)
 class NetStats:
-    events_dropped: int = 0
+    # Input from the network shed under flood, by reason (the daemon's own events never are).
+    shed: dict[str, int] = field(default_factory=dict)
     gossip_received: int = 0
-    gossip_invalid: int = 0
+    gossip_invalid: int = 0  # ignored + rejected
+    gossip_ignored: dict[str, int] = field(default_factory=dict)  # by topic
+    gossip_rejected: dict[str, int] = field(default_factory=dict)  # by topic
     published: int = 0
     publish_failed: int = 0
     dht_put_ok: int = 0
@@ -106,12 +115,10 @@ class MeshNet:
         seed: bytes,
         events: trio.MemorySendChannel[Any],
         *,
-        check_record: Callable[[bytes], bool],
         local_records: Callable[[], list[bytes]],
     ) -> None:
         patches.apply()
         self._events = events
-        self._check_record = check_record
         self._local_records = local_records
         self.key_pair = create_new_key_pair(seed)
         self.host = new_host(key_pair=self.key_pair)
@@ -141,14 +148,29 @@ class MeshNet:
         self._mdns_found: list[PeerInfo] = []
 
     # -- events into the core --------------------------------------------------------------
-    def emit(self, event: Any) -> None:
+    async def emit(self, event: Any) -> None:
+        """An event the daemon made itself (a container finished, inputs fetched, a tick): it
+        is never dropped. A full queue makes the producer wait (back-pressure) until the owner
+        task has taken one; waiting senders get freed room before any network input does."""
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            await self._events.send(event)
+
+    def inbound(self, event: Any, reason: str) -> bool:
+        """Input from the network (gossip, an inbound job message, peer exchange, DHT or
+        ledger replies, mDNS): shed under flood, counted per ``reason``. False: shed."""
+        stats = self._events.statistics()
+        if stats.current_buffer_used >= NETWORK_SHARE * stats.max_buffer_size:
+            self.stats.shed[reason] = self.stats.shed.get(reason, 0) + 1
+            log.debug("event queue %d%% full, shed %s", 100 * NETWORK_SHARE, reason)
+            return False
         try:
             self._events.send_nowait(event)
         except trio.WouldBlock:
-            self.stats.events_dropped += 1
-            log.warning("event queue full, dropped %s", type(event).__name__)
+            self.stats.shed[reason] = self.stats.shed.get(reason, 0) + 1
+            return False
         except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
+            return False
+        return True
 
     def listen_addrs(self) -> list[str]:
         """Addresses without the /p2p suffix (what a capability record carries)."""
@@ -175,9 +197,6 @@ class MeshNet:
                 background_trio_service(self.dht),
             ):
                 await self.pubsub.wait_until_ready()
-                self.pubsub.set_topic_validator(
-                    "p2pmesh/capabilities/1", self._validate_record_msg, False
-                )
                 if mdns:
                     self._start_mdns()
                 try:
@@ -228,22 +247,33 @@ class MeshNet:
         ]
 
     # -- gossip ------------------------------------------------------------------------------
-    def add_topic_validator(self, topic: str, check: Callable[[bytes], bool]) -> None:
+    def add_topic_validator(self, topic: str, check: Callable[[bytes], Validation]) -> None:
+        """Run the core's three-valued validator for ``topic`` inside GossipSub.
+
+        py-libp2p 0.8.1 takes only a bool (``Pubsub.validate_msg``): False drops the message,
+        does not forward it, caches the failure by message ID and counts an invalid message
+        against the forwarder in its scorer, whose weights are all 0 here. So IGNORE and REJECT
+        both map to False and behave alike on the wire today; we count them apart.
+        """
+
         def validate(forwarder: ID, msg: Any) -> bool:
-            ok = check(bytes(msg.data))
-            if not ok:
-                self.stats.gossip_invalid += 1
-            return ok
+            verdict = check(bytes(msg.data))
+            if verdict is Validation.ACCEPT:
+                return True
+            self.stats.gossip_invalid += 1
+            counts = (
+                self.stats.gossip_ignored
+                if verdict is Validation.IGNORE
+                else self.stats.gossip_rejected
+            )
+            counts[topic] = counts.get(topic, 0) + 1
+            return False
 
         self.pubsub.set_topic_validator(topic, validate, False)
 
-    def _validate_record_msg(self, forwarder: ID, msg: Any) -> bool:
-        ok = self._check_record(bytes(msg.data))
-        if not ok:
-            self.stats.gossip_invalid += 1
-        return ok
-
-    async def subscribe_loop(self, topic: str, make_event: Callable[[bytes, str], Any]) -> None:
+    async def subscribe_loop(
+        self, topic: str, make_event: Callable[[str, bytes, str], Any]
+    ) -> None:
         sub = await self.pubsub.subscribe(topic)
         while True:
             msg = await sub.get()
@@ -251,7 +281,7 @@ class MeshNet:
             sender = ID(msg.from_id).pretty() if msg.from_id else ""
             if sender == self.peer_id:
                 continue
-            self.emit(make_event(bytes(msg.data), sender))
+            self.inbound(make_event(topic, bytes(msg.data), sender), f"gossip {topic}")
 
     async def publish(self, topic: str, data: bytes) -> None:
         try:
@@ -309,14 +339,14 @@ class MeshNet:
                         log.debug("routing table add failed: %s", exc)
                     self.stats.dials_ok += 1
                     # The notifee reports the connection too; this covers an existing one.
-                    self.emit(PeerConnected(peer_id))
+                    await self.emit(PeerConnected(peer_id))
                     return
                 except Exception as exc:
                     last = f"{type(exc).__name__}: {exc}"[:200]
                     continue
             last = "timed out"
         self.stats.dials_failed += 1
-        self.emit(DialFailed(peer_id, last))
+        await self.emit(DialFailed(peer_id, last))
 
     def connected_peers(self) -> list[str]:
         return [p.pretty() for p in self.host.get_connected_peers()]
@@ -354,8 +384,10 @@ class MeshNet:
         if not isinstance(value, dict) or not isinstance(value.get("records"), list):
             return
         for raw in value["records"][:MAX_PEX_RECORDS]:
-            if isinstance(raw, bytes):
-                self.emit(RecordReceived(raw, "pex", peer_id))
+            if isinstance(raw, bytes) and not self.inbound(
+                RecordReceived(raw, "pex", peer_id), "pex"
+            ):
+                return  # flooded: the rest would be shed too
 
 
 # -- job protocol and blob transfer (PROTOCOL.md §7.5, §7.6) ------------------------------------
@@ -501,8 +533,11 @@ class JobWire:
                 return
             from p2pmesh.core.events import MessageReceived
 
-            self.net.emit(MessageReceived(msg["kind"], msg["data"], peer))
-            await write_frame(stream, codec.encode({"ok": True}), timeout_s=STREAM_TIMEOUT_S)
+            # Shed under flood: answer "not taken" so the sender retries (PROTOCOL.md §7.5),
+            # rather than "ok" for a message the node never sees.
+            taken = self.net.inbound(MessageReceived(msg["kind"], msg["data"], peer), "job-stream")
+            reply = {"ok": True} if taken else {"ok": False, "error": "busy"}
+            await write_frame(stream, codec.encode(reply), timeout_s=STREAM_TIMEOUT_S)
         except (TransportError, DecodeError) as exc:
             log.debug("job stream: %s", exc)
         except Exception as exc:

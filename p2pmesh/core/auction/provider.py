@@ -15,7 +15,6 @@ until the job's deadline; results are idempotent at the requester.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +32,7 @@ from p2pmesh.core.effects import (
     SendMessage,
     StopContainer,
 )
+from p2pmesh.core.timers import INF, Alarm, earliest
 from p2pmesh.errors import DecodeError, ValidationError
 
 ACTIVE = frozenset({"fetching", "running"})
@@ -68,6 +68,7 @@ class Provider:
         # Jobs that ``tick`` may still act on. Finished ones stay in ``jobs`` (views, payment
         # checks) but leave this set, so a tick costs what is open, not all the work ever done.
         self._open: dict[str, None] = {}  # insertion-ordered: ticks act in a fixed order
+        self._working: set[str] = set()  # awarded jobs not yet settled (``is_idle``)
         self.last_decision: dict[str, str] = {}  # job_id -> why we did or did not bid
         # Plugged in by the node: may we work for this requester at this price (ledger)?
         self.requester_allowed: Any = lambda requester, amount: True
@@ -153,6 +154,7 @@ class Provider:
             j.detail = "no free slot"
             return [*self._status(j, "declined", now, "no free slot"), self._persist(j, now)]
         j.state = "fetching"
+        self._working.add(j.job_id)
         refs = tuple(
             (name, ref.digest, ref.size, ref.kind) for name, ref in j.offer.job.input_refs.items()
         )
@@ -287,20 +289,32 @@ class Provider:
                 out.append(j)
         return out
 
+    def _alarm(self, j: WorkerJob) -> Alarm | None:
+        """The one deadline of an open job (whole seconds, as ``tick`` compares them)."""
+        if j.state == "bid":
+            return Alarm((j.offer.deadline_at + 1, "forget", j, INF))  # never awarded
+        if j.state in ACTIVE:
+            return Alarm((j.last_status + HEARTBEAT_S, "heartbeat", j, INF))
+        if j.state == "reported" and not j.result_sent and j.result is not None:
+            # Resent until the job's deadline; results are idempotent at the requester.
+            resend = j.last_result_try + RESEND_RESULT_S
+            return Alarm((resend, "resend-result", j, j.offer.deadline_at))
+        return None
+
+    def _alarms(self) -> list[Alarm]:
+        return [a for j in self._open_jobs() if (a := self._alarm(j)) is not None]
+
     def tick(self, now: int) -> list[Effect]:
         out: list[Effect] = []
-        for j in self._open_jobs():
-            if j.state == "bid" and now > j.offer.deadline_at:
-                del self.jobs[j.job_id]  # never awarded: forget it
-            elif j.state in ACTIVE and now - j.last_status >= HEARTBEAT_S:
+        for alarm in self._alarms():
+            if not alarm.due(now):
+                continue
+            j = alarm.subject
+            if alarm.what == "forget":
+                del self.jobs[j.job_id]
+            elif alarm.what == "heartbeat":
                 out += self._status(j, j.state, now, "")
-            elif (
-                j.state == "reported"
-                and not j.result_sent
-                and j.result is not None
-                and now <= j.offer.deadline_at
-                and now - j.last_result_try >= RESEND_RESULT_S
-            ):
+            else:
                 j.last_result_try = now
                 out.append(
                     SendMessage(j.requester, "result", j.result.raw, j.job_id, j.offer.addrs)
@@ -308,18 +322,20 @@ class Provider:
         return out
 
     def next_wakeup(self) -> float:
-        """The earliest ``now`` at which ``tick`` would act (mirrors it condition by condition)."""
-        at = math.inf
-        for j in self._open_jobs():
-            if j.state == "bid":
-                at = min(at, j.offer.deadline_at + 1)
-            elif j.state in ACTIVE:
-                at = min(at, j.last_status + HEARTBEAT_S)
-            elif j.state == "reported" and not j.result_sent and j.result is not None:
-                resend = j.last_result_try + RESEND_RESULT_S
-                if resend <= j.offer.deadline_at:
-                    at = min(at, resend)
-        return at
+        """The earliest ``now`` at which ``tick`` would act, read from the same alarms."""
+        return earliest(self._alarm(j) for j in self._open_jobs())
+
+    def is_idle(self) -> bool:
+        """No awarded job still needs us (bids waiting for an award do not count)."""
+        for job_id in list(self._working):
+            j = self.jobs.get(job_id)
+            if (
+                j is None
+                or j.state in ("cancelled", "expired")
+                or (j.state == "reported" and j.result_sent)
+            ):
+                self._working.discard(job_id)
+        return not self._working
 
     def _status(self, j: WorkerJob, state: str, now: int, detail: str) -> list[Effect]:
         j.last_status = now
@@ -335,6 +351,8 @@ class Provider:
         j = from_doc(doc)
         self.jobs[j.job_id] = j
         self._open[j.job_id] = None
+        if j.state != "bid":
+            self._working.add(j.job_id)
         if j.state in ("fetching", "running") and now < j.offer.deadline_at:
             j.state = "fetching"
             refs = tuple((n, r.digest, r.size, r.kind) for n, r in j.offer.job.input_refs.items())
@@ -361,6 +379,7 @@ def worker_view(j: WorkerJob) -> dict[str, Any]:
         "requester": j.requester,
         "state": j.state,
         "price": j.bid.price,
+        "winners": [p for p, _ in j.award.winners] if j.award else [],
         "detail": j.detail,
         "result": j.result.to_json() if j.result else None,
     }

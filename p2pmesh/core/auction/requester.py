@@ -39,6 +39,7 @@ All times are integer unix seconds passed in by the driver.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,7 @@ from p2pmesh.core.effects import (
 )
 from p2pmesh.core.jobspec import WireJob, job_from_wire
 from p2pmesh.core.reputation import ReputationBook
+from p2pmesh.core.timers import INF, Alarm, earliest
 from p2pmesh.errors import DecodeError, ValidationError
 
 SILENCE_S = 45
@@ -157,6 +159,7 @@ class Requester:
         self.pay: Any = None  # callable(job_id=, payee=, amount=, accepted_digest=, verdict=, now=)
         self.excluded: Any = lambda peer: False
         self.jobs: dict[str, RequesterJob] = {}
+        self._open: set[str] = set()  # jobs that may not be final yet (``is_idle``)
 
     # -- commands -----------------------------------------------------------------------------
     def submit(
@@ -182,6 +185,7 @@ class Requester:
             max_replicas=2 * k + 1,
         )
         self.jobs[job_id] = j
+        self._open.add(job_id)
         j.note(now, f"submitted: {k} replica(s), deadline in {deadline_s} s")
         return self._offer(j, now)
 
@@ -359,70 +363,81 @@ class Requester:
         return self._finish(j, "failed", now, f"outputs could not be fetched: {error}")
 
     # -- time ---------------------------------------------------------------------------------
+    def _alarms(self, j: RequesterJob) -> Iterator[Alarm]:
+        """Every deadline of one open job, in the order ``tick`` acts on them.
+
+        A generator on purpose: ``tick`` fires each alarm before the next one is computed, so
+        each sees the state the one before it left (a lost replica's other alarms are void).
+        Times are whole seconds; ``now - t > limit`` is ``now >= t + limit + 1``.
+        """
+        if j.resumed:
+            yield Alarm((-math.inf, "resume", None, INF))
+        if j.state == "fetching" and j.retry_fetch_at:
+            yield Alarm((j.retry_fetch_at, "retry-fetch", None, INF))
+        yield Alarm((j.deadline_at, "deadline", None, INF))
+        for rep in j.active():
+            if rep.state == "reported":
+                continue
+            heard = max(rep.last_heard, rep.awarded_at)
+            # In order of precedence: the first one due decides why the replica is lost.
+            if rep.state == "awarded":
+                yield Alarm((rep.awarded_at + ACCEPT_WITHIN_S + 1, "not-accepted", rep, INF))
+            yield Alarm((heard + SILENCE_S + 1, "silent", rep, INF))
+            yield Alarm((rep.awarded_at + j.spec.timeout_s + GRACE_S + 1, "no-result", rep, INF))
+        if j.state == "bidding":
+            yield Alarm((j.window_ends, "window", None, INF))
+
     def tick(self, now: int) -> list[Effect]:
         out: list[Effect] = []
         for j in list(self.jobs.values()):
             if j.state in FINAL:
                 continue
-            if j.resumed:
-                j.resumed = False
-                out += self._resume(j, now)
-            if j.state == "fetching" and j.retry_fetch_at and now >= j.retry_fetch_at:
-                j.retry_fetch_at = 0
-                out += self._fetch(j, j.fetch_from, now)
-            if now >= j.deadline_at:
-                out += self._cancel_replicas(j, now, "deadline passed")
-                final = "no-bids" if not j.replicas and j.bids_seen == 0 else "timeout"
-                reason = (
-                    "no peer bid before the deadline (is the image allowed anywhere? "
-                    "see `p2pmesh peers` and workers' --allow-image)"
-                    if final == "no-bids"
-                    else "deadline passed before enough results arrived"
-                )
-                out += self._finish(j, final, now, reason)
-                continue
-            for rep in j.active():
-                if rep.state == "reported":
-                    continue
-                heard = max(rep.last_heard, rep.awarded_at)
-                if rep.state == "awarded" and now - rep.awarded_at > ACCEPT_WITHIN_S:
-                    out += self._lose(j, rep, now, "did not accept the award in time")
-                elif now - heard > SILENCE_S:
-                    out += self._lose(j, rep, now, f"silent for {now - heard} s")
-                elif now - rep.awarded_at > j.spec.timeout_s + GRACE_S:
-                    out += self._lose(j, rep, now, "no result within the job timeout")
-            if j.state in FINAL:
-                continue
-            if j.state == "bidding" and now >= j.window_ends:
-                if j.bids:
-                    out += self._award(j, now)
-                else:
-                    out += self._offer(j, now)  # nobody yet: ask again, next round
+            for alarm in self._alarms(j):
+                if j.state in FINAL:
+                    break
+                rep = alarm.subject
+                if rep is not None and rep.state == "lost":
+                    continue  # an earlier alarm of this replica already fired
+                if alarm.due(now):
+                    out += self._fire(j, alarm, now)
         return out
 
-    def next_wakeup(self) -> float:
-        """The earliest ``now`` at which ``tick`` would act; ticking earlier changes nothing.
+    def _fire(self, j: RequesterJob, alarm: Alarm, now: int) -> list[Effect]:
+        what, rep = alarm.what, alarm.subject
+        if what == "resume":
+            j.resumed = False
+            return self._resume(j, now)
+        if what == "retry-fetch":
+            j.retry_fetch_at = 0
+            return self._fetch(j, j.fetch_from, now)
+        if what == "deadline":
+            out = self._cancel_replicas(j, now, "deadline passed")
+            final = "no-bids" if not j.replicas and j.bids_seen == 0 else "timeout"
+            reason = (
+                "no peer bid before the deadline (is the image allowed anywhere? "
+                "see `p2pmesh peers` and workers' --allow-image)"
+                if final == "no-bids"
+                else "deadline passed before enough results arrived"
+            )
+            return out + self._finish(j, final, now, reason)
+        if what == "not-accepted":
+            return self._lose(j, rep, now, "did not accept the award in time")
+        if what == "silent":
+            heard = max(rep.last_heard, rep.awarded_at)
+            return self._lose(j, rep, now, f"silent for {now - heard} s")
+        if what == "no-result":
+            return self._lose(j, rep, now, "no result within the job timeout")
+        assert what == "window"
+        if j.bids:
+            return self._award(j, now)
+        return self._offer(j, now)  # nobody yet: ask again, next round
 
-        Mirrors ``tick`` condition by condition (times are whole seconds, compared with >=).
-        """
+    def next_wakeup(self) -> float:
+        """The earliest ``now`` at which ``tick`` would act, read from the same alarms."""
         at = math.inf
         for j in self.jobs.values():
-            if j.state in FINAL:
-                continue
-            if j.resumed:
-                return -math.inf
-            if j.state == "fetching" and j.retry_fetch_at:
-                at = min(at, j.retry_fetch_at)
-            at = min(at, j.deadline_at)
-            for rep in j.active():
-                if rep.state == "reported":
-                    continue
-                heard = max(rep.last_heard, rep.awarded_at)
-                if rep.state == "awarded":
-                    at = min(at, rep.awarded_at + ACCEPT_WITHIN_S + 1)
-                at = min(at, heard + SILENCE_S + 1, rep.awarded_at + j.spec.timeout_s + GRACE_S + 1)
-            if j.state == "bidding":
-                at = min(at, j.window_ends)
+            if j.state not in FINAL:
+                at = min(at, earliest(self._alarms(j)))
         return at
 
     # -- internals ----------------------------------------------------------------------------
@@ -434,6 +449,21 @@ class Requester:
             return []
         j.groups = [list(g) for g in groups]
         return [*self._maybe_decide(j, now), self._persist(j, now)]
+
+    def restore_job(self, j: RequesterJob) -> None:
+        """After a restart: take back a job rebuilt by ``from_doc``; our own verdict, if it
+        has one, rebuilds the reputation evidence it gave."""
+        self.jobs[j.job_id] = j
+        if j.state not in FINAL:
+            self._open.add(j.job_id)
+        if j.verdict_raw:
+            self.replay_verdict(j.verdict_raw)
+
+    def is_idle(self) -> bool:
+        """No job of ours is still open (finished ones leave ``_open`` here, lazily)."""
+        for job_id in [k for k in self._open if self.jobs[k].state in FINAL]:
+            self._open.discard(job_id)
+        return not self._open
 
     def replay_verdict(self, raw: bytes) -> None:
         """After a restart: rebuild reputation evidence from one of our own stored verdicts."""

@@ -27,11 +27,21 @@ from typing import Any
 from p2pmesh.core import codec
 from p2pmesh.core.auction.messages import parse_verdict, raw_digest
 from p2pmesh.core.crypto import Signer
-from p2pmesh.core.effects import Effect, Log, Persist, Publish, SendMessage
+from p2pmesh.core.effects import (
+    Effect,
+    FetchHeads,
+    Log,
+    Persist,
+    Publish,
+    SendMessage,
+    StoreBlock,
+    SyncChain,
+)
 from p2pmesh.core.ledger.accounts import Account, LiveBooks, can_spend, credit_limit
 from p2pmesh.core.ledger.block import Block, Tx, build_block, parse_block
 from p2pmesh.core.ledger.chain import FraudProof, Ledger, open_fraud, seal_fraud
 from p2pmesh.core.reputation import ReputationBook
+from p2pmesh.core.timers import INF, Alarm, earliest
 from p2pmesh.errors import DecodeError, ValidationError
 
 TOPIC_HEADS = "p2pmesh/ledger/1"
@@ -40,32 +50,6 @@ RESEND_S = 10
 ANNOUNCE_S = 30
 DEFAULT_CREDIT_BASE = 100
 MAX_SYNC_BLOCKS = 256
-
-
-@dataclass(frozen=True, slots=True)
-class SyncChain:
-    """Effect: ask ``peer`` for blocks ``first..last`` of ``author``'s chain."""
-
-    peer_id: str
-    author: str
-    first: int
-    last: int
-
-
-@dataclass(frozen=True, slots=True)
-class FetchHeads:
-    """Effect: ask ``peer`` for the newest block of every chain it holds."""
-
-    peer_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class StoreBlock:
-    """Effect: write a block durably *before* anything that depends on it is sent."""
-
-    author: str
-    seq: int
-    raw: bytes
 
 
 @dataclass(slots=True)
@@ -404,26 +388,31 @@ class LedgerMachine:
         ]
 
     # -- time -------------------------------------------------------------------------------
+    def _alarms(self) -> list[Alarm]:
+        out = [Alarm((p.last_sent + RESEND_S, "resend-pay", p, INF)) for p in self.pending.values()]
+        out.append(Alarm((self._last_announce + ANNOUNCE_S, "announce-head", None, INF)))
+        return out
+
     def next_wakeup(self) -> float:
-        """The earliest ``now`` at which ``tick`` would act (mirrors it)."""
-        at = float(self._last_announce + ANNOUNCE_S)
-        for p in self.pending.values():
-            at = min(at, p.last_sent + RESEND_S)
-        return at
+        """The earliest ``now`` at which ``tick`` would act, read from the same alarms."""
+        return earliest(self._alarms())
 
     def tick(self, now: int) -> list[Effect]:
         out: list[Effect] = []
-        for p in self.pending.values():
-            if now - p.last_sent >= RESEND_S:
+        for alarm in self._alarms():
+            if not alarm.due(now):
+                continue
+            if alarm.what == "resend-pay":
+                p = alarm.subject
                 p.last_sent = now
                 out.append(
                     SendMessage(p.payee, "pay", self._pay_message(p.proposal, p.verdict), p.job_id)
                 )
-        if now - self._last_announce >= ANNOUNCE_S:
-            self._last_announce = now
-            head = self.ledger.head(self.self_id)
-            if head is not None:
-                out.append(Publish(TOPIC_HEADS, head.raw))
+            else:
+                self._last_announce = now
+                head = self.ledger.head(self.self_id)
+                if head is not None:
+                    out.append(Publish(TOPIC_HEADS, head.raw))
         return out
 
 

@@ -739,7 +739,7 @@ class Requester:
         if outcome == "failed":
             j.error = (
                 f"job ended {first.status} (exit {first.exit_code}) on {len(agreeing)} "
-                "agreeing replica(s)"
+                "agreeing replica(s)" + (f": {first.error}" if first.error else "")
             )
         j.accepted_digest = first.output_digest
         if outcome == "accepted" and self.pay is not None:

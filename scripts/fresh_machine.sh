@@ -86,7 +86,7 @@ script=$(cat <<EOF
 set -euo pipefail
 git clone -q "$work/src.bundle" "$src"
 cd "$src"
-git checkout -q "$commit"
+git -c advice.detachedHead=false checkout -q "$commit"
 echo "== bash scripts/setup.sh"
 bash scripts/setup.sh
 echo "== rebuilding $BUSYBOX on this machine"

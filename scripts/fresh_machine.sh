@@ -87,12 +87,15 @@ set -euo pipefail
 git clone -q "$work/src.bundle" "$src"
 cd "$src"
 git -c advice.detachedHead=false checkout -q "$commit"
+t=\$SECONDS
 echo "== bash scripts/setup.sh"
 bash scripts/setup.sh
+echo "== took: setup.sh \$((SECONDS - t)) s"; t=\$SECONDS
 echo "== rebuilding $BUSYBOX on this machine"
 .venv/bin/python -m p2pmesh.bootstrap.images --force busybox
 echo "== $COMMAND"
 $COMMAND
+echo "== took: busybox image and $COMMAND \$((SECONDS - t)) s"
 EOF
 )
 say "checking $commit in $name: setup.sh, busybox image, $COMMAND"
@@ -110,5 +113,5 @@ if [ "$COMMAND" = "bash scripts/demo.sh" ] && ! grep -q 'verified .*balances sum
   tail -n 40 "$log" >&2
   fail "the demo did not end with its ledger check"
 fi
-grep -E '^setup: installing|verified |passed|failed' "$log" | sed 's/^/fresh-machine: /' || true
+grep -E '^setup: installing|^== took|verified |passed|failed' "$log" | sed 's/^/fresh-machine: /' || true
 say "passed in $((SECONDS - started)) s"

@@ -41,6 +41,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM  # so that the EXIT trap runs on Ctrl-C or kill too
 
 mirror() {
   if [ -n "${P2PMESH_DEBIAN_MIRROR:-}" ]; then echo "$P2PMESH_DEBIAN_MIRROR"; return; fi

@@ -26,7 +26,7 @@ OUT_MAX_ENTRIES = 100_000
 # Without it a tree within the cap could hit ENOSPC on tmpfs and pass on the watchdog path.
 OUT_SLACK_BYTES = OUT_MAX_FILES * os.sysconf("SC_PAGE_SIZE") + 1 * MiB
 # Longest entry path quoted in a refusal, so the signed error text stays within its bound.
-_SHOWN_PATH_CHARS = 120
+_SHOWN_PATH_CHARS = 100
 
 
 @dataclass(frozen=True, slots=True)

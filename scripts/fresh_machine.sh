@@ -38,6 +38,8 @@ work=$(mktemp -d /tmp/p2pmesh-fresh.XXXXXX)
 name=p2pmesh-fresh-$(basename "$work" | cut -d. -f2 | tr 'A-Z' 'a-z')
 cleanup() {
   docker rm -f "$name" >/dev/null 2>&1 || true
+  # P2PMESH_FRESH_LOG=FILE keeps the whole log of the check.
+  [ -n "${P2PMESH_FRESH_LOG:-}" ] && [ -f "$work/check.log" ] && cp "$work/check.log" "$P2PMESH_FRESH_LOG"
   rm -rf "$work"
 }
 trap cleanup EXIT

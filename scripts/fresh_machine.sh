@@ -87,7 +87,7 @@ busybox_before=$(docker image inspect -f '{{.Id}}' "$BUSYBOX" 2>/dev/null || tru
 src="$work/p2pmesh"
 script=$(cat <<EOF
 set -euo pipefail
-git clone -q "$work/src.bundle" "$src"
+git -c advice.detachedHead=false clone -q "$work/src.bundle" "$src"
 cd "$src"
 git -c advice.detachedHead=false checkout -q "$commit"
 t=\$SECONDS

@@ -7,14 +7,28 @@ cd "$(dirname "$0")/.."
 VENV=${P2PMESH_VENV:-.venv}
 PY=${PYTHON:-python3}
 
-need=()
-command -v dockerd >/dev/null || need+=(docker.io)
-command -v busybox >/dev/null || need+=(busybox-static)
-command -v debootstrap >/dev/null || need+=(debootstrap)
-command -v ip >/dev/null || need+=(iproute2)
-"$PY" -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+# Each system package is wanted only when what it provides is missing; `why` says what for.
+need=() why=()
+want() { need+=("$1"); why+=("$2"); }
+command -v dockerd >/dev/null || want docker.io "Docker engine and CLI for the job sandbox"
+command -v busybox >/dev/null || want busybox-static "the p2pmesh/busybox image"
+command -v debootstrap >/dev/null || want debootstrap "the p2pmesh/python image"
+command -v ip >/dev/null || want iproute2 "the ip command"
+"$PY" -c 'import venv, ensurepip' 2>/dev/null || want python3-venv "the virtual environment"
+# libp2p pins fastecdsa 2.3.2, which has no wheel for this Python and is compiled from source
+# at pip install (C compiler, Python headers, GMP); its two other sdists are pure Python. An
+# existing venv that already has it needs none of this.
+if ! "$VENV/bin/python" -c 'import fastecdsa' 2>/dev/null; then
+  command -v gcc >/dev/null || want gcc "C compiler for fastecdsa, which has no wheel"
+  py_inc=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+  [ -f "$py_inc/Python.h" ] || want python3-dev "Python headers for fastecdsa"
+  compgen -G "/usr/include/gmp.h" >/dev/null || compgen -G "/usr/include/*/gmp.h" >/dev/null \
+    || want libgmp-dev "GMP for fastecdsa"
+fi
 if [ ${#need[@]} -gt 0 ]; then
-  echo "setup: installing ${need[*]}"
+  line=""
+  for i in "${!need[@]}"; do line+="${line:+, }${need[$i]} (${why[$i]})"; done
+  echo "setup: installing $line"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq "${need[@]}" >/dev/null

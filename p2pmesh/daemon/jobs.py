@@ -248,6 +248,8 @@ class JobRunner:
                 outcome.cpu_s or 0.0,
                 outcome.max_memory_bytes or 0,
                 outcome.log_truncated,
+                # The executor's words for a refused /out are the same on every worker.
+                outcome.error if outcome.status in ("out_refused", "out_too_large") else "",
             )
         finally:
             self._running.discard(eff.job_id)
@@ -264,6 +266,7 @@ class JobRunner:
         cpu_s: float,
         max_mem: int,
         log_truncated: bool,
+        error: str = "",
     ) -> None:
         def pack() -> tuple[str, int, str, int]:
             if self.fault == "wrong-result" and out_dir.exists():
@@ -274,11 +277,12 @@ class JobRunner:
             try:
                 data = packing.pack_dir(out_dir, max_bytes=1 << 34) if out_dir.exists() else b""
             except PackingError as exc:
-                # Symlinks or devices in /out: refused, and the job fails loudly.
+                # The executor refuses what packing would; this is a file changed behind it.
                 with open(log_path, "a") as f:
                     f.write(f"\np2pmesh: outputs refused: {exc}\n")
                 data = b""
-                nonlocal_status[0] = "error"
+                shown = str(exc).replace(str(out_dir), "/out")  # no host path in a signed text
+                nonlocal_status[0], nonlocal_error[0] = "out_refused", f"/out refused: {shown}"
             out_digest = self.blobs.put_bytes(data)
             if self.fault == "withhold-outputs":
                 # The result will name these outputs; nobody will ever be served them.
@@ -290,7 +294,7 @@ class JobRunner:
             )
             return out_digest, len(data), log_digest, log_size
 
-        nonlocal_status = [status]
+        nonlocal_status, nonlocal_error = [status], [error]
         out_digest, out_size, log_digest, log_size = await trio.to_thread.run_sync(pack)
         with contextlib.suppress(OSError):
             await trio.to_thread.run_sync(shutil.rmtree, self.work / job_id)
@@ -307,6 +311,7 @@ class JobRunner:
                 int(run_s * 1000),
                 int(cpu_s * 1000),
                 max_mem // MiB,
+                nonlocal_error[0],
             )
         )
 

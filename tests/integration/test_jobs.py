@@ -256,6 +256,35 @@ def test_unreadable_job_file_exits_2(mesh3: Mesh, tmp_path: Path) -> None:
     assert res.rc == 2 and "absent.json" in res.stderr, res.describe()
 
 
+@pytest.mark.parametrize(
+    ("script", "error"),
+    [
+        (
+            "echo x > /out/a; ln -s /etc/passwd /out/link; mkfifo /out/f",
+            "/out/f: FIFO not allowed (outputs are plain files and folders)",
+        ),
+        ("cd /out && seq 10001 | xargs touch", "/out holds more than 10000 entries"),
+    ],
+    ids=["link-and-fifo", "too-many-entries"],
+)
+def test_refused_outputs_fail_the_job_with_the_reason(
+    script: str, error: str, mesh3: Mesh, engine: Any, tmp_path: Path
+) -> None:
+    # Both workers refuse the same /out in the same words: that is the job's result, decided
+    # by their agreement, not a lost replica to be run again elsewhere.
+    path = write_job(tmp_path, command=["sh", "-c", script], redundancy=2)
+    res = offer(mesh3.nodes[0], path, "--wait", "--out", str(tmp_path / "results"))
+    assert res.rc == 1, res.describe() + "\n" + mesh3.log_tails()
+    assert res.state == "failed", res.doc
+    assert res.doc["error"].startswith("job ended out_refused (exit 0) on 2 agreeing"), res.doc
+    assert res.doc["error"].endswith(f": {error}"), res.doc
+    assert len(res.doc["workers"]) == 2, res.doc["workers"]
+    for w in res.doc["workers"]:
+        assert w["state"] == "reported", w
+        assert (w["result"]["status"], w["result"]["error"]) == ("out_refused", error), w
+    assert_containers_gone(engine, res.job_id, mesh3)
+
+
 def test_image_nobody_allows_ends_no_bids_at_its_deadline(mesh3: Mesh, tmp_path: Path) -> None:
     deadline_s = 20
     path = write_job(

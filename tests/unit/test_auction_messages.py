@@ -234,7 +234,8 @@ def test_status_detail_is_cut_to_200_characters() -> None:
 
 @pytest.mark.parametrize("status", m.RESULT_STATUSES)
 def test_result_round_trip(status: str) -> None:
-    r = _result(status=status, exit_code=None if status != "exited" else 3)
+    error = "/out/l: symbolic link not allowed" if status == "out_refused" else ""
+    r = _result(status=status, exit_code=None if status != "exited" else 3, error=error)
     got = m.parse_result(r.raw)
     assert got == r
     assert got.worker == WORKER.peer_id and got.status == status
@@ -246,6 +247,36 @@ def test_result_exit_code_none_is_minus_one_on_the_wire() -> None:
     assert _body(r.raw)["result"]["exit_code"] == -1
     assert r.exit_code is None
     assert _result(exit_code=0).exit_code == 0
+
+
+def test_result_error_is_signed_and_left_out_when_empty() -> None:
+    refused = _result(status="out_refused", error="/out/p: FIFO not allowed")
+    assert _body(refused.raw)["result"]["error"] == "/out/p: FIFO not allowed"
+    assert m.parse_result(refused.raw).error == "/out/p: FIFO not allowed"
+    plain = _result()
+    assert "error" not in _body(plain.raw)["result"]  # the bytes of a result before the field
+    assert plain.error == "" and plain.to_json()["error"] == ""
+    assert _result(status="out_refused", error="x" * 500).error == "x" * m.MAX_RESULT_ERROR
+
+
+def _resealed_result(**changes: Any) -> bytes:
+    body = _result_fields(**changes)
+    return seal(WORKER, "result", {"result": {k: v for k, v in body.items() if v is not ...}})
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"status": "out_refused"},  # no reason given
+        {"status": "out_refused", "error": ""},  # empty must be left out, one encoding only
+        {"status": "exited", "error": "why"},  # nothing failed
+        {"status": "out_refused", "error": "x" * 201},
+        {"status": "out_refused", "error": 7},
+    ],
+)
+def test_result_error_rules(changes: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match="error"):
+        m.parse_result(_resealed_result(exit_code=0, **changes))
 
 
 def test_result_to_json() -> None:

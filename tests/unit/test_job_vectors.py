@@ -1,9 +1,10 @@
 """Recompute the job-protocol test vectors and compare them byte for byte (PROTOCOL.md §7).
 
-tests/vectors/job_vectors.json is what another implementation tests its offers, bids and awards
-against. It is pinned three ways: every envelope is rebuilt here by hand (msgpack with sorted
-keys, the domain-separated signing input, nacl verification) rather than only through our own
-helpers; scripts/make_job_vectors.py reproduces the file exactly; and the spec embeds the bytes.
+tests/vectors/job_vectors.json is what another implementation tests its offers, bids, awards
+and results against. It is pinned three ways: every envelope is rebuilt here by hand (msgpack
+with sorted keys, the domain-separated signing input, nacl verification) rather than only
+through our own helpers; scripts/make_job_vectors.py reproduces the file exactly; and the spec
+embeds the bytes.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from p2pmesh.errors import DecodeError, JobSpecError, ValidationError
 ROOT = Path(__file__).resolve().parents[2]
 V = json.loads((ROOT / "tests/vectors/job_vectors.json").read_text(encoding="utf-8"))
 KEYS = V["keys"]
-MESSAGES = ("offer", "bid", "award")
+MESSAGES = ("offer", "bid", "award", "result")
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 
 
@@ -171,6 +172,15 @@ def test_award_fields_and_bids_digest() -> None:
     )
 
 
+def test_result_fields() -> None:
+    r = m.parse_result(_raw("result"))
+    i = V["result"]["inputs"]
+    assert r.worker == KEYS["worker"]["peer_id"] and r.job_digest == V["job"]["job_digest"]
+    assert (r.status, r.exit_code, r.error) == (i["status"], i["exit_code"], i["error"])
+    assert V["result"]["body"]["result"]["error"] == i["error"]
+    assert (r.output_digest, r.finished_at) == (i["output_digest"], i["finished_at"])
+
+
 def test_bid_is_refused_by_anyone_but_its_requester() -> None:
     with pytest.raises(ValidationError, match="another requester"):
         m.parse_bid(_raw("bid"), requester=KEYS["worker"]["peer_id"])
@@ -182,6 +192,7 @@ def test_any_changed_byte_is_refused(name: str) -> None:
         "offer": m.parse_offer,
         "bid": lambda raw: m.parse_bid(raw, requester=KEYS["requester"]["peer_id"]),
         "award": m.parse_award,
+        "result": m.parse_result,
     }[name]
     raw = _raw(name)
     for i in range(0, len(raw), 7):

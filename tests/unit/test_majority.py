@@ -66,6 +66,18 @@ def test_agreeing_failures_decide_a_failed_outcome() -> None:
     assert d == Decide(("a", "b"), ("c",), False, X)
 
 
+def test_refusals_agree_only_on_the_same_words() -> None:
+    link = "/out/l: symbolic link not allowed (outputs are plain files and folders)"
+    fifo = "/out/f: FIFO not allowed (outputs are plain files and folders)"
+    same = [Vote(w, "out_refused", 0, X, link) for w in "ab"]
+    assert decide(same, FIXED) == Decide(("a", "b"), (), False, X)
+    other = [Vote("a", "out_refused", 0, X, link), Vote("b", "out_refused", 0, X, fifo)]
+    assert decide(other, FIXED) == AddReplica(3)
+    # Other failures' texts vary by host (engine messages); they agree on status and code.
+    timeouts = [Vote("a", "timeout", None, X, "killed at 60 s"), Vote("b", "timeout", None, X)]
+    assert decide(timeouts, FIXED) == Decide(("a", "b"), (), False, X)
+
+
 def test_two_equal_groups_are_no_majority() -> None:
     votes = [failed("a"), failed("b"), ok("c"), ok("d"), pending("e")]
     assert isinstance(decide(votes, FIXED), Wait)  # 2 of 5, whatever e says

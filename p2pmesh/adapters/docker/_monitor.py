@@ -1,4 +1,4 @@
-"""Watching a running container: its cgroup figures and its output stream."""
+"""Watching a running container: its CPU time and peak memory, and its output stream."""
 
 from __future__ import annotations
 
@@ -6,21 +6,34 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+import docker.errors
+import requests
+
+
+class Figures(Protocol):
+    """A running container's CPU time and peak memory, refreshed by ``sample`` at every poll."""
+
+    max_memory: int | None
+    cpu_s: float | None
+
+    def sample(self) -> None: ...
 
 
 class CgroupSampler:
     """Reads a running container's CPU time and peak memory straight from its cgroup.
 
-    docker's stats call blocks about a second per sample, too slow for a 0.1 s poll. Only
-    works when the engine runs on this host in our PID namespace: the PID is accepted only if
-    its cgroup path names the container, otherwise the figures stay None.
+    The cheapest source (no engine call), but only where the engine runs on this host in our
+    PID namespace and its cgroup tree is visible here: the PID is accepted only if its cgroup
+    path names the container. ``visible`` tells whether any file could be read.
     """
 
     def __init__(self, pid: int, cid: str) -> None:
         self.max_memory: int | None = None
         self.cpu_s: float | None = None
         self._files: list[tuple[str, Path]] = []
+        self.visible = False
         try:
             lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
         except OSError:
@@ -49,6 +62,7 @@ class CgroupSampler:
                 text = path.read_text()
             except OSError:
                 continue  # the cgroup goes away with the container; keep the last figures
+            self.visible = True
             if kind == "mem":
                 self.max_memory = max(self.max_memory or 0, int(text))
             elif kind == "cpu_ns":
@@ -57,6 +71,48 @@ class CgroupSampler:
                 fields = dict(line.split() for line in text.splitlines() if " " in line)
                 if "usage_usec" in fields:
                     self.cpu_s = max(self.cpu_s or 0.0, int(fields["usage_usec"]) / 1e6)
+
+
+class EngineStats:
+    """The same figures from the engine's one-shot stats call (a few ms, no host access).
+
+    Works wherever the Docker socket works: a daemon in a container that shares only the
+    socket, or an engine in its own namespaces. The engine reports current usage (and, on
+    cgroup v1, the peak); the peak kept here is the highest seen.
+    """
+
+    def __init__(self, api: Any, cid: str) -> None:
+        self.max_memory: int | None = None
+        self.cpu_s: float | None = None
+        self._api, self._cid = api, cid
+
+    def sample(self) -> None:
+        try:
+            stats = self._api.stats(self._cid, stream=False, one_shot=True)
+        except (docker.errors.DockerException, requests.RequestException):
+            return  # gone, or the engine is busy: keep the last figures
+        memory = stats.get("memory_stats") or {}
+        peak = max(int(memory.get("max_usage") or 0), int(memory.get("usage") or 0))
+        if peak:
+            self.max_memory = max(self.max_memory or 0, peak)
+        # An exited container reports zeros: only a rise is news.
+        usage = (stats.get("cpu_stats") or {}).get("cpu_usage") or {}
+        cpu_ns = int(usage.get("total_usage") or 0)
+        if cpu_ns:
+            self.cpu_s = max(self.cpu_s or 0.0, cpu_ns / 1e9)
+
+
+def open_figures(source: str, pid: int, cid: str, api: Any) -> Figures:
+    """The figures of a just-started container from ``source`` (auto: cgroup files if visible)."""
+    if source == "engine":
+        return EngineStats(api, cid)
+    cgroup = CgroupSampler(pid, cid)
+    cgroup.sample()
+    if cgroup.visible or source == "cgroup":
+        return cgroup
+    engine = EngineStats(api, cid)
+    engine.sample()
+    return engine
 
 
 @dataclass

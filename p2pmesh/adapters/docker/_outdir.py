@@ -7,26 +7,54 @@ import ctypes
 import os
 import shutil
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from p2pmesh import packing
 from p2pmesh.errors import ExecutorError
 
 MiB = 1 << 20
-# Absorbs tmpfs page rounding of a few hundred small files, so a job within the cap is not
-# refused for the filesystem's bookkeeping.
-OUT_SLACK_BYTES = 1 * MiB
-# Far above packing's default of 10,000 entries (so packing gives the precise error) while
-# bounding the watchdog's scan time and the tmpfs inode table.
+# The most entries an accepted /out may hold: packing's limit, so a tree the judge accepts
+# always packs.
+OUT_MAX_FILES = packing.DEFAULT_MAX_FILES
+# Where scans stop counting (and the watchdog kills, and the tmpfs runs out of inodes): far
+# enough above OUT_MAX_FILES that the judge sees "too many entries", low enough to bound a scan.
 OUT_MAX_ENTRIES = 100_000
+# The tmpfs holds pages, the cap counts apparent bytes: every accepted file may waste up to a
+# page, so the kernel's limit leaves room for that on the most files an accepted tree holds.
+# Without it a tree within the cap could hit ENOSPC on tmpfs and pass on the watchdog path.
+OUT_SLACK_BYTES = OUT_MAX_FILES * os.sysconf("SC_PAGE_SIZE") + 1 * MiB
+# Longest entry path quoted in a refusal, so the signed error text stays within its bound.
+_SHOWN_PATH_CHARS = 100
+
+
+@dataclass(frozen=True, slots=True)
+class OutVerdict:
+    """What the job's /out amounts to once the job is over; ``status`` empty means accepted.
+
+    The same tree gives the same verdict on both paths and on every honest worker (the rules
+    read only names, types and apparent sizes, never a filesystem's block accounting or listing
+    order), so replicas that refuse a job's outputs agree, word for word.
+    """
+
+    status: str  # "", "out_too_large" or "out_refused"
+    error: str
+
+    @property
+    def accepted(self) -> bool:
+        return not self.status
+
+
+ACCEPTED = OutVerdict("", "")
 
 
 class OutGuard(Protocol):
     source: Path  # host path bound as /out
 
     def started(self) -> None: ...  # the container is running: its mounts are in place
-    def over_cap(self) -> bool: ...  # polled while the job runs
-    def finish(self) -> bool: ...  # after the container is gone; True if over the cap
+    def over_cap(self) -> bool: ...  # polled while the job runs; True kills the job
+    def finish(self) -> OutVerdict: ...  # after the container is gone; keeps only accepted trees
     def close(self) -> None: ...
 
 
@@ -65,26 +93,36 @@ class TmpfsOut:
             raise
         # Paths through the descriptor keep working after the mount point is detached.
         self._root = Path(f"/proc/self/fd/{self._fd}")
+        self._tripped = False
 
     def started(self) -> None:
         self._release(self.source)
 
     def over_cap(self) -> bool:
-        return False  # the kernel enforces it
+        # The kernel stops writes only at cap + slack; the job is stopped at the cap itself,
+        # exactly when the watchdog path would stop it.
+        self._tripped = self._tripped or _over(self._root, self._cap) or self._full()
+        return self._tripped
 
-    def finish(self) -> bool:
-        fs = os.fstatvfs(self._fd)
-        size, _ = usage(self._root, self._cap, OUT_MAX_ENTRIES)
-        over = fs.f_bavail == 0 or fs.f_favail == 0 or size > self._cap
-        if not over:
+    def finish(self) -> OutVerdict:
+        verdict = judge(self._root, self._cap)
+        if verdict.accepted and (self._tripped or self._full()):
+            # Stopped at the cap, or out of pages or inodes with an acceptable tree left: writes
+            # were refused, so the job did not get to write what it meant to.
+            verdict = _too_large(self._cap)
+        if verdict.accepted:
             copy_tree(self._root, self._out_dir)
-        return over
+        return verdict
 
     def close(self) -> None:
         try:
             self._release(self.source)
         finally:
             os.close(self._fd)  # the last reference: the kernel frees the tmpfs
+
+    def _full(self) -> bool:
+        fs = os.fstatvfs(self._fd)
+        return fs.f_bavail == 0 or fs.f_favail == 0
 
     @staticmethod
     def _release(path: Path) -> None:
@@ -123,56 +161,126 @@ class WatchdogOut:
         pass
 
     def over_cap(self) -> bool:
-        size, entries = usage(self.source, self._cap, OUT_MAX_ENTRIES)
-        self._tripped = self._tripped or size > self._cap or entries > OUT_MAX_ENTRIES
+        self._tripped = self._tripped or _over(self.source, self._cap)
         return self._tripped
 
-    def finish(self) -> bool:
-        if self.over_cap():
-            with os.scandir(self.source) as it:
-                for child in list(it):
-                    if child.is_dir(follow_symlinks=False):
-                        shutil.rmtree(child.path, ignore_errors=True)
-                    else:
-                        with contextlib.suppress(OSError):
-                            os.unlink(child.path)
-        return self._tripped
+    def finish(self) -> OutVerdict:
+        verdict = judge(self.source, self._cap)
+        if verdict.accepted and self._tripped:
+            verdict = _too_large(self._cap)  # stopped at the cap: not what the job meant to write
+        if not verdict.accepted:
+            clear(self.source)  # nothing of a refused /out is kept, as on the tmpfs path
+        return verdict
 
     def close(self) -> None:
         os.chmod(self.source, self._mode)
 
 
-def usage(root: Path, max_size: int, max_entries: int) -> tuple[int, int]:
-    """Sum of apparent file sizes (or allocated size, if larger) and entry count under root.
+def _over(root: Path, cap: int) -> bool:
+    size, entries, _ = scan(root, cap)
+    return size > cap or entries > OUT_MAX_ENTRIES
 
-    Stops early once past either limit, so a hostile tree costs at most ``max_entries`` stats.
+
+def judge(root: Path, cap: int) -> OutVerdict:
+    """The verdict on a finished job's /out; a pure function of the tree (see OutVerdict).
+
+    In this order: apparent file sizes summing past ``cap``; more than ``OUT_MAX_FILES``
+    entries; then the first entry, in byte order of its path, that is not a regular file or a
+    folder (a link of either kind, a FIFO, a socket, a device, a name that is not UTF-8).
+    """
+    size, entries, refused = scan(root, cap, full=True)
+    if size > cap:
+        return _too_large(cap)
+    if entries > OUT_MAX_FILES:
+        return OutVerdict("out_refused", f"/out holds more than {OUT_MAX_FILES} entries")
+    if refused is not None:
+        path, kind = refused
+        shown = path.decode("utf-8", "backslashreplace")
+        if len(shown) > _SHOWN_PATH_CHARS:
+            shown = shown[: _SHOWN_PATH_CHARS - 1] + "…"
+        return OutVerdict(
+            "out_refused", f"/out/{shown}: {kind} not allowed (outputs are plain files and folders)"
+        )
+    return ACCEPTED
+
+
+def _too_large(cap: int) -> OutVerdict:
+    return OutVerdict("out_too_large", f"/out exceeded {cap} bytes")
+
+
+def scan(root: Path, cap: int, *, full: bool = False) -> tuple[int, int, tuple[bytes, str] | None]:
+    """Apparent bytes of regular files, entry count, and the first refused entry under root.
+
+    Stops early past ``OUT_MAX_ENTRIES`` entries, and (unless ``full``) once past ``cap``, so a
+    hostile tree costs a bounded number of stats. The refused entry is the smallest path in
+    byte order, so the answer does not depend on the filesystem's listing order.
     """
     size = entries = 0
-    pending = [root]
+    refused: tuple[bytes, str] | None = None
+    pending = [b""]
     while pending:
+        rel_dir = pending.pop()
         try:
-            with os.scandir(pending.pop()) as it:
+            with os.scandir(os.fsencode(root) + (b"/" + rel_dir if rel_dir else b"")) as it:
                 children = list(it)
         except OSError:
-            continue  # vanished or unreadable mid-run: the next poll sees the new state
+            continue  # vanished mid-run: the next poll sees the new state
         for child in children:
             entries += 1
+            rel = rel_dir + b"/" + child.name if rel_dir else child.name
             try:
                 st = child.stat(follow_symlinks=False)
             except OSError:
                 continue
-            if stat.S_ISDIR(st.st_mode):
-                pending.append(Path(child.path))
-                size += st.st_blocks * 512
+            kind = entry_kind(child.name, st)
+            if stat.S_ISDIR(st.st_mode) and not kind:
+                pending.append(rel)
+            elif stat.S_ISREG(st.st_mode):
+                size += st.st_size
+            if kind and (refused is None or rel < refused[0]):
+                refused = (rel, kind)
+            if entries > OUT_MAX_ENTRIES or (size > cap and not full):
+                return size, entries, refused
+    return size, entries, refused
+
+
+def entry_kind(name: bytes, st: os.stat_result) -> str:
+    """Why an entry may not be an output ("" when it may): the rules of ``packing``."""
+    try:
+        name.decode("utf-8")
+    except UnicodeDecodeError:
+        return "name that is not valid UTF-8"
+    mode = st.st_mode
+    if stat.S_ISDIR(mode):
+        return ""
+    if stat.S_ISREG(mode):
+        return "hard link" if st.st_nlink > 1 else ""
+    if stat.S_ISLNK(mode):
+        return "symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode):
+        return "character device"
+    if stat.S_ISBLK(mode):
+        return "block device"
+    return "special file"
+
+
+def clear(root: Path) -> None:
+    """Remove everything below root, never following links."""
+    with os.scandir(root) as it:
+        for child in list(it):
+            if child.is_dir(follow_symlinks=False):
+                shutil.rmtree(child.path, ignore_errors=True)
             else:
-                size += max(st.st_size, st.st_blocks * 512) if stat.S_ISREG(st.st_mode) else 0
-            if size > max_size or entries > max_entries:
-                return size, entries
-    return size, entries
+                with contextlib.suppress(OSError):
+                    os.unlink(child.path)
 
 
 def copy_tree(src: Path, dest: Path) -> None:
-    """Copy regular files and directories only, never following links; modes 0o755/0o644."""
+    """Copy an accepted tree (regular files and folders only); modes 0o755/0o644."""
     pending = [Path()]
     while pending:
         rel = pending.pop()
@@ -193,4 +301,4 @@ def copy_tree(src: Path, dest: Path) -> None:
                     )
                     with os.fdopen(dst_fd, "wb") as fout:
                         shutil.copyfileobj(fin, fout, 1 * MiB)
-            # Links, FIFOs, sockets and devices are dropped: outputs are plain data.
+            # Nothing else is here: judge() refused the tree otherwise.

@@ -15,35 +15,39 @@ CPU (nano_cpus), memory (= memory+swap, so no swap), pids and open-file limits; 
 GPUs only through a device request when ``gpus > 0``; logging driver ``none`` (output is read
 through the attach stream, so nothing accumulates on the engine's disk).
 
-Peak memory and CPU time are read from the container's cgroup at every poll (so they may miss
-the last ~0.1 s, and are None when the engine is not on this host). ``oom`` comes from the
-engine's OOMKilled flag, with one fallback for an engine race described in ``_classify``.
+Peak memory and CPU time are sampled at every poll (so they may miss the last ~0.1 s): from the
+container's cgroup files when they are visible here, else from the engine's one-shot stats
+call, which works wherever the Docker socket does (``figures=`` picks one). ``oom`` comes from
+the engine's OOMKilled flag, with one fallback for an engine race described in ``_classify``.
 
-The /out size cap
------------------
-Two modes, picked once per executor (``out_cap="auto"`` tries the first, falls back to the
-second):
+The /out cap and what /out may hold
+-----------------------------------
+One rule, the same on both paths below and on every worker: after the job, the apparent sizes of
+its regular files (a sparse file counts in full) must sum to at most ``out_max_bytes``, else the
+status is ``out_too_large``; the tree must hold at most ``OUT_MAX_FILES`` entries and nothing but
+regular files and folders (no link of either kind, FIFO, socket, device, or name that is not
+UTF-8), else the status is ``out_refused`` and ``error`` names the reason (the first refused
+entry in byte order of its path, and its type). A refused or too large /out leaves ``out_dir``
+empty. While the job runs, the same sum is checked every ``POLL_S`` and the job is killed once it
+passes the cap (or ``OUT_MAX_ENTRIES`` entries). Two ways to hold /out, picked once per executor
+(``out_cap="auto"`` tries the first, falls back to the second):
 
-* ``tmpfs`` (the executor runs as root): a tmpfs of ``out_max_bytes + OUT_SLACK_BYTES`` bytes and
+* ``tmpfs`` (mount rights): a tmpfs of ``out_max_bytes + OUT_SLACK_BYTES`` bytes and
   ``OUT_MAX_ENTRIES`` inodes is mounted on ``<out_dir's parent>/.p2pmesh-out-<name>`` and bound as
   /out. **Hard guarantee**: the kernel refuses writes past that size (ENOSPC), nothing touches
-  the disk, and nothing in ``out_dir`` is written by the job. As soon as the container runs, the
-  host mount is lazily detached (the container's bind mount and our directory descriptor keep
-  the tmpfs alive), so no mount outlives both the container and this process, even after a
-  crash. After the container is removed (no job process can race us), the files are measured:
-  if their sizes sum to more than ``out_max_bytes``, or the tmpfs filled up, the status is
-  ``out_too_large`` and nothing is copied; otherwise regular files and directories (never
-  links or special files) are copied into ``out_dir``. The slack absorbs tmpfs page rounding of
-  small files. Pages written to /out (and /tmp) are charged to the container's memory limit,
-  so a job with ``memory_bytes`` below its output size may end ``oom`` first.
-* ``watchdog`` (no mount privilege): ``out_dir`` itself is bound as /out and made writable by
-  everyone for the run (its mode is restored afterwards; nothing else changes). A scan every
-  ``POLL_S`` kills the container once file sizes exceed ``out_max_bytes`` or entries exceed
-  ``OUT_MAX_ENTRIES``, and the contents are deleted. **Soft guarantee**: the overshoot is bounded
-  by what the job can write in one poll interval plus one scan; keep job homes on a filesystem
-  where that is acceptable. Files are left owned by 65534.
-
-Either way a sparse file counts at its apparent size, and the status is ``out_too_large``.
+  the disk, and nothing in ``out_dir`` is written by the job. The slack is a page per accepted
+  file, so no tree the rule accepts runs out of room here when it would not on the other path.
+  As soon as the container runs, the host mount is lazily detached (the container's bind mount
+  and our directory descriptor keep the tmpfs alive), so no mount outlives both the container
+  and this process, even after a crash. After the container is removed (no job process can race
+  us), the tree is judged and, if accepted, copied into ``out_dir``. Pages written to /out (and
+  /tmp) are charged to the container's memory limit, so a job with ``memory_bytes`` below its
+  output size may end ``oom`` here where the other path lets it finish.
+* ``watchdog`` (no mount rights, e.g. a daemon in a container that shares the Docker socket):
+  ``out_dir`` itself is bound as /out and made writable by everyone for the run (its mode is
+  restored afterwards; nothing else changes), then judged in place. **Soft guarantee**: the
+  overshoot is bounded by what the job can write in one poll interval plus one scan; keep job
+  homes on a filesystem where that is acceptable. Files are left owned by 65534.
 """
 
 from __future__ import annotations
@@ -64,8 +68,9 @@ from docker.types import DeviceRequest, LogConfig, Mount, Ulimit
 
 from p2pmesh.errors import ExecutorError
 
-from ._monitor import CgroupSampler, LogPump
+from ._monitor import Figures, LogPump, open_figures
 from ._outdir import OUT_MAX_ENTRIES as OUT_MAX_ENTRIES
+from ._outdir import OUT_MAX_FILES as OUT_MAX_FILES
 from ._outdir import OUT_SLACK_BYTES as OUT_SLACK_BYTES
 from ._outdir import OutGuard, TmpfsOut, WatchdogOut
 
@@ -96,6 +101,7 @@ _NAME_RE = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")
 _USER_RE = re.compile(r"(\d+)(?::(\d+))?")
 
 OutCap = Literal["auto", "tmpfs", "watchdog"]
+FiguresSource = Literal["auto", "cgroup", "engine"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,8 +163,10 @@ class ContainerOutcome:
     """What happened to one container.
 
     ``status`` is one of ``exited`` (ran to completion, any exit code), ``timeout``, ``oom``,
-    ``killed`` (cancelled through ``should_stop``), ``out_too_large`` or ``error`` (the engine
-    refused to start the job, e.g. its command does not exist in the image; see ``error``).
+    ``killed`` (cancelled through ``should_stop``), ``out_too_large``, ``out_refused`` (/out
+    holds something that is not a plain file or folder, or too many entries; ``error`` says
+    which, in words that are the same on every worker) or ``error`` (the engine refused to
+    start the job, e.g. its command does not exist in the image; see ``error``).
     ``log_bytes`` is what was written to the log file (at most ``log_max_bytes``).
     """
 
@@ -176,12 +184,18 @@ class DockerExecutor:
     """Runs ``ContainerSpec`` jobs on the local Docker engine; safe to call from many threads."""
 
     def __init__(
-        self, client: docker.DockerClient | None = None, *, out_cap: OutCap = "auto"
+        self,
+        client: docker.DockerClient | None = None,
+        *,
+        out_cap: OutCap = "auto",
+        figures: FiguresSource = "auto",
     ) -> None:
         """Args:
         client: an engine client; by default one from the environment (``DOCKER_HOST``...).
         out_cap: how /out is capped (module docstring); ``auto`` uses tmpfs when running as
             root and the mount works, else the watchdog.
+        figures: where CPU time and peak memory come from; ``auto`` reads the container's
+            cgroup files when they are visible here, else asks the engine.
 
         Raises:
             ExecutorError: the engine cannot be reached.
@@ -191,6 +205,7 @@ class DockerExecutor:
                 client = docker.from_env()
         self._client = client
         self._out_cap = out_cap
+        self._figures = figures
 
     @staticmethod
     def probe() -> tuple[bool, str]:
@@ -289,14 +304,18 @@ class DockerExecutor:
         try:
             result = self._run_container(spec, in_dir, out, log_path, should_stop)
             try:
-                over = out.finish()
+                verdict = out.finish()
             except OSError as exc:
                 raise ExecutorError(f"cannot collect /out of {spec.name}: {exc}") from exc
         finally:
             out.close()
-        if over and result.status in ("exited", "oom"):
-            result.status = "out_too_large"
-            result.error = f"/out exceeded {spec.out_max_bytes} bytes"
+        # A job that ran to its end (or was stopped for its /out) is judged by its /out; an
+        # OOM kill counts as too large output when /out is, since tmpfs pages are memory.
+        judged = (
+            ("exited", "oom") if verdict.status == "out_too_large" else ("exited", "out_too_large")
+        )
+        if verdict.status and result.status in judged:
+            result.status, result.error = verdict.status, verdict.error
         return result.freeze()
 
     # -- internals -------------------------------------------------------------------------
@@ -365,16 +384,17 @@ class DockerExecutor:
         deadline = started + spec.timeout_s
         reason = ""
         killed_at = 0.0
-        cgroup: CgroupSampler | None = None
+        figures: Figures | None = None
         while True:
             with _engine_errors(f"inspect {spec.name}"):
                 state = api.inspect_container(cid)["State"]
             now = time.monotonic()
             if not state.get("Running"):
                 break
-            if cgroup is None:
-                cgroup = CgroupSampler(int(state.get("Pid") or 0), cid)
-            cgroup.sample()
+            if figures is None:
+                figures = open_figures(self._figures, int(state.get("Pid") or 0), cid, api)
+            else:
+                figures.sample()
             if not reason:
                 if now >= deadline:
                     reason = "timeout"
@@ -390,14 +410,14 @@ class DockerExecutor:
             time.sleep(POLL_S if reason else max(0.005, min(POLL_S, deadline - now)))
         if not reason and not state.get("OOMKilled") and state.get("ExitCode") == SIGKILL_EXIT:
             state = self._settle(cid, state)
-        peak = cgroup.max_memory if cgroup else None
+        peak = figures.max_memory if figures else None
         status = reason or _classify(state, peak, spec.memory_bytes)
         return _Result(
             status,
             state.get("ExitCode"),
             now - started,
             max_memory_bytes=peak,
-            cpu_s=cgroup.cpu_s if cgroup else None,
+            cpu_s=figures.cpu_s if figures else None,
             error=_status_error(status, spec, state),
         )
 
@@ -517,7 +537,7 @@ def _status_error(status: str, spec: ContainerSpec, state: Mapping[str, Any]) ->
     if status == "oom":
         return f"memory limit of {spec.memory_bytes} bytes exceeded"
     if status == "out_too_large":
-        return f"/out exceeded {spec.out_max_bytes} bytes"
+        return f"/out exceeded {spec.out_max_bytes} bytes"  # the same words as _outdir's
     return str(state.get("Error") or "")
 
 

@@ -7,7 +7,9 @@ Grouping. Successful results (``exited``, exit 0) are grouped by the job's valid
 ``exact`` by output digest; ``numeric`` by the driver's value-by-value comparison of the fetched
 outputs, which the caller passes in (``Rule.compared``/``Rule.groups``) and which must cover
 exactly the current successful set, else the answer is to wait for it. Failed results are
-grouped by ``(status, exit_code)``, so honest workers that all see a job fail agree on that.
+grouped by ``(status, exit_code)``, so honest workers that all see a job fail agree on that;
+an ``out_refused`` failure also by its error text, which names the refused entry and is the
+same on every honest replica (PROTOCOL.md §7.1).
 Groups are ordered by size, then success before failure, then the smallest worker ID.
 
 Deciding. The first group decides when it has at least two members (one where a single replica
@@ -30,6 +32,7 @@ class Vote:
     status: str = ""
     exit_code: int | None = None
     output_digest: str = ""
+    error: str = ""  # compared for out_refused only: other failures' texts vary by host
 
     @property
     def reported(self) -> bool:
@@ -124,10 +127,11 @@ def _groups(reported: list[Vote], rule: Rule) -> list[tuple[str, ...]] | None:
             if v.succeeded:
                 by_digest.setdefault(v.output_digest, []).append(v.worker)
         success = list(by_digest.values())
-    failed: dict[tuple[str, int | None], list[str]] = {}
+    failed: dict[tuple[str, int | None, str], list[str]] = {}
     for v in sorted(reported, key=lambda v: v.worker):
         if not v.succeeded:
-            failed.setdefault((v.status, v.exit_code), []).append(v.worker)
+            why = v.error if v.status == "out_refused" else ""
+            failed.setdefault((v.status, v.exit_code, why), []).append(v.worker)
     ok_set = set(ok)
     groups = [tuple(g) for g in success + list(failed.values())]
     # Largest first; among equals a success group first, then the smallest worker ID.

@@ -27,7 +27,27 @@ MAX_ROUND = 1000  # re-offers of one job; a requester stops re-offering here (re
 _U63 = 2**63 - 1
 _JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-RESULT_STATUSES = ("exited", "timeout", "oom", "killed", "out_too_large", "error")
+RESULT_STATUSES = ("exited", "timeout", "oom", "killed", "out_too_large", "out_refused", "error")
+# A result's error text: why the job failed, in words every honest worker signs identically
+# (e.g. which /out entry was refused). Required for out_refused, absent when the job exited.
+MAX_RESULT_ERROR = 200
+_RESULT_KEYS = frozenset(
+    {
+        "job_id",
+        "job_digest",
+        "status",
+        "exit_code",
+        "output_digest",
+        "output_size",
+        "log_digest",
+        "log_size",
+        "log_truncated",
+        "run_ms",
+        "cpu_ms",
+        "max_memory_mb",
+        "finished_at",
+    }
+)
 STATUS_STATES = ("accepted", "declined", "fetching", "running")
 
 
@@ -349,12 +369,14 @@ class Result:
     max_memory_mb: int
     finished_at: int
     raw: bytes
+    error: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "worker": self.worker,
             "status": self.status,
             "exit_code": self.exit_code,
+            "error": self.error,
             "output_digest": self.output_digest,
             "output_size": self.output_size,
             "log_digest": self.log_digest,
@@ -369,7 +391,12 @@ class Result:
 
 def build_result(signer: Signer, **fields: Any) -> Result:
     exit_code = fields.pop("exit_code")
+    # An empty error is left out, so a result without one has the bytes it had before the
+    # field existed.
+    error = fields.pop("error", "")[:MAX_RESULT_ERROR]
     body = {**fields, "exit_code": -1 if exit_code is None else exit_code}
+    if error:
+        body["error"] = error
     return parse_result(seal(signer, "result", {"result": body}))
 
 
@@ -378,27 +405,19 @@ def parse_result(raw: bytes) -> Result:
     o = open_envelope(raw, "result", max_bytes=MAX_SMALL_BYTES)
     schema.exact_keys(o.body, {"result"})
     b = schema.mapping(o.body, "result")
-    schema.exact_keys(
-        b,
-        {
-            "job_id",
-            "job_digest",
-            "status",
-            "exit_code",
-            "output_digest",
-            "output_size",
-            "log_digest",
-            "log_size",
-            "log_truncated",
-            "run_ms",
-            "cpu_ms",
-            "max_memory_mb",
-            "finished_at",
-        },
-    )
+    schema.exact_keys(b, set(_RESULT_KEYS), {"error"})
     status = schema.text(b, "status", 16)
     if status not in RESULT_STATUSES:
         raise ValidationError(f"status: must be one of {', '.join(RESULT_STATUSES)}")
+    error = ""
+    if "error" in b:
+        error = schema.text(b, "error", MAX_RESULT_ERROR)
+        if not error:
+            raise ValidationError("error: must be omitted when empty")
+        if status == "exited":
+            raise ValidationError("error: not allowed when the job exited")
+    elif status == "out_refused":
+        raise ValidationError("error: required when status is out_refused")
     exit_code = schema.int_in(b, "exit_code", -1, 255)
     return Result(
         job_id=_job_id(b),
@@ -416,6 +435,7 @@ def parse_result(raw: bytes) -> Result:
         max_memory_mb=schema.int_in(b, "max_memory_mb", 0, 2**40),
         finished_at=schema.int_in(b, "finished_at", 0, _U63),
         raw=raw,
+        error=error,
     )
 
 

@@ -201,6 +201,7 @@ class Provider:
             cpu_ms=ev.cpu_ms,
             max_memory_mb=ev.max_memory_mb,
             finished_at=now,
+            error=ev.error if ev.status != "exited" else "",
         )
         return self._report(j, res, now)
 

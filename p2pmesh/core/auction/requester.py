@@ -669,7 +669,11 @@ class Requester:
             majority.Vote(r.worker)
             if r.state != "reported" or r.result is None
             else majority.Vote(
-                r.worker, r.result.status, r.result.exit_code, r.result.output_digest
+                r.worker,
+                r.result.status,
+                r.result.exit_code,
+                r.result.output_digest,
+                r.result.error,
             )
             for r in j.active()
         ]
@@ -774,7 +778,7 @@ class Requester:
         if outcome == "failed":
             j.error = (
                 f"job ended {first.status} (exit {first.exit_code}) on {len(agreeing)} "
-                "agreeing replica(s)"
+                "agreeing replica(s)" + (f": {first.error}" if first.error else "")
             )
         j.accepted_digest = first.output_digest
         if d.accepted:

@@ -9,7 +9,6 @@ SIGINT/SIGTERM cancels the nursery; libp2p is shut down in order inside its cont
 from __future__ import annotations
 
 import collections
-import dataclasses
 import json
 import logging
 import math
@@ -351,7 +350,7 @@ class Daemon:
     def snapshot(self) -> dict[str, Any]:
         now = time.time()
         node = self.node.node_json(now)
-        node["net"] = dataclasses.asdict(self.net.stats)
+        node["net"] = self.net.stats_json()
         node["pid"] = os.getpid()
         return {"node": node, "peers": self.node.peers_json(now), "events": list(self.log.recent)}
 

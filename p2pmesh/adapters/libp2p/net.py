@@ -8,6 +8,7 @@ becomes a ``TransportError`` or an event, never a crash of the node.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -154,6 +155,15 @@ class MeshNet:
         task has taken one; waiting senders get freed room before any network input does."""
         with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
             await self._events.send(event)
+
+    def stats_json(self) -> dict[str, Any]:
+        """Counters for ``status``: ours, and py-libp2p's sender-record memo (patches.py)."""
+        out: dict[str, Any] = dataclasses.asdict(self.stats)
+        memo = patches.sender_records
+        out["sender_records"] = (
+            {"verified": memo.verified, "skipped": memo.skipped} if memo is not None else None
+        )
+        return out
 
     def inbound(self, event: Any, reason: str) -> bool:
         """Input from the network (gossip, an inbound job message, peer exchange, DHT or

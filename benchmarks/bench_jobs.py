@@ -26,9 +26,13 @@ throughput  ``--nodes`` daemons (node0 requests, the others work with ``--max-jo
             re-offered jobs, CPU per awarded job (all daemons, requester) and the CPU of every
             other process on the machine. ``--payload true`` runs a trivial container per
             replica (``true`` in busybox); ``--payload absent`` names an image the workers allow
-            but do not have, so each run fails at once without a container: the auction and the
-            result path alone. Goal: ≥ 50 awarded jobs/s. ``--profile`` samples node0 and node1
-            with py-spy (``pip install py-spy``) and reports their hottest functions.
+            but do not have, so each run fails at once without a container (and the job is
+            tried on worker after worker); ``--payload instant`` starts the workers with the
+            benchmark-only executor (``P2PMESH_BENCH_EXECUTOR=instant``, adapters/instant.py),
+            which returns one fixed output at once: offer, bids, award, statuses, result, output
+            fetch, verdict and payment, and nothing else. Goal: ≥ 50 awarded jobs/s.
+            ``--profile`` samples node0 and node1 with py-spy (``pip install py-spy``) and
+            reports their hottest functions.
 
 ``--quiet-load L`` waits (up to ``--quiet-wait`` s) before each part until the 1-minute load
 average is ≤ L: on a shared machine a benchmark would otherwise measure the other work.
@@ -364,7 +368,12 @@ def bench_throughput(
     timeout: float,
     rate: float = 0.0,
 ) -> dict[str, Any]:
-    image = BUSYBOX if payload == "true" else "p2pmesh/absent-on-purpose:1"
+    image = "p2pmesh/absent-on-purpose:1" if payload == "absent" else BUSYBOX
+    env = (
+        {"P2PMESH_ALLOW_FAULTS": "1", "P2PMESH_BENCH_EXECUTOR": "instant"}
+        if payload == "instant"
+        else {}
+    )
     job = write_job(
         base / "job",
         doc=job_doc(
@@ -386,7 +395,9 @@ def bench_throughput(
         ),
     )
     client = docker_client()
-    with Mesh(base / "mesh", nodes, extra_args=[*ALLOW_OURS, "--max-jobs", str(max_jobs)]) as mesh:
+    with Mesh(
+        base / "mesh", nodes, extra_args=[*ALLOW_OURS, "--max-jobs", str(max_jobs)], env=env
+    ) as mesh:
         try:
             mesh.wait_all_listed(300)
             requester = mesh.nodes[0]
@@ -601,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--windows", default="1,2", help="latency: bid windows to measure, s")
     ap.add_argument("--nodes", type=int, default=10, help="throughput: daemons")
     ap.add_argument("--jobs", type=int, default=200, help="throughput: jobs submitted")
-    ap.add_argument("--payload", default="true,absent", help="throughput: true and/or absent")
+    ap.add_argument("--payload", default="true,absent", help="throughput: true, absent, instant")
     ap.add_argument(
         "--rate", type=float, default=0.0, help="throughput: submit jobs/s (0: back to back)"
     )

@@ -19,6 +19,7 @@ import trio
 
 from p2pmesh import packing
 from p2pmesh.adapters.docker.executor import ContainerSpec, DockerExecutor
+from p2pmesh.adapters.instant import InstantExecutor
 from p2pmesh.adapters.libp2p.net import JobWire, MeshNet
 from p2pmesh.core.effects import (
     CompareOutputs,
@@ -63,8 +64,10 @@ class JobRunner:
         *,
         fault: str | None = None,
         fault_after: int = 0,
+        bench_executor: str | None = None,
     ) -> None:
         self.fault = fault
+        self.bench_executor = bench_executor
         self.fault_after = fault_after
         self.jobs_done = 0
         self.home = home
@@ -84,14 +87,16 @@ class JobRunner:
             blob_path=self.blobs.path,
             ledger_blocks=self.ledger_blocks,
         )
-        self._executor: DockerExecutor | None = None
+        self._executor: DockerExecutor | InstantExecutor | None = None
         self._stop: set[str] = set()
         self._running: set[str] = set()
 
     @property
-    def executor(self) -> DockerExecutor:
+    def executor(self) -> DockerExecutor | InstantExecutor:
         if self._executor is None:
-            self._executor = DockerExecutor()
+            self._executor = (
+                InstantExecutor() if self.bench_executor == "instant" else DockerExecutor()
+            )
         return self._executor
 
     # -- what the stream servers ask the core (on the event loop, never a thread) -------------

@@ -469,6 +469,7 @@ class Daemon:
                     self.node.peer_id[-8:],
                     fault=self.settings.fault,
                     fault_after=self.settings.fault_after,
+                    bench_executor=self.settings.bench_executor,
                 )
                 if self.settings.fault:
                     for _ in range(3):
@@ -477,6 +478,12 @@ class Daemon:
                             f"FAULT INJECTION ACTIVE: {self.settings.fault} "
                             "(P2PMESH_ALLOW_FAULTS=1); this node misbehaves on purpose",
                         )
+                if self.settings.bench_executor:
+                    self.log(
+                        "warning",
+                        f"BENCHMARK EXECUTOR ACTIVE: {self.settings.bench_executor} "
+                        "(P2PMESH_ALLOW_FAULTS=1); jobs here report a fixed output, nothing runs",
+                    )
                 for topic in TOPICS:
                     self.net.add_topic_validator(
                         topic.name,

@@ -47,6 +47,7 @@ class Settings:
     fault: str | None = None  # deliberate misbehaviour for tests and demos (see below)
     fault_after: int = 0  # P2PMESH_FAULT_AFTER: behave for this many jobs first
     fault_slow_s: float = 200.0  # P2PMESH_FAULT_SLOW_S: how late "slow" answers
+    bench_executor: str | None = None  # P2PMESH_BENCH_EXECUTOR=instant (benchmarks only)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -102,6 +103,29 @@ def read_fault(env: dict[str, str]) -> str | None:
     return fault
 
 
+BENCH_EXECUTORS = ("instant",)
+
+
+def read_bench_executor(env: dict[str, str]) -> str | None:
+    """``P2PMESH_BENCH_EXECUTOR=instant``: results without running anything (adapters/instant.py).
+
+    A node that reports work it never did is a fault, so it needs ``P2PMESH_ALLOW_FAULTS=1``.
+    """
+    name = env.get("P2PMESH_BENCH_EXECUTOR")
+    if not name:
+        return None
+    if env.get("P2PMESH_ALLOW_FAULTS") != "1":
+        raise ConfigError(
+            "P2PMESH_BENCH_EXECUTOR is set but P2PMESH_ALLOW_FAULTS=1 is not: refusing to start",
+            hint="the benchmark executor runs no job; it is for benchmarks only",
+        )
+    if name not in BENCH_EXECUTORS:
+        raise ConfigError(
+            f"P2PMESH_BENCH_EXECUTOR={name!r}: must be one of {', '.join(BENCH_EXECUTORS)}"
+        )
+    return name
+
+
 def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
     """``flags`` holds only what was given on the command line (None/empty = not given)."""
     cfg = read_config(home)
@@ -130,6 +154,7 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
         fault=read_fault(dict(os.environ)),
         fault_after=int(os.environ.get("P2PMESH_FAULT_AFTER", "0") or 0),
         fault_slow_s=float(os.environ.get("P2PMESH_FAULT_SLOW_S", "200") or 200),
+        bench_executor=read_bench_executor(dict(os.environ)),
     )
     if s.price < 0:
         raise ConfigError("price must be >= 0")

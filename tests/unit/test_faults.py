@@ -20,3 +20,45 @@ def test_withhold_outputs_is_a_fault_and_unknown_ones_are_refused() -> None:
     with pytest.raises(ConfigError, match="must be one of"):
         read_fault({"P2PMESH_FAULT": "withhold", "P2PMESH_ALLOW_FAULTS": "1"})
     assert read_fault({}) is None
+
+
+def test_benchmark_executor_needs_allow_faults_and_a_known_name() -> None:
+    from p2pmesh.daemon.settings import read_bench_executor
+
+    env = {"P2PMESH_BENCH_EXECUTOR": "instant"}
+    with pytest.raises(ConfigError, match="P2PMESH_ALLOW_FAULTS=1"):
+        read_bench_executor(env)
+    assert read_bench_executor({**env, "P2PMESH_ALLOW_FAULTS": "1"}) == "instant"
+    with pytest.raises(ConfigError, match="must be one of"):
+        read_bench_executor({"P2PMESH_BENCH_EXECUTOR": "docker", "P2PMESH_ALLOW_FAULTS": "1"})
+    assert read_bench_executor({}) is None
+
+
+def test_instant_executor_writes_the_same_output_everywhere(tmp_path) -> None:
+    from p2pmesh.adapters.docker.executor import ContainerSpec
+    from p2pmesh.adapters.instant import OUTPUT, OUTPUT_NAME, InstantExecutor
+
+    spec = ContainerSpec(
+        name="p2pmesh-test-instant",
+        image="p2pmesh/busybox:1",
+        command=("true",),
+        env={},
+        cpus=0.1,
+        memory_bytes=64 << 20,
+        pids_limit=64,
+        gpus=0,
+        network=False,
+        timeout_s=10.0,
+        out_max_bytes=1 << 20,
+        log_max_bytes=1 << 20,
+        labels={},
+    )
+    outs = []
+    for i in range(2):
+        out, log = tmp_path / f"out{i}", tmp_path / f"log{i}.txt"
+        res = InstantExecutor().run(spec, tmp_path, out, log)
+        assert (res.status, res.exit_code, res.error) == ("exited", 0, "")
+        assert res.log_bytes == len(log.read_bytes())
+        outs.append(sorted(p.name for p in out.iterdir()))
+        assert (out / OUTPUT_NAME).read_bytes() == OUTPUT
+    assert outs[0] == outs[1] == [OUTPUT_NAME]

@@ -63,6 +63,8 @@ from p2pmesh.daemon.home import DB_FILE, NODE_JSON, SOCKET_FILE, ensure_home, lo
 from p2pmesh.daemon.jobs import DEFAULT_BID_WINDOW_S, JobRunner
 from p2pmesh.daemon.settings import Settings
 
+PERSIST_TABLES = frozenset({"peers", "meta", "frauds", "payments", "jobs"})
+
 TICK_S = 1.0
 REPROFILE_S = 30.0
 MAX_EVENTS_KEPT = 200
@@ -142,6 +144,7 @@ class Daemon:
         # cannot wait) never blocks on it. Writes are few per event and the event queue above
         # is bounded, so under overload this grows only as fast as events are handled.
         self.persist_send, self.persist_recv = trio.open_memory_channel[Persist](math.inf)
+        self.persist_stats = {"batches": 0, "writes": 0, "coalesced": 0}
         self.net = MeshNet(
             load_or_create_key(self.home),
             self.events_send,
@@ -284,22 +287,45 @@ class Daemon:
             self.dispatch(self.node.handle(event, time.time()))
 
     async def _persister(self) -> None:
+        """Write what the core asked to persist, in batches: everything queued while the last
+        batch was being written goes in one transaction, and of several writes of one key (a
+        requester job is persisted on every bid) only the last is made."""
         async for eff in self.persist_recv:
-            now = time.time()
-            if eff.table == "peers":
-                await self.tstore.call(self.store.put_peer, eff.key, eff.value, now)
-            elif eff.table == "meta":
-                await self.tstore.call(self.store.set_meta, eff.key, eff.value)
-            elif eff.table == "frauds":
-                await self.tstore.call(self.store.put_fraud, eff.key, eff.value)
-            elif eff.table == "payments":
-                await self.tstore.call(self.store.put_payment, eff.key, eff.value)
-            elif eff.table == "jobs":
-                role, _, job_id = eff.key.partition(":")
-                doc = eff.value
-                await self.tstore.call(self.store.put_job, job_id, role, doc["state"], doc, now)
-            else:
-                self.log("error", "unknown persist table", table=eff.table)
+            batch = {(eff.table, eff.key): eff}
+            while True:
+                try:
+                    more = self.persist_recv.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                key = (more.table, more.key)
+                if key in batch:
+                    self.persist_stats["coalesced"] += 1
+                    del batch[key]  # the later write supersedes it, at its own place in order
+                batch[key] = more
+            writes = [e for e in batch.values() if e.table in PERSIST_TABLES]
+            for e in batch.values():
+                if e.table not in PERSIST_TABLES:
+                    self.log("error", "unknown persist table", table=e.table)
+            await self.tstore.call(self._write_batch, writes, time.time())
+            self.persist_stats["batches"] += 1
+            self.persist_stats["writes"] += len(writes)
+
+    def _write_batch(self, writes: list[Persist], now: float) -> None:
+        """On the store's worker thread: one transaction for the batch."""
+        with self.store.transaction():
+            for eff in writes:
+                if eff.table == "peers":
+                    self.store.put_peer(eff.key, eff.value, now)
+                elif eff.table == "meta":
+                    self.store.set_meta(eff.key, eff.value)
+                elif eff.table == "frauds":
+                    self.store.put_fraud(eff.key, eff.value)
+                elif eff.table == "payments":
+                    self.store.put_payment(eff.key, eff.value)
+                else:  # jobs
+                    role, _, job_id = eff.key.partition(":")
+                    doc = eff.value
+                    self.store.put_job(job_id, role, doc["state"], doc, now)
 
     async def _ticker(self) -> None:
         while True:
@@ -351,6 +377,7 @@ class Daemon:
         now = time.time()
         node = self.node.node_json(now)
         node["net"] = self.net.stats_json()
+        node["persist"] = dict(self.persist_stats)
         node["pid"] = os.getpid()
         return {"node": node, "peers": self.node.peers_json(now), "events": list(self.log.recent)}
 

@@ -71,3 +71,23 @@ async def test_trio_store_runs_calls_in_order_on_one_thread(tmp_path: Path) -> N
     values = [await ts.call(store.get_meta, f"k{i}") for i in range(50)]
     assert values == list(range(50))
     store.close()
+
+
+def test_a_transaction_commits_all_its_writes_or_none(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db")
+    with store.transaction():
+        store.set_meta("a", 1)
+        store.put_job("j1", "requester", "bidding", {"state": "bidding"}, 1.0)
+    with pytest.raises(RuntimeError), store.transaction():
+        store.set_meta("a", 2)
+        store.put_job("j2", "requester", "bidding", {"state": "bidding"}, 2.0)
+        raise RuntimeError("a write of the batch failed")
+    store.close()
+    again = Store(tmp_path / "state.db")
+    assert again.get_meta("a") == 1
+    assert [j["job_id"] for j in again.jobs()] == ["j1"]
+    # And the connection is usable after the rollback.
+    with again.transaction():
+        again.set_meta("a", 3)
+    assert again.get_meta("a") == 3
+    again.close()

@@ -7,10 +7,11 @@ connections are not safe to share across threads, and one writer avoids ``databa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -185,6 +186,18 @@ class Store:
             "INSERT OR IGNORE INTO blobs(digest, size, kind, added_at) VALUES(?, ?, ?, ?)",
             (digest, size, kind, now),
         )
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Several writes in one transaction: one commit (one WAL sync point) for all of them,
+        and all or none of them if one fails."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
 
 class TrioStore:

@@ -88,12 +88,20 @@ class NodeConfig:
     spot_check: float = 0.10  # share of "auto" jobs on a credible worker that are re-run
     credit_base: int = 100  # credit anyone may go negative by before earning anything
     fault_fork_ledger: bool = False  # FAULT fork-ledger: sign two blocks at one height
+    # A replica's worker whose connection closed and did not come back within this many
+    # seconds is lost, as after SILENCE_S of silence (a frozen worker keeps its connection).
+    connection_grace_s: int = 5
+    # After `up --recover`: sign no block for this long, while our own chain comes back from
+    # the peers that hold copies (a block at a height we already used would be a fork).
+    recover_window_s: int = 30
 
     def validate(self) -> None:
         if not 10 <= self.record_ttl_s <= capability.MAX_TTL_S:
             raise ValueError(f"record_ttl_s must be in [10, {capability.MAX_TTL_S}]")
         if not 0.0 <= self.spot_check <= 1.0:
             raise ValueError("spot_check must be in [0, 1]")
+        if self.connection_grace_s < 1 or self.recover_window_s < 1:
+            raise ValueError("connection_grace_s and recover_window_s must be >= 1")
         if self.target_connections < 1:
             raise ValueError("target_connections must be >= 1")
 
@@ -305,6 +313,7 @@ class Node:
         frauds: Iterable[bytes] = (),
         payments: Iterable[dict[str, Any]] = (),
         jobs: Iterable[tuple[str, dict[str, Any]]] = (),
+        recovering: bool = False,
     ) -> list[Effect]:
         """Rebuild a fresh node from what an earlier run persisted; returns effects to execute.
 
@@ -313,8 +322,12 @@ class Node:
         jobs come back from their documents and our own stored verdicts rebuild reputation
         (evidence gossiped by others is forgotten); awarded worker jobs resume. A document that
         cannot be read is logged and skipped, never fatal. Call once, before the first event.
+        ``recovering``: the store was set aside as damaged (``up --recover``); for
+        ``recover_window_s`` no block is signed while our own chain comes back from peers.
         """
         out: list[Effect] = []
+        if recovering:
+            out += self.ledger.start_recovery(int(now), self.config.recover_window_s)
         for raw in records:
             out += self.membership.record(raw, "store", None, now)
         self.ledger.restore(list(blocks), list(frauds), list(payments))
@@ -398,6 +411,10 @@ class Node:
                 if r.result is not None
             ],
         }
+
+    def recovering(self, now: float) -> int:
+        """Seconds left of the recovery window (0: not recovering); no new job is taken then."""
+        return max(0, self.ledger.recovering_until - int(now))
 
     def is_idle(self) -> bool:
         """Nothing is in flight: no open requester job, no awarded work not yet settled, no

@@ -25,7 +25,7 @@ from p2pmesh.core.auction.provider import Provider
 from p2pmesh.core.auction.requester import Requester
 from p2pmesh.core.capability import Capabilities, CapabilityRecord
 from p2pmesh.core.crypto import Signer
-from p2pmesh.core.effects import Effect, ExchangePeers, Log
+from p2pmesh.core.effects import Dial, Effect, ExchangePeers, Log
 from p2pmesh.core.events import (
     BlocksReceived,
     CancelRequested,
@@ -134,6 +134,7 @@ class Node:
             rng=rng,
             spot_check=config.spot_check,
             eligible=lambda job: self.membership.count_fitting(job.spec),
+            connection_grace_s=config.connection_grace_s,
         )
         self.provider = Provider(signer, allow_network=config.allow_network)
         self.ledger = LedgerMachine(
@@ -200,7 +201,11 @@ class Node:
             return self._connected(event.peer_id, now)
         if isinstance(event, PeerDisconnected):
             self.membership.disconnected(event.peer_id, now)
-            return [Log("info", "peer disconnected", {"peer": event.peer_id})]
+            out: list[Effect] = [Log("info", "peer disconnected", {"peer": event.peer_id})]
+            addrs = self.peer_addrs(event.peer_id)
+            if self.requester.on_peer_disconnected(event.peer_id, int(now)) and addrs:
+                out.append(Dial(event.peer_id, addrs))
+            return out
         if isinstance(event, PeerDiscovered):
             return self.membership.discovered(event.peer_id, event.addrs, now)
         if isinstance(event, DialFailed):
@@ -208,6 +213,7 @@ class Node:
         raise TypeError(f"unknown event {event!r}")
 
     def _connected(self, peer_id: str, now: float) -> list[Effect]:
+        self.requester.on_peer_connected(peer_id, int(now))
         if not self.membership.connected(peer_id, now):
             return []
         return [

@@ -50,6 +50,8 @@ from p2pmesh.core.events import (
     MessageReceived,
     OutputsCompared,
     OutputsFetched,
+    PeerConnected,
+    PeerDisconnected,
     ProfileChanged,
     SendFailed,
     Ticked,
@@ -336,6 +338,8 @@ _EVENT_NAMES = {
     InputsFetched: "inputs fetched",
     ContainerFinished: "container finished",
     ProfileChanged: "profile changed",
+    PeerDisconnected: "connection closed",
+    PeerConnected: "connection back",
 }
 
 
@@ -519,6 +523,50 @@ def test_worker_silent_after_accepting_is_lost_after_the_silence_window() -> Non
     mesh.run_job()
     assert mesh.job().state == "done"
     assert mesh.workers() == {"B": "lost", "C": "reported", "D": "reported"}
+
+
+def test_worker_whose_connection_closed_is_lost_after_the_grace_not_the_silence() -> None:
+    mesh = Mesh(prices=(3, 1, 2, 3))
+    mesh.scripts = {"B": Script(hang=True), "C": Script(run_s=3)}
+    mesh.submit("A", make_job())
+    mesh.run(20)
+    assert mesh.workers()["B"] == "running"
+    mesh.muted.add("B")  # killed: the kernel closed its connections at once
+    closed_at = mesh.now
+    mesh.deliver("A", PeerDisconnected(mesh.ids["B"]))
+    grace = NodeConfig().connection_grace_s
+    mesh.run(200, until=lambda: mesh.workers()["B"] == "lost")
+    rep = mesh.job().replicas[mesh.ids["B"]]
+    assert mesh.now == closed_at + grace < closed_at + SILENCE_S
+    assert rep.lost_reason == f"connection closed {grace} s ago"
+    mesh.run_job()
+    assert mesh.job().state == "done"
+    assert mesh.workers() == {"B": "lost", "C": "reported", "D": "reported"}
+
+
+def test_a_connection_back_within_the_grace_keeps_the_replica() -> None:
+    mesh = Mesh(prices=(3, 1, 2, 3))
+    mesh.scripts = {"B": Script(run_s=30), "C": Script(run_s=3)}
+    mesh.submit("A", make_job())
+    mesh.run(5)
+    mesh.deliver("A", PeerDisconnected(mesh.ids["B"]))
+    mesh.run(NodeConfig().connection_grace_s - 1)
+    mesh.deliver("A", PeerConnected(mesh.ids["B"]))
+    mesh.run_job()
+    assert mesh.job().state == "done"
+    assert mesh.workers()["B"] == "reported"
+
+
+def test_a_closed_connection_to_a_worker_that_reported_changes_nothing() -> None:
+    mesh = Mesh(prices=(3, 1, 2, 3))
+    mesh.scripts = {"B": Script(run_s=3), "C": Script(run_s=40)}
+    mesh.submit("A", make_job())
+    mesh.run(10)
+    assert mesh.workers()["B"] == "reported"
+    mesh.deliver("A", PeerDisconnected(mesh.ids["B"]))
+    mesh.run_job()
+    assert mesh.job().state == "done"
+    assert mesh.workers()["B"] == "reported"
 
 
 def test_unreachable_winner_is_replaced_at_once() -> None:

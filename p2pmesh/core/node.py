@@ -238,6 +238,7 @@ class Node:
                     {"job": ev.job_id, "peer": ev.peer_id, "kind": ev.kind, "reason": ev.reason},
                 ),
                 *self.requester.on_send_failed(ev.job_id, ev.peer_id, ev.kind, ev.reason, now),
+                *self.provider.on_send_failed(ev.job_id, ev.kind),
             ]
         if isinstance(ev, MessageDelivered):
             if ev.kind == "result":
@@ -256,6 +257,10 @@ class Node:
             return self.requester.on_result(data, peer, now)
         if kind == "cancel":
             return self.provider.on_cancel(data, peer, now)
+        if kind == "award-query":
+            return self.requester.on_award_query(data, peer, now)
+        if kind == "award-answer":
+            return self.provider.on_award_answer(data, peer, now)
         if kind == "verdict":
             return self._verdict(data, now)
         if kind == "pay":

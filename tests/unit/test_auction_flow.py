@@ -961,6 +961,60 @@ def test_worker_restart_after_reporting_resends_an_undelivered_result() -> None:
     assert mesh.job().state == "done"
 
 
+def _runs(mesh: Mesh, name: str) -> int:
+    return len([e for e in mesh.effects(RunContainer, name) if e.job_id == JOB_ID])
+
+
+def test_restarted_worker_replaced_meanwhile_drops_the_job_without_running_it() -> None:
+    mesh = Mesh(prices=(3, 1, 2, 3))
+    mesh.scripts = {"B": Script(run_s=60), "C": Script(run_s=60)}
+    mesh.submit("A", make_job())
+    mesh.run(5)
+    assert mesh.workers()["B"] == "running"
+    mesh.down.add("B")
+    mesh.run(SILENCE_S + 2, until=lambda: mesh.workers()["B"] == "lost")
+    assert mesh.workers()["B"] == "lost"
+    runs = _runs(mesh, "B")
+    mesh.down.discard("B")
+    mesh.restart("B")
+    assert mesh.sent("award-query", src="B")
+    assert mesh.work("B").state == "cancelled"
+    assert mesh.work("B").detail == "award no longer stands"
+    mesh.run_job()
+    assert mesh.job().state == "done"
+    assert _runs(mesh, "B") == runs  # no second container
+
+
+def test_restarted_worker_whose_award_stands_resumes_at_once() -> None:
+    mesh = Mesh()
+    mesh.scripts = {"B": Script(run_s=30), "C": Script(run_s=3)}
+    mesh.submit("A", make_job())
+    mesh.run(5)
+    runs = _runs(mesh, "B")
+    mesh.restart("B")
+    assert mesh.sent("award-answer", src="A")
+    assert _runs(mesh, "B") == runs + 1  # resumed in the same second
+    mesh.run_job()
+    assert mesh.job().state == "done" and mesh.workers()["B"] == "reported"
+
+
+def test_restarted_worker_without_an_answer_resumes_as_before() -> None:
+    mesh = Mesh()
+    mesh.scripts = {"B": Script(run_s=30), "C": Script(run_s=3)}
+    mesh.submit("A", make_job())
+    mesh.run(5)
+    mesh.muted.add("A")  # an older requester: it does not answer the question
+    runs = _runs(mesh, "B")
+    mesh.restart("B")
+    mesh.run(provider_mod.AWARD_QUERY_WAIT_S - 1)
+    assert _runs(mesh, "B") == runs
+    mesh.run(1)
+    assert _runs(mesh, "B") == runs + 1
+    mesh.muted.discard("A")
+    mesh.run_job()
+    assert mesh.job().state == "done"
+
+
 def test_worker_restart_after_the_deadline_reports_an_error() -> None:
     mesh = Mesh()
     mesh.scripts = {"B": Script(hang=True)}

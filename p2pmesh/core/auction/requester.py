@@ -309,6 +309,28 @@ class Requester:
         out.append(self._persist(j, now))
         return out
 
+    def on_award_query(self, data: bytes, from_peer: str, now: int) -> list[Effect]:
+        """A restarted worker asks whether its award for a job of ours still stands: yes only
+        while the job is open and its replica is in play and has not reported."""
+        try:
+            job_id = m.parse_award_query(data)
+        except (DecodeError, ValidationError) as exc:
+            return [Log("debug", "award query refused", {"from": from_peer, "reason": str(exc)})]
+        j = self.jobs.get(job_id)
+        rep = j.replicas.get(from_peer) if j is not None else None
+        stands = (
+            j is not None
+            and rep is not None
+            and j.state not in FINAL
+            and rep.state not in ("lost", "reported")
+        )
+        if stands:
+            assert rep is not None
+            rep.last_heard = now
+            rep.gone_at = 0
+        answer = m.build_award_answer(job_id, stands)
+        return [SendMessage(from_peer, m.AWARD_ANSWER, answer, job_id)]
+
     def on_peer_disconnected(self, peer: str, now: int) -> bool:
         """Our last connection to ``peer`` closed: every replica it holds in an open job is
         lost unless the connection is back within ``connection_grace_s``. True when it holds

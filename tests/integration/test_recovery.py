@@ -128,7 +128,7 @@ def test_frozen_worker_is_found_by_silence(
 ) -> None:
     requester = mesh4r.nodes[0]
     mesh4r.wait_all_listed(DISCOVERY_TIMEOUT_S)
-    path, _ = sleepy_count_job(tmp_path, 70)
+    path, _ = sleepy_count_job(tmp_path, 20)
     sub = offer(requester, path, "--bid-window", "2")
     assert sub.rc == 0, sub.describe()
     job_id = sub.job_id

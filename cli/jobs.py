@@ -138,9 +138,7 @@ def cmd_offer(args: argparse.Namespace, home: Path) -> int:
     out_dir = Path(args.out) if args.out else Path("p2pmesh-results") / job_id
     exported = None
     if job.get("output_digest"):
-        exported = client.request(
-            home, "export", {"job_id": job_id, "dest": str(out_dir.absolute())}
-        )
+        exported = _export(home, job_id, out_dir)
         job = exported["job"]
     if args.json:
         sys.stdout.write(json.dumps(job, indent=2, sort_keys=True) + "\n")
@@ -151,6 +149,20 @@ def cmd_offer(args: argparse.Namespace, home: Path) -> int:
             print(f"outputs: {exported['dest']}/outputs ({', '.join(exported['files']) or 'none'})")
             print(f"result:  {exported['dest']}/result.json")
     return 0 if job["state"] == "done" else 1
+
+
+def _export(home: Path, job_id: str, out_dir: Path) -> dict[str, Any]:
+    """The daemon unpacks the accepted outputs (checked when they were fetched, and unpacked
+    with the same archive checks) into ``out_dir``: one code path for ``offer --wait --out``
+    and ``job ID --out``."""
+    return client.request(home, "export", {"job_id": job_id, "dest": str(out_dir.absolute())})
+
+
+def _print_export(job_id: str, job: dict[str, Any], exported: dict[str, Any]) -> None:
+    state = job["state"]
+    print(f"job {job_id}: {state}" + (f" ({job['error']})" if job.get("error") else ""))
+    print(f"outputs: {exported['dest']}/outputs ({', '.join(exported['files']) or 'none'})")
+    print(f"result:  {exported['dest']}/result.json")
 
 
 def cmd_jobs(args: argparse.Namespace, home: Path) -> int:
@@ -183,6 +195,24 @@ def cmd_jobs(args: argparse.Namespace, home: Path) -> int:
 
 def cmd_job(args: argparse.Namespace, home: Path) -> int:
     job = client.request(home, "job", {"job_id": args.job_id})
+    if args.out:
+        # Any time after the job is done, also after a restart of this node: the accepted
+        # outputs stay in the blob store, and the job document comes back from the database.
+        if job["role"] != "requester":
+            print(f"p2pmesh: job {job['job_id']} was not requested here", file=sys.stderr)
+            return 2
+        if not job.get("output_digest"):
+            print(
+                f"p2pmesh: job {job['job_id']} has no outputs yet (state {job['state']})",
+                file=sys.stderr,
+            )
+            return 1
+        exported = _export(home, job["job_id"], Path(args.out))
+        if args.json:
+            sys.stdout.write(json.dumps(exported["job"], indent=2, sort_keys=True) + "\n")
+        else:
+            _print_export(job["job_id"], exported["job"], exported)
+        return 0 if exported["job"]["state"] == "done" else 1
     if args.json:
         sys.stdout.write(json.dumps(job, indent=2, sort_keys=True) + "\n")
         return 0
@@ -239,6 +269,9 @@ def add_parsers(sub: Any, add_home: Any) -> None:
     add_home(job)
     job.add_argument("job_id")
     job.add_argument("--json", action="store_true")
+    job.add_argument(
+        "--out", metavar="DIR", help="export the accepted outputs, log and result.json into DIR"
+    )
     logs = sub.add_parser("logs", help="a job's container log (stdout and stderr)")
     add_home(logs)
     logs.add_argument("job_id")

@@ -77,6 +77,25 @@ def build_parser() -> argparse.ArgumentParser:
         help='share of "auto" jobs on a credible worker re-run elsewhere (config: spot_check)',
     )
     up.add_argument(
+        "--connection-grace",
+        type=int,
+        metavar="S",
+        help="seconds a worker's closed connection may take to come back before its job is "
+        "re-awarded (config: connection_grace_s)",
+    )
+    up.add_argument(
+        "--recover",
+        action="store_true",
+        help="set a damaged state.db aside (kept) and rebuild the ledger from the mesh",
+    )
+    up.add_argument(
+        "--recover-window",
+        type=int,
+        metavar="S",
+        help="with --recover: seconds to fetch our own chain before signing anything "
+        "(config: recover_window_s)",
+    )
+    up.add_argument(
         "--record-ttl",
         type=int,
         metavar="S",

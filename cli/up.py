@@ -49,6 +49,9 @@ def run_up(args: argparse.Namespace, home: Path) -> int:
         "record_ttl": args.record_ttl,
         "spot_check": args.spot_check,
         "credit_base": args.credit_base,
+        "connection_grace": args.connection_grace,
+        "recover_window": args.recover_window,
+        "recover": args.recover,
     }
     ensure_home(home)
     settings = build_settings(home, flags)

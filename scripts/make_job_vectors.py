@@ -262,6 +262,17 @@ def build_vectors() -> dict[str, Any]:
         )
         | {"bids_digest": m.bids_digest([bid.raw])},
         "result": _message(result.raw, {"signer": "worker", **result_fields}),
+        # Job-stream data that is not an envelope (§7.5, award query): canonical msgpack.
+        "award_query": {
+            "kind": m.AWARD_QUERY,
+            "body": {"job_id": JOB_ID},
+            "data_hex": m.build_award_query(JOB_ID).hex(),
+        },
+        "award_answer": {
+            "kind": m.AWARD_ANSWER,
+            "body": {"job_id": JOB_ID, "stands": False},
+            "data_hex": m.build_award_answer(JOB_ID, False).hex(),
+        },
     }
 
 
@@ -358,7 +369,13 @@ def markdown(v: dict[str, Any]) -> str:
             "```",
             "",
         ]
-    out += [f"The award's `bids_digest` = `{v['award']['bids_digest']}`."]
+    out += [f"The award's `bids_digest` = `{v['award']['bids_digest']}`.", ""]
+    for name in ("award_query", "award_answer"):
+        msg = v[name]
+        body = json.dumps(msg["body"], ensure_ascii=False, sort_keys=True)
+        out += [f"`{msg['kind']}` data for `{body}` (canonical msgpack, no envelope):", ""]
+        out += ["```text", _wrap(msg["data_hex"]), "```", ""]
+    out.pop()
     return "\n".join(out)
 
 

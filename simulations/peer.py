@@ -76,6 +76,7 @@ from p2pmesh.core.events import (
     JobSubmitted,
     OutputsCompared,
     OutputsFetched,
+    PeerDisconnected,
     Ticked,
 )
 from p2pmesh.core.node import Node, NodeConfig
@@ -88,6 +89,7 @@ if TYPE_CHECKING:
 BUSY_TICK_S = 1.0  # the daemon's TICK_S
 IDLE_TICK_S = 60.0
 CRASH_RESTART_S = 10.0  # a supervisor (systemd) restarting a daemon that died
+CLOSE_SEEN_S = 0.2  # a closed connection reaches the other end's notifications (one RTT or so)
 COMPARE_S = 0.05  # CPU time to compare two numeric outputs, small next to any transfer
 RUN_NOISE_SIGMA = 0.1  # replica-to-replica variation of one job's run time on equal machines
 LOG_BYTES = 2_000
@@ -194,6 +196,7 @@ class SimPeer:
         if not self.online:
             return
         now = self.sim.engine.now
+        self._close_connections()
         self.online = False
         self.online_s += now - self.online_since
         for _job, (_, started) in self.running.items():
@@ -210,6 +213,23 @@ class SimPeer:
             back_after = self.churn.offline(self.sim.engine.rng)
         if back_after is not None:
             self.sim.engine.after(back_after, self._back, self.epoch)
+
+    def _close_connections(self) -> None:
+        """A process that stops or dies has its connections closed (by the daemon, or by the
+        kernel after a kill): the requesters of the jobs it holds see ``PeerDisconnected``,
+        as the daemon's connection notifications report it. Only those matter to the core."""
+        if self.node is None:
+            return
+        told: set[str] = set()
+        for doc in self.node.jobs():
+            req = doc.get("requester") if doc["role"] == "worker" else None
+            i = self.sim.index.get(req) if req else None
+            if i is None or req in told:
+                continue
+            told.add(req)
+            self.sim.engine.after(
+                CLOSE_SEEN_S, self.sim.peers[i].deliver_event, PeerDisconnected(self.peer_id)
+            )
 
     def _back(self, epoch: int) -> None:
         # A churn session that ends after a crash restart belongs to the old run: ignore it.

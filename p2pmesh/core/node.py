@@ -25,7 +25,7 @@ from p2pmesh.core.auction.provider import Provider
 from p2pmesh.core.auction.requester import Requester
 from p2pmesh.core.capability import Capabilities, CapabilityRecord
 from p2pmesh.core.crypto import Signer
-from p2pmesh.core.effects import Effect, ExchangePeers, Log
+from p2pmesh.core.effects import Dial, Effect, ExchangePeers, Log
 from p2pmesh.core.events import (
     BlocksReceived,
     CancelRequested,
@@ -88,12 +88,20 @@ class NodeConfig:
     spot_check: float = 0.10  # share of "auto" jobs on a credible worker that are re-run
     credit_base: int = 100  # credit anyone may go negative by before earning anything
     fault_fork_ledger: bool = False  # FAULT fork-ledger: sign two blocks at one height
+    # A replica's worker whose connection closed and did not come back within this many
+    # seconds is lost, as after SILENCE_S of silence (a frozen worker keeps its connection).
+    connection_grace_s: int = 5
+    # After `up --recover`: sign no block for this long, while our own chain comes back from
+    # the peers that hold copies (a block at a height we already used would be a fork).
+    recover_window_s: int = 30
 
     def validate(self) -> None:
         if not 10 <= self.record_ttl_s <= capability.MAX_TTL_S:
             raise ValueError(f"record_ttl_s must be in [10, {capability.MAX_TTL_S}]")
         if not 0.0 <= self.spot_check <= 1.0:
             raise ValueError("spot_check must be in [0, 1]")
+        if self.connection_grace_s < 1 or self.recover_window_s < 1:
+            raise ValueError("connection_grace_s and recover_window_s must be >= 1")
         if self.target_connections < 1:
             raise ValueError("target_connections must be >= 1")
 
@@ -126,6 +134,7 @@ class Node:
             rng=rng,
             spot_check=config.spot_check,
             eligible=lambda job: self.membership.count_fitting(job.spec),
+            connection_grace_s=config.connection_grace_s,
         )
         self.provider = Provider(signer, allow_network=config.allow_network)
         self.ledger = LedgerMachine(
@@ -192,7 +201,11 @@ class Node:
             return self._connected(event.peer_id, now)
         if isinstance(event, PeerDisconnected):
             self.membership.disconnected(event.peer_id, now)
-            return [Log("info", "peer disconnected", {"peer": event.peer_id})]
+            out: list[Effect] = [Log("info", "peer disconnected", {"peer": event.peer_id})]
+            addrs = self.peer_addrs(event.peer_id)
+            if self.requester.on_peer_disconnected(event.peer_id, int(now)) and addrs:
+                out.append(Dial(event.peer_id, addrs))
+            return out
         if isinstance(event, PeerDiscovered):
             return self.membership.discovered(event.peer_id, event.addrs, now)
         if isinstance(event, DialFailed):
@@ -200,6 +213,7 @@ class Node:
         raise TypeError(f"unknown event {event!r}")
 
     def _connected(self, peer_id: str, now: float) -> list[Effect]:
+        self.requester.on_peer_connected(peer_id, int(now))
         if not self.membership.connected(peer_id, now):
             return []
         return [
@@ -224,6 +238,7 @@ class Node:
                     {"job": ev.job_id, "peer": ev.peer_id, "kind": ev.kind, "reason": ev.reason},
                 ),
                 *self.requester.on_send_failed(ev.job_id, ev.peer_id, ev.kind, ev.reason, now),
+                *self.provider.on_send_failed(ev.job_id, ev.kind),
             ]
         if isinstance(ev, MessageDelivered):
             if ev.kind == "result":
@@ -242,6 +257,10 @@ class Node:
             return self.requester.on_result(data, peer, now)
         if kind == "cancel":
             return self.provider.on_cancel(data, peer, now)
+        if kind == "award-query":
+            return self.requester.on_award_query(data, peer, now)
+        if kind == "award-answer":
+            return self.provider.on_award_answer(data, peer, now)
         if kind == "verdict":
             return self._verdict(data, now)
         if kind == "pay":
@@ -305,6 +324,7 @@ class Node:
         frauds: Iterable[bytes] = (),
         payments: Iterable[dict[str, Any]] = (),
         jobs: Iterable[tuple[str, dict[str, Any]]] = (),
+        recovering: bool = False,
     ) -> list[Effect]:
         """Rebuild a fresh node from what an earlier run persisted; returns effects to execute.
 
@@ -313,8 +333,12 @@ class Node:
         jobs come back from their documents and our own stored verdicts rebuild reputation
         (evidence gossiped by others is forgotten); awarded worker jobs resume. A document that
         cannot be read is logged and skipped, never fatal. Call once, before the first event.
+        ``recovering``: the store was set aside as damaged (``up --recover``); for
+        ``recover_window_s`` no block is signed while our own chain comes back from peers.
         """
         out: list[Effect] = []
+        if recovering:
+            out += self.ledger.start_recovery(int(now), self.config.recover_window_s)
         for raw in records:
             out += self.membership.record(raw, "store", None, now)
         self.ledger.restore(list(blocks), list(frauds), list(payments))
@@ -398,6 +422,10 @@ class Node:
                 if r.result is not None
             ],
         }
+
+    def recovering(self, now: float) -> int:
+        """Seconds left of the recovery window (0: not recovering); no new job is taken then."""
+        return max(0, self.ledger.recovering_until - int(now))
 
     def is_idle(self) -> bool:
         """Nothing is in flight: no open requester job, no awarded work not yet settled, no

@@ -8,6 +8,7 @@ job's outputs are safely in the blob store.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import secrets
 import shutil
@@ -416,6 +417,15 @@ class JobRunner:
         doc = outputs["job"]
         if not outputs["output_digest"] or not outputs["log_digest"]:
             raise MeshError(f"job {job_id} has no outputs yet (state {outputs['state']})")
+        for digest in (outputs["output_digest"], outputs["log_digest"]):
+            # Exported long after the fetch (``job ID --out``): the blob may have been removed
+            # or damaged on this disk since, and is checked again against its name.
+            if not self.blobs.has(digest):
+                raise MeshError(f"job {job_id}: {digest[:20]}… is no longer in the blob store")
+            if "sha256:" + hashlib.sha256(self.blobs.path(digest).read_bytes()).hexdigest() != (
+                digest
+            ):
+                raise MeshError(f"job {job_id}: {digest[:20]}… in the blob store is damaged")
         out = Path(dest)
         out.mkdir(parents=True, exist_ok=True)
         files = out / "outputs"

@@ -26,7 +26,7 @@ import trio
 from p2pmesh import __version__
 from p2pmesh.adapters import hardware
 from p2pmesh.adapters.libp2p.net import MeshNet
-from p2pmesh.adapters.sqlite.store import Store, TrioStore
+from p2pmesh.adapters.sqlite.store import Store, TrioStore, move_aside
 from p2pmesh.bootstrap.peers import shipped_bootstrap
 from p2pmesh.core.capability import Capabilities, Gpu
 from p2pmesh.core.crypto import Ed25519Signer
@@ -62,6 +62,7 @@ from p2pmesh.daemon.control import open_control_listener, serve_control
 from p2pmesh.daemon.home import DB_FILE, NODE_JSON, SOCKET_FILE, ensure_home, load_or_create_key
 from p2pmesh.daemon.jobs import DEFAULT_BID_WINDOW_S, JobRunner
 from p2pmesh.daemon.settings import Settings
+from p2pmesh.errors import StoreError
 
 PERSIST_TABLES = frozenset({"peers", "meta", "frauds", "payments", "jobs"})
 
@@ -118,7 +119,7 @@ class Daemon:
         self.log = log
         self.home = ensure_home(settings.home)
         self.signer = Ed25519Signer(load_or_create_key(self.home))
-        self.store = Store(self.home / DB_FILE)
+        self.store, self.stored = self._open_store()
         self.tstore = TrioStore(self.store)
         bootstrap = list(settings.bootstrap)
         if settings.use_shipped_bootstrap:
@@ -132,10 +133,12 @@ class Daemon:
                 spot_check=settings.spot_check,
                 credit_base=settings.credit_base,
                 fault_fork_ledger=settings.fault == "fork-ledger",
+                connection_grace_s=settings.connection_grace_s,
+                recover_window_s=settings.recover_window_s,
             ),
             self.signer,
             caps_from_profile(self.profile, [], settings),
-            last_seq=int(self.store.get_meta("record_seq", 0)),
+            last_seq=int(self.stored["record_seq"]),
             started_at=self.started_at,
             rng=random.SystemRandom(),
         )
@@ -154,6 +157,26 @@ class Daemon:
         self._net_limiter = trio.CapacityLimiter(64)
         self.nursery: trio.Nursery | None = None
         self.jobs: JobRunner | None = None
+
+    def _open_store(self) -> tuple[Store, dict[str, Any]]:
+        """Open the database and read all it holds, before any task starts: damage is one
+        StoreError line (no task group to wrap it). With ``--recover`` a damaged file is set
+        aside and a fresh one marked as recovering (the same key: the same identity)."""
+        path = self.home / DB_FILE
+        store: Store | None = None
+        try:
+            store = Store(path)
+            return store, store.startup_state()
+        except StoreError as exc:
+            if store is not None:
+                store.close()
+            if not self.settings.recover or "damaged" not in str(exc):
+                raise
+            aside = move_aside(path, time.time())
+            self.log("warning", "damaged database set aside", kept=aside.name, error=str(exc))
+        store = Store(path)
+        store.set_meta("recovering", {"since": time.time(), "aside": aside.name})
+        return store, store.startup_state()
 
     # -- effects -------------------------------------------------------------------------------
     def _faulty(self, eff: Effect) -> bool:
@@ -346,11 +369,14 @@ class Daemon:
     async def _restore(self) -> list[Effect]:
         """Read what the last run stored and hand it to ``Node.restore`` (written once, in the
         core, and used by the simulator's restarts too)."""
-        records = await self.tstore.call(self.store.peer_records)
-        blocks = await self.tstore.call(self.store.blocks)
-        frauds = await self.tstore.call(self.store.frauds)
-        payments = await self.tstore.call(self.store.payments)
-        rows = await self.tstore.call(self.store.jobs)
+        st = self.stored
+        records, blocks, frauds, payments, rows = (
+            st["records"],
+            st["blocks"],
+            st["frauds"],
+            st["payments"],
+            st["jobs"],
+        )
         if self.settings.work and "docker" in self.profile.executors:
             try:
                 removed = await trio.to_thread.run_sync(
@@ -367,7 +393,9 @@ class Daemon:
             frauds=frauds,
             payments=payments,
             jobs=[(row["role"], row["doc"]) for row in rows],
+            recovering=bool(st["recovering"]),
         )
+        self.stored = {}
         if blocks:
             self.log("info", "ledger restored", blocks=len(blocks), pending=len(payments))
         return effects
@@ -397,6 +425,11 @@ class Daemon:
             path = args.get("job_file")
             if not isinstance(path, str):
                 raise ValueError("job_file must be a path")
+            left = self.node.recovering(time.time())
+            if left:
+                raise ValueError(
+                    f"this node is recovering its ledger from the mesh; offer again in {left} s"
+                )
             window = int(args.get("bid_window_s") or DEFAULT_BID_WINDOW_S)
             return await self.jobs.submit(path, max(1, min(window, 600)))
 

@@ -13,6 +13,8 @@ Config keys (all optional) mirror the flags of ``p2pmesh up``::
     credit_base = 100      # credits anyone may owe before earning (mutual credit)
     spot_check = 0.1       # share of "auto" jobs run alone by a credible worker that are re-checked
     use_shipped_bootstrap = true
+    connection_grace_s = 5 # a replica's worker whose connection closed is lost after this
+    recover_window_s = 30  # `up --recover`: sign nothing until our chain came back this long
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ class Settings:
     tui: bool = True
     spot_check: float = 0.10
     credit_base: int = 100
+    connection_grace_s: int = 5
+    recover_window_s: int = 30
+    recover: bool = False  # `up --recover`: set a damaged database aside, rebuild from the mesh
     fault: str | None = None  # deliberate misbehaviour for tests and demos (see below)
     fault_after: int = 0  # P2PMESH_FAULT_AFTER: behave for this many jobs first
     fault_slow_s: float = 200.0  # P2PMESH_FAULT_SLOW_S: how late "slow" answers
@@ -63,6 +68,8 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "use_shipped_bootstrap": bool,
     "spot_check": (float, int),
     "credit_base": int,
+    "connection_grace_s": int,
+    "recover_window_s": int,
 }
 
 
@@ -151,6 +158,9 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
         tui=not flags.get("no_tui", False),
         spot_check=float(pick("spot_check", "spot_check", 0.10)),
         credit_base=int(pick("credit_base", "credit_base", 100)),
+        connection_grace_s=int(pick("connection_grace", "connection_grace_s", 5)),
+        recover_window_s=int(pick("recover_window", "recover_window_s", 30)),
+        recover=bool(flags.get("recover", False)),
         fault=read_fault(dict(os.environ)),
         fault_after=int(os.environ.get("P2PMESH_FAULT_AFTER", "0") or 0),
         fault_slow_s=float(os.environ.get("P2PMESH_FAULT_SLOW_S", "200") or 200),
@@ -162,6 +172,10 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
         raise ConfigError("max_jobs must be >= 0")
     if not 10 <= s.record_ttl_s <= 3600:
         raise ConfigError("record_ttl_s must be in [10, 3600]")
+    if not 1 <= s.connection_grace_s <= 600:
+        raise ConfigError("connection_grace_s must be in [1, 600]")
+    if not 5 <= s.recover_window_s <= 3600:
+        raise ConfigError("recover_window_s must be in [5, 3600]")
     if not 0.0 <= s.spot_check <= 1.0:
         raise ConfigError("spot_check must be between 0 and 1")
     if len(s.allow_images) > 64 or any(not 0 < len(g) <= 256 for g in s.allow_images):

@@ -50,6 +50,8 @@ from p2pmesh.core.events import (
     MessageReceived,
     OutputsCompared,
     OutputsFetched,
+    PeerConnected,
+    PeerDisconnected,
     ProfileChanged,
     SendFailed,
     Ticked,
@@ -336,6 +338,8 @@ _EVENT_NAMES = {
     InputsFetched: "inputs fetched",
     ContainerFinished: "container finished",
     ProfileChanged: "profile changed",
+    PeerDisconnected: "connection closed",
+    PeerConnected: "connection back",
 }
 
 
@@ -519,6 +523,50 @@ def test_worker_silent_after_accepting_is_lost_after_the_silence_window() -> Non
     mesh.run_job()
     assert mesh.job().state == "done"
     assert mesh.workers() == {"B": "lost", "C": "reported", "D": "reported"}
+
+
+def test_worker_whose_connection_closed_is_lost_after_the_grace_not_the_silence() -> None:
+    mesh = Mesh(prices=(3, 1, 2, 3))
+    mesh.scripts = {"B": Script(hang=True), "C": Script(run_s=3)}
+    mesh.submit("A", make_job())
+    mesh.run(20)
+    assert mesh.workers()["B"] == "running"
+    mesh.muted.add("B")  # killed: the kernel closed its connections at once
+    closed_at = mesh.now
+    mesh.deliver("A", PeerDisconnected(mesh.ids["B"]))
+    grace = NodeConfig().connection_grace_s
+    mesh.run(200, until=lambda: mesh.workers()["B"] == "lost")
+    rep = mesh.job().replicas[mesh.ids["B"]]
+    assert mesh.now == closed_at + grace < closed_at + SILENCE_S
+    assert rep.lost_reason == f"connection closed {grace} s ago"
+    mesh.run_job()
+    assert mesh.job().state == "done"
+    assert mesh.workers() == {"B": "lost", "C": "reported", "D": "reported"}
+
+
+def test_a_connection_back_within_the_grace_keeps_the_replica() -> None:
+    mesh = Mesh(prices=(3, 1, 2, 3))
+    mesh.scripts = {"B": Script(run_s=30), "C": Script(run_s=3)}
+    mesh.submit("A", make_job())
+    mesh.run(5)
+    mesh.deliver("A", PeerDisconnected(mesh.ids["B"]))
+    mesh.run(NodeConfig().connection_grace_s - 1)
+    mesh.deliver("A", PeerConnected(mesh.ids["B"]))
+    mesh.run_job()
+    assert mesh.job().state == "done"
+    assert mesh.workers()["B"] == "reported"
+
+
+def test_a_closed_connection_to_a_worker_that_reported_changes_nothing() -> None:
+    mesh = Mesh(prices=(3, 1, 2, 3))
+    mesh.scripts = {"B": Script(run_s=3), "C": Script(run_s=40)}
+    mesh.submit("A", make_job())
+    mesh.run(10)
+    assert mesh.workers()["B"] == "reported"
+    mesh.deliver("A", PeerDisconnected(mesh.ids["B"]))
+    mesh.run_job()
+    assert mesh.job().state == "done"
+    assert mesh.workers()["B"] == "reported"
 
 
 def test_unreachable_winner_is_replaced_at_once() -> None:
@@ -909,6 +957,60 @@ def test_worker_restart_after_reporting_resends_an_undelivered_result() -> None:
     assert mesh.work("B").state == "reported" and mesh.work("B").result is not None
     mesh.run(provider_mod.RESEND_RESULT_S + 1)
     assert mesh.work("B").result_sent
+    mesh.run_job()
+    assert mesh.job().state == "done"
+
+
+def _runs(mesh: Mesh, name: str) -> int:
+    return len([e for e in mesh.effects(RunContainer, name) if e.job_id == JOB_ID])
+
+
+def test_restarted_worker_replaced_meanwhile_drops_the_job_without_running_it() -> None:
+    mesh = Mesh(prices=(3, 1, 2, 3))
+    mesh.scripts = {"B": Script(run_s=60), "C": Script(run_s=60)}
+    mesh.submit("A", make_job())
+    mesh.run(5)
+    assert mesh.workers()["B"] == "running"
+    mesh.down.add("B")
+    mesh.run(SILENCE_S + 2, until=lambda: mesh.workers()["B"] == "lost")
+    assert mesh.workers()["B"] == "lost"
+    runs = _runs(mesh, "B")
+    mesh.down.discard("B")
+    mesh.restart("B")
+    assert mesh.sent("award-query", src="B")
+    assert mesh.work("B").state == "cancelled"
+    assert mesh.work("B").detail == "award no longer stands"
+    mesh.run_job()
+    assert mesh.job().state == "done"
+    assert _runs(mesh, "B") == runs  # no second container
+
+
+def test_restarted_worker_whose_award_stands_resumes_at_once() -> None:
+    mesh = Mesh()
+    mesh.scripts = {"B": Script(run_s=30), "C": Script(run_s=3)}
+    mesh.submit("A", make_job())
+    mesh.run(5)
+    runs = _runs(mesh, "B")
+    mesh.restart("B")
+    assert mesh.sent("award-answer", src="A")
+    assert _runs(mesh, "B") == runs + 1  # resumed in the same second
+    mesh.run_job()
+    assert mesh.job().state == "done" and mesh.workers()["B"] == "reported"
+
+
+def test_restarted_worker_without_an_answer_resumes_as_before() -> None:
+    mesh = Mesh()
+    mesh.scripts = {"B": Script(run_s=30), "C": Script(run_s=3)}
+    mesh.submit("A", make_job())
+    mesh.run(5)
+    mesh.muted.add("A")  # an older requester: it does not answer the question
+    runs = _runs(mesh, "B")
+    mesh.restart("B")
+    mesh.run(provider_mod.AWARD_QUERY_WAIT_S - 1)
+    assert _runs(mesh, "B") == runs
+    mesh.run(1)
+    assert _runs(mesh, "B") == runs + 1
+    mesh.muted.discard("A")
     mesh.run_job()
     assert mesh.job().state == "done"
 

@@ -310,3 +310,36 @@ def test_conversions_are_what_the_code_makes() -> None:
         assert {p.split(":")[0] for p in info.value.problems} == {
             p.split(":")[0] for p in case["problems"]
         }
+
+
+# --- award query and answer (§7.5): canonical msgpack written out by hand --------------------
+def _mp_str(text: str) -> bytes:
+    raw = text.encode()
+    return (bytes([0xA0 | len(raw)]) if len(raw) < 32 else bytes([0xD9, len(raw)])) + raw
+
+
+def test_award_query_and_answer_bytes_by_hand() -> None:
+    job_id = V["award_query"]["body"]["job_id"]
+    query = b"\x81" + _mp_str("job_id") + _mp_str(job_id)
+    assert V["award_query"]["data_hex"] == query.hex()
+    answer = b"\x82" + _mp_str("job_id") + _mp_str(job_id) + _mp_str("stands") + b"\xc2"
+    assert V["award_answer"]["data_hex"] == answer.hex()
+    assert (V["award_query"]["kind"], V["award_answer"]["kind"]) == ("award-query", "award-answer")
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        b"\x80",
+        b"\x81" + _mp_str("job_id") + _mp_str("XYZ"),
+        b"\x82" + _mp_str("job_id") + _mp_str("0" * 32) + _mp_str("stands") + b"\x01",
+        b"\x82" + _mp_str("job_id") + _mp_str("0" * 32) + _mp_str("extra") + b"\xc2",
+    ],
+)
+def test_malformed_award_answers_are_refused(data: bytes) -> None:
+    from p2pmesh.core.auction import messages as m
+    from p2pmesh.errors import DecodeError, ValidationError
+
+    with pytest.raises((DecodeError, ValidationError)):
+        m.parse_award_answer(data)

@@ -403,7 +403,9 @@ class MeshNet:
 # -- job protocol and blob transfer (PROTOCOL.md §7.5, §7.6) ------------------------------------
 JOB_PROTOCOL = "/p2pmesh/job/1.0.0"
 BLOB_PROTOCOL = "/p2pmesh/blob/1.0.0"
-JOB_KINDS = frozenset({"bid", "award", "status", "result", "cancel", "pay", "paid"})
+JOB_KINDS = frozenset(
+    {"bid", "award", "status", "result", "cancel", "pay", "paid", "award-query", "award-answer"}
+)
 LEDGER_PROTOCOL = "/p2pmesh/ledger/1.0.0"
 MAX_LEDGER_REPLY = 4 * 1024 * 1024
 MAX_JOB_FRAME = 64 * 1024

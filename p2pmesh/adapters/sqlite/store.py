@@ -11,6 +11,7 @@ import contextlib
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -63,17 +64,70 @@ MIGRATIONS: list[str] = [
 ]
 
 
+QUICK_CHECK_S = 10.0  # a check still running then is abandoned: a big file is not damage
+RECOVER_HINT = "run `p2pmesh up --recover` to set it aside and rebuild from the mesh"
+
+
+def damaged(path: Path, what: object) -> StoreError:
+    """The one line every damaged-database path ends in: which file, what, what to do."""
+    return StoreError(f"database {path} is damaged ({what}); {RECOVER_HINT}", hint=RECOVER_HINT)
+
+
 class Store:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, check_s: float = QUICK_CHECK_S) -> None:
         self.path = path
+        self.check_finished = True
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
+            self._quick_check(check_s)
             self._migrate()
         except sqlite3.Error as exc:
-            raise StoreError(f"cannot open database {path.name}: {exc}") from exc
+            self._close_quietly()
+            raise damaged(path, exc) from exc
+        except StoreError:
+            self._close_quietly()
+            raise
+
+    def _close_quietly(self) -> None:
+        if hasattr(self, "_db"):
+            self._db.close()
+
+    def _quick_check(self, limit_s: float) -> None:
+        """``PRAGMA quick_check``, abandoned after ``limit_s`` (then ``check_finished`` is
+        False): damage in pages no open-time read touches shows up here, not mid-run."""
+        stop_at = time.monotonic() + limit_s
+        self._db.set_progress_handler(lambda: int(time.monotonic() > stop_at), 10_000)
+        try:
+            rows = self._db.execute("PRAGMA quick_check(5)").fetchall()
+        except sqlite3.OperationalError as exc:
+            if "interrupt" not in str(exc):
+                raise
+            self.check_finished = False
+            return
+        finally:
+            self._db.set_progress_handler(None, 0)
+        problems = [str(r[0]) for r in rows if r[0] != "ok"]
+        if problems:
+            raise damaged(self.path, "; ".join(problems)[:300])
+
+    def startup_state(self) -> dict[str, Any]:
+        """Everything a start reads, in one call and one error path: any damage the quick
+        check missed (or a document that no longer decodes) is the same one-line refusal."""
+        try:
+            return {
+                "record_seq": int(self.get_meta("record_seq", 0)),
+                "records": self.peer_records(),
+                "blocks": self.blocks(),
+                "frauds": self.frauds(),
+                "payments": self.payments(),
+                "jobs": self.jobs(),
+                "recovering": self.get_meta("recovering"),
+            }
+        except (sqlite3.Error, ValueError, TypeError) as exc:
+            raise damaged(self.path, exc) from exc
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -198,6 +252,18 @@ class Store:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+
+def move_aside(path: Path, now: float) -> Path:
+    """``up --recover``: rename a damaged database (and its WAL and shared-memory files) to
+    ``<name>.damaged-<UTC time>``, kept for inspection; the next open starts a fresh one."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now))
+    target = path.with_name(f"{path.name}.damaged-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        src = path.with_name(path.name + suffix)
+        if src.exists():
+            src.replace(target.with_name(target.name + suffix))
+    return target
 
 
 class TrioStore:

@@ -462,6 +462,39 @@ def parse_cancel(raw: bytes) -> Cancel:
     return Cancel(_job_id(o.body), o.signer, schema.text(o.body, "reason", 200), raw)
 
 
+# -- award query (restarted worker <-> requester, PROTOCOL.md §7.5) ---------------------------
+# Not signed: both travel only on the job stream, whose remote peer ID is authenticated, and
+# each is about the sender's own award (the asker's, or the requester's job).
+AWARD_QUERY = "award-query"
+AWARD_ANSWER = "award-answer"
+
+
+def build_award_query(job_id: str) -> bytes:
+    return codec.encode({"job_id": job_id})
+
+
+def parse_award_query(raw: bytes) -> str:
+    d = codec.decode(raw, max_bytes=MAX_SMALL_BYTES)
+    if not isinstance(d, dict):
+        raise ValidationError("award query must be a map")
+    schema.exact_keys(d, {"job_id"})
+    return _job_id(d)
+
+
+def build_award_answer(job_id: str, stands: bool) -> bytes:
+    return codec.encode({"job_id": job_id, "stands": stands})
+
+
+def parse_award_answer(raw: bytes) -> tuple[str, bool]:
+    d = codec.decode(raw, max_bytes=MAX_SMALL_BYTES)
+    if not isinstance(d, dict):
+        raise ValidationError("award answer must be a map")
+    schema.exact_keys(d, {"job_id", "stands"})
+    if not isinstance(d["stands"], bool):
+        raise ValidationError("stands: must be a boolean")
+    return _job_id(d), d["stands"]
+
+
 # -- verdict (requester -> everyone, gossiped) -------------------------------------------------
 TOPIC_VERDICTS = "p2pmesh/verdicts/1"
 VERDICT_OUTCOMES = ("accepted", "failed", "inconclusive")

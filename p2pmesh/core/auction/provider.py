@@ -39,6 +39,9 @@ ACTIVE = frozenset({"fetching", "running"})
 FINAL = frozenset({"reported", "cancelled", "expired"})
 MAX_TRACKED_OFFERS = 10_000
 RESEND_RESULT_S = 5
+# A restarted worker waits this long for the requester to say whether its award still stands;
+# no answer (an older requester) means resume, as before the question existed.
+AWARD_QUERY_WAIT_S = 10
 
 
 @dataclass(slots=True)
@@ -53,6 +56,7 @@ class WorkerJob:
     result_sent: bool = False
     last_result_try: int = 0
     detail: str = ""
+    asked_at: int = 0  # restarted: asked the requester whether the award stands (0: not asking)
 
     @property
     def requester(self) -> str:
@@ -294,6 +298,8 @@ class Provider:
         """The one deadline of an open job (whole seconds, as ``tick`` compares them)."""
         if j.state == "bid":
             return Alarm((j.offer.deadline_at + 1, "forget", j, INF))  # never awarded
+        if j.asked_at:
+            return Alarm((j.asked_at + AWARD_QUERY_WAIT_S, "no-answer", j, INF))
         if j.state in ACTIVE:
             return Alarm((j.last_status + HEARTBEAT_S, "heartbeat", j, INF))
         if j.state == "reported" and not j.result_sent and j.result is not None:
@@ -313,6 +319,8 @@ class Provider:
             j = alarm.subject
             if alarm.what == "forget":
                 del self.jobs[j.job_id]
+            elif alarm.what == "no-answer":
+                out += self._resume(j, "no answer from the requester")
             elif alarm.what == "heartbeat":
                 out += self._status(j, j.state, now, "")
             else:
@@ -355,15 +363,57 @@ class Provider:
         if j.state != "bid":
             self._working.add(j.job_id)
         if j.state in ("fetching", "running") and now < j.offer.deadline_at:
+            # Ask first: the requester may have replaced us while we were down, and a run
+            # it will refuse is a whole run wasted.
             j.state = "fetching"
-            refs = tuple((n, r.digest, r.size, r.kind) for n, r in j.offer.job.input_refs.items())
+            j.asked_at = now
+            j.last_status = now
             return [
-                Log("info", "resuming job after restart", {"job": j.job_id}),
-                FetchInputs(j.job_id, j.requester, j.offer.addrs, refs),
+                Log("info", "asking whether our award still stands", {"job": j.job_id}),
+                SendMessage(
+                    j.requester,
+                    m.AWARD_QUERY,
+                    m.build_award_query(j.job_id),
+                    j.job_id,
+                    j.offer.addrs,
+                ),
             ]
         if j.state in ("fetching", "running"):
             return self._report_error(j, now, "worker restarted after the deadline")
         return []
+
+    def _resume(self, j: WorkerJob, why: str) -> list[Effect]:
+        j.asked_at = 0
+        refs = tuple((n, r.digest, r.size, r.kind) for n, r in j.offer.job.input_refs.items())
+        return [
+            Log("info", "resuming job after restart", {"job": j.job_id, "because": why}),
+            FetchInputs(j.job_id, j.requester, j.offer.addrs, refs),
+        ]
+
+    def on_award_answer(self, data: bytes, from_peer: str, now: int) -> list[Effect]:
+        try:
+            job_id, stands = m.parse_award_answer(data)
+        except (DecodeError, ValidationError) as exc:
+            return [Log("warning", "award answer refused", {"from": from_peer, "reason": str(exc)})]
+        j = self.jobs.get(job_id)
+        if j is None or from_peer != j.requester or not j.asked_at or j.state in FINAL:
+            return []
+        if stands:
+            return self._resume(j, "the requester says the award stands")
+        j.asked_at = 0
+        j.state = "cancelled"
+        j.detail = "award no longer stands"
+        return [
+            Log("info", "award no longer stands: dropping the job", {"job": j.job_id}),
+            self._persist(j, now),
+        ]
+
+    def on_send_failed(self, job_id: str, kind: str) -> list[Effect]:
+        """An award query the requester did not take (an older one answers ``ok: false``)."""
+        j = self.jobs.get(job_id)
+        if kind != m.AWARD_QUERY or j is None or not j.asked_at or j.state in FINAL:
+            return []
+        return self._resume(j, "the requester did not take the question")
 
     def award_price(self, job_id: str, requester: str) -> int | None:
         j = self.jobs.get(job_id)

@@ -28,7 +28,9 @@ are fetched for the user only, retried every ``FETCH_RETRY_S`` until the deadlin
 
 A *replica* is one awarded worker. It is lost when it declines, when the award cannot be
 delivered, when it stays silent for ``SILENCE_S`` (workers send a status at least every
-``HEARTBEAT_S``), when it has not reported by ``timeout_s + GRACE_S`` after its award, or when
+``HEARTBEAT_S``), when its connection closed and did not come back within the connection
+grace (a killed worker's kernel closes it at once; a frozen one keeps it and is found by
+silence), when it has not reported by ``timeout_s + GRACE_S`` after its award, or when
 it does not serve the outputs of an accepted group. A lost replica is replaced by the best
 unused bid of the current round, else by a new round of offers that excludes every peer already
 tried.
@@ -83,6 +85,7 @@ class Replica:
     result: m.Result | None = None
     lost_reason: str = ""
     addrs: tuple[str, ...] = ()
+    gone_at: int = 0  # our last connection to the worker closed then (0: connected or unknown)
 
 
 @dataclass(slots=True)
@@ -147,7 +150,9 @@ class Requester:
         rng: Any = None,
         spot_check: float = DEFAULT_SPOT_CHECK,
         eligible: Any = None,
+        connection_grace_s: int = 5,
     ) -> None:
+        self.connection_grace_s = connection_grace_s
         self.eligible = eligible  # callable(WireJob) -> how many known peers could bid
         self.signer = signer
         self.self_id = signer.peer_id
@@ -252,6 +257,7 @@ class Requester:
         if rep.state in ("lost", "reported"):
             return []
         rep.last_heard = now
+        rep.gone_at = 0  # it speaks, so it is reachable (perhaps over a new connection)
         if st.state == "declined":
             return self._lose(j, rep, now, f"declined: {st.detail}")
         if st.state == rep.state:
@@ -302,6 +308,51 @@ class Requester:
         out += self._maybe_decide(j, now)
         out.append(self._persist(j, now))
         return out
+
+    def on_award_query(self, data: bytes, from_peer: str, now: int) -> list[Effect]:
+        """A restarted worker asks whether its award for a job of ours still stands: yes only
+        while the job is open and its replica is in play and has not reported."""
+        try:
+            job_id = m.parse_award_query(data)
+        except (DecodeError, ValidationError) as exc:
+            return [Log("debug", "award query refused", {"from": from_peer, "reason": str(exc)})]
+        j = self.jobs.get(job_id)
+        rep = j.replicas.get(from_peer) if j is not None else None
+        stands = (
+            j is not None
+            and rep is not None
+            and j.state not in FINAL
+            and rep.state not in ("lost", "reported")
+        )
+        if stands:
+            assert rep is not None
+            rep.last_heard = now
+            rep.gone_at = 0
+        answer = m.build_award_answer(job_id, stands)
+        return [SendMessage(from_peer, m.AWARD_ANSWER, answer, job_id)]
+
+    def on_peer_disconnected(self, peer: str, now: int) -> bool:
+        """Our last connection to ``peer`` closed: every replica it holds in an open job is
+        lost unless the connection is back within ``connection_grace_s``. True when it holds
+        one (the node then dials it, in case only our side dropped the connection)."""
+        held = False
+        for j in self.jobs.values():
+            rep = j.replicas.get(peer)
+            if j.state in FINAL or rep is None or rep.state in ("lost", "reported"):
+                continue
+            held = True
+            if not rep.gone_at:
+                rep.gone_at = now
+                j.note(now, f"connection to {peer} closed")
+        return held
+
+    def on_peer_connected(self, peer: str, now: int) -> list[Effect]:
+        for j in self.jobs.values():
+            rep = j.replicas.get(peer)
+            if rep is not None and rep.gone_at:
+                rep.gone_at = 0
+                j.note(now, f"connection to {peer} is back")
+        return []
 
     def on_send_failed(
         self, job_id: str, peer: str, kind: str, reason: str, now: int
@@ -382,6 +433,8 @@ class Requester:
             # In order of precedence: the first one due decides why the replica is lost.
             if rep.state == "awarded":
                 yield Alarm((rep.awarded_at + ACCEPT_WITHIN_S + 1, "not-accepted", rep, INF))
+            if rep.gone_at:
+                yield Alarm((rep.gone_at + self.connection_grace_s, "disconnected", rep, INF))
             yield Alarm((heard + SILENCE_S + 1, "silent", rep, INF))
             yield Alarm((rep.awarded_at + j.spec.timeout_s + GRACE_S + 1, "no-result", rep, INF))
         if j.state == "bidding":
@@ -422,6 +475,8 @@ class Requester:
             return out + self._finish(j, final, now, reason)
         if what == "not-accepted":
             return self._lose(j, rep, now, "did not accept the award in time")
+        if what == "disconnected":
+            return self._lose(j, rep, now, f"connection closed {now - rep.gone_at} s ago")
         if what == "silent":
             heard = max(rep.last_heard, rep.awarded_at)
             return self._lose(j, rep, now, f"silent for {now - heard} s")

@@ -80,6 +80,9 @@ class LedgerMachine:
         self.fault_fork = fault_fork
         self._last_announce = 0
         self._syncing: dict[str, int] = {}  # author -> time of the last range request
+        # After `up --recover`: until then we sign nothing (no payment, no agreement, no bid)
+        # so that our own chain, fetched back from peers, cannot be forked by a new block.
+        self.recovering_until = 0
 
     # -- restore -----------------------------------------------------------------------------
     def restore(
@@ -99,13 +102,47 @@ class LedgerMachine:
                     p["job_id"], p["payee"], prop.raw, bytes.fromhex(p["verdict"]), 0
                 )
 
+    def start_recovery(self, now: int, window_s: int) -> list[Effect]:
+        self.recovering_until = now + window_s
+        return [
+            Log(
+                "warning",
+                "recovering: signing nothing while our chain comes back from peers",
+                {
+                    "seconds": window_s,
+                    "not_recovered": "job records, peer records (relearned), reputation "
+                    "evidence gossiped by others",
+                },
+            )
+        ]
+
+    def _end_recovery(self, now: int) -> list[Effect]:
+        if self.ledger._held.get(self.self_id):
+            # A later block of ours is known but not the ones before it: still fetching.
+            self.recovering_until = now + RESEND_S
+            return [Log("info", "recovering: our chain still has a gap", {})]
+        self.recovering_until = 0
+        me = self.account(self.self_id)
+        return [
+            Persist("meta", "recovering", None),
+            Log(
+                "info",
+                "recovery finished",
+                {
+                    "own_blocks": self.ledger.head_seq(self.self_id),
+                    "chains": len(self.ledger.chains),
+                    "balance": me.balance,
+                },
+            ),
+        ]
+
     # -- accounts ----------------------------------------------------------------------------
     def account(self, peer: str) -> Account:
         return self.live.books.get(peer)
 
     def may_trade_with(self, peer: str, amount: int) -> bool:
         """Bid for ``peer``'s job only if it is not excluded and can pay ``amount`` more."""
-        if self.ledger.excluded(peer):
+        if self.ledger.excluded(peer) or self.recovering_until:
             return False
         return can_spend(self.account(peer), amount, self.credit_base)
 
@@ -137,6 +174,8 @@ class LedgerMachine:
         for blk in self.ledger.chains.get(self.self_id, []):
             if blk.kind == "proposal" and blk.tx.job_id == job_id and blk.tx.payee == payee:
                 return []  # already proposed: at most one payment per replica
+        if self.recovering_until:
+            return [Log("error", "cannot pay while recovering our chain", {"job": job_id})]
         if self.ledger.excluded(self.self_id):
             return [
                 Log(
@@ -244,6 +283,9 @@ class LedgerMachine:
             verdict = parse_verdict(msg["verdict"])
         except (DecodeError, ValidationError, TypeError) as exc:
             return [Log("warning", "payment refused", {"from": from_peer, "reason": str(exc)})]
+        if self.recovering_until:
+            # Not refused: the payer proposes again every RESEND_S, after our chain is back.
+            return [Log("info", "payment deferred: recovering our chain", {"from": from_peer})]
         why = None
         price = award_price(prop.tx.job_id, prop.author)
         if prop.kind != "proposal" or prop.tx.payee != self.self_id:
@@ -352,8 +394,8 @@ class LedgerMachine:
         result = self._ingest(raw)
         out: list[Effect] = []
         for blk in result.added:
-            if blk.author != self.self_id:
-                out.append(StoreBlock(blk.author, blk.seq, blk.raw))
+            # Our own blocks arrive from others only when we lost them (``up --recover``).
+            out.append(StoreBlock(blk.author, blk.seq, blk.raw))
         if result.status == "held" and from_peer:
             author = parse_block(raw).author
             if now - self._syncing.get(author, -RESEND_S) >= 2:
@@ -391,6 +433,8 @@ class LedgerMachine:
     def _alarms(self) -> list[Alarm]:
         out = [Alarm((p.last_sent + RESEND_S, "resend-pay", p, INF)) for p in self.pending.values()]
         out.append(Alarm((self._last_announce + ANNOUNCE_S, "announce-head", None, INF)))
+        if self.recovering_until:
+            out.append(Alarm((self.recovering_until, "recovered", None, INF)))
         return out
 
     def next_wakeup(self) -> float:
@@ -402,7 +446,9 @@ class LedgerMachine:
         for alarm in self._alarms():
             if not alarm.due(now):
                 continue
-            if alarm.what == "resend-pay":
+            if alarm.what == "recovered":
+                out += self._end_recovery(now)
+            elif alarm.what == "resend-pay":
                 p = alarm.subject
                 p.last_sent = now
                 out.append(

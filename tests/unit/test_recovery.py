@@ -112,6 +112,13 @@ def test_garbage_in_the_middle_is_one_line_naming_the_file_and_the_way_back(
     assert "\n" not in line and str(path) in line and "--recover" in line
 
 
+def test_a_report_of_several_lines_is_still_one_line(tmp_path: Path) -> None:
+    from p2pmesh.adapters.sqlite.store import damaged
+
+    line = str(damaged(tmp_path / "state.db", "*** in database main ***\nPage 1: bad\n"))
+    assert "\n" not in line and "*** in database main *** Page 1: bad" in line
+
+
 def test_an_unfinished_check_is_not_damage(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     _filled(path)
@@ -128,3 +135,16 @@ def test_move_aside_keeps_the_damaged_file_named_with_the_time(tmp_path: Path) -
     assert not path.exists() and aside.exists()
     assert aside.name == "state.db.damaged-20270115T080000Z"
     assert Store(path).startup_state()["blocks"] == []
+
+
+def test_the_new_timers_come_from_flags_over_config(tmp_path: Path) -> None:
+    from p2pmesh.daemon.settings import build_settings
+    from p2pmesh.errors import ConfigError
+
+    (tmp_path / "config.toml").write_text("connection_grace_s = 7\nrecover_window_s = 40\n")
+    s = build_settings(tmp_path, {})
+    assert (s.connection_grace_s, s.recover_window_s, s.recover) == (7, 40, False)
+    s = build_settings(tmp_path, {"connection_grace": 3, "recover": True})
+    assert (s.connection_grace_s, s.recover) == (3, True)
+    with pytest.raises(ConfigError, match="connection_grace_s"):
+        build_settings(tmp_path, {"connection_grace": 0})

@@ -70,7 +70,8 @@ RECOVER_HINT = "run `p2pmesh up --recover` to set it aside and rebuild from the 
 
 def damaged(path: Path, what: object) -> StoreError:
     """The one line every damaged-database path ends in: which file, what, what to do."""
-    return StoreError(f"database {path} is damaged ({what}); {RECOVER_HINT}", hint=RECOVER_HINT)
+    said = " ".join(str(what).split())[:300]  # quick_check's report spans several lines
+    return StoreError(f"database {path} is damaged ({said}); {RECOVER_HINT}", hint=RECOVER_HINT)
 
 
 class Store:
@@ -111,7 +112,7 @@ class Store:
             self._db.set_progress_handler(None, 0)
         problems = [str(r[0]) for r in rows if r[0] != "ok"]
         if problems:
-            raise damaged(self.path, "; ".join(problems)[:300])
+            raise damaged(self.path, "; ".join(problems))
 
     def startup_state(self) -> dict[str, Any]:
         """Everything a start reads, in one call and one error path: any damage the quick

@@ -56,6 +56,9 @@ class InstantExecutor:
     def image_present(self, image: str) -> bool:
         return True
 
+    def local_images(self) -> None:
+        return None  # not known: every allowed image counts as held
+
     def kill(self, name: str) -> bool:
         return False
 

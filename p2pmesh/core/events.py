@@ -19,6 +19,17 @@ class ProfileChanged:
 
 
 @dataclass(frozen=True, slots=True)
+class LocalImagesChanged:
+    """The image references this node's engine holds (``name:tag`` and ``name@digest``).
+
+    None: not known (no engine asked, or one whose images are not listed, like the benchmark
+    executor): every allowed image then counts as present, as before the list existed.
+    """
+
+    images: frozenset[str] | None
+
+
+@dataclass(frozen=True, slots=True)
 class RecordReceived:
     data: bytes
     source: str  # "gossip" | "dht" | "pex" | "store"
@@ -52,6 +63,7 @@ class PeerDiscovered:
 Event = (
     Ticked
     | ProfileChanged
+    | LocalImagesChanged
     | RecordReceived
     | PeerConnected
     | PeerDisconnected

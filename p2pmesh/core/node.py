@@ -35,6 +35,7 @@ from p2pmesh.core.events import (
     InputsFetched,
     JobEvent,
     JobSubmitted,
+    LocalImagesChanged,
     MessageDelivered,
     MessageReceived,
     OutputsCompared,
@@ -197,6 +198,10 @@ class Node:
             return self.membership.record(event.data, event.source, event.from_peer, now)
         if isinstance(event, ProfileChanged):
             return self.membership.profile_changed(event.caps, now)
+        if isinstance(event, LocalImagesChanged):
+            self.provider.local_images = event.images
+            count = None if event.images is None else len(event.images)
+            return [Log("debug", "local images", {"count": count})]
         if isinstance(event, PeerConnected):
             return self._connected(event.peer_id, now)
         if isinstance(event, PeerDisconnected):

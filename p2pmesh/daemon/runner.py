@@ -51,6 +51,7 @@ from p2pmesh.core.effects import (
 )
 from p2pmesh.core.events import (
     CancelRequested,
+    LocalImagesChanged,
     PeerDiscovered,
     ProfileChanged,
     RecordReceived,
@@ -62,11 +63,14 @@ from p2pmesh.daemon.control import open_control_listener, serve_control
 from p2pmesh.daemon.home import DB_FILE, NODE_JSON, SOCKET_FILE, ensure_home, load_or_create_key
 from p2pmesh.daemon.jobs import DEFAULT_BID_WINDOW_S, JobRunner
 from p2pmesh.daemon.settings import Settings
-from p2pmesh.errors import StoreError
+from p2pmesh.errors import ExecutorError, StoreError
 
 PERSIST_TABLES = frozenset({"peers", "meta", "frauds", "payments", "jobs"})
 
 TICK_S = 1.0
+# A worker bids only for images it holds: an image built or loaded after start is seen within
+# this long. Listing images is one engine request.
+IMAGES_REFRESH_S = 5.0
 REPROFILE_S = 30.0
 MAX_EVENTS_KEPT = 200
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
@@ -357,6 +361,21 @@ class Daemon:
                 self.net.inbound(PeerDiscovered(pid, addrs), "mdns")
             await self.net.emit(Ticked())
 
+    async def _image_lister(self) -> None:
+        """Tell the core which images the engine holds, so that it bids only for those."""
+        last: frozenset[str] | None = None
+        first = True
+        while True:
+            try:
+                images = await trio.to_thread.run_sync(self._jobs().executor.local_images)
+            except ExecutorError as exc:
+                self.log("warning", "cannot list local images", error=str(exc))
+                images = last
+            if first or images != last:
+                await self.net.emit(LocalImagesChanged(images))
+                last, first = images, False
+            await trio.sleep(IMAGES_REFRESH_S)
+
     async def _reprofiler(self) -> None:
         while True:
             await trio.sleep(REPROFILE_S)
@@ -567,6 +586,10 @@ class Daemon:
                     nursery.start_soon(self._persister)
                     nursery.start_soon(self._ticker)
                     nursery.start_soon(self._reprofiler)
+                    if self.settings.work and (
+                        "docker" in self.profile.executors or self.settings.bench_executor
+                    ):
+                        nursery.start_soon(self._image_lister)
                     for topic in TOPICS:
                         nursery.start_soon(self.net.subscribe_loop, topic.name, event_of)
                     nursery.start_soon(serve_control, listener, self.handlers(), self.log)

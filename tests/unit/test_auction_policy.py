@@ -18,7 +18,13 @@ from hypothesis import strategies as st
 
 from p2pmesh.core.auction import messages as m
 from p2pmesh.core.auction.selection import choose_winners, score
-from p2pmesh.core.auction.strategies import CHAIN, BidContext, decide_bid, eta_s
+from p2pmesh.core.auction.strategies import (
+    CHAIN,
+    BidContext,
+    decide_bid,
+    eta_s,
+    image_reference,
+)
 from p2pmesh.core.capability import Capabilities, Gpu
 from p2pmesh.core.crypto import Ed25519Signer
 from p2pmesh.core.jobspec import job_from_wire, job_to_wire, parse_job
@@ -121,6 +127,11 @@ def test_fits() -> None:
         (OFFER, _ctx(active=5, max_jobs=1), "busy (5/1 jobs)"),
         (OFFER, _ctx(price=11), "price 11 above max_price 10"),
         (OFFER, _ctx(allowed=False), "requester excluded or past its credit limit"),
+        (
+            OFFER,
+            replace(_ctx(), local_images=frozenset({"p2pmesh/busybox:1"})),
+            "image not present: p2pmesh/python:3 (this node does not pull images)",
+        ),
     ],
 )
 def test_each_reason(offer: m.Offer, ctx: BidContext, reason: str) -> None:
@@ -184,6 +195,7 @@ _FAILURES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("_still_open", {"deadline_at": T + 1}, {}),
     ("_executor", {}, {"executors": ()}),
     ("_image_allowed", {"image": "evil/x:1"}, {}),
+    ("_image_present", {}, {"local_images": frozenset()}),
     ("_network", {"network": "bridge"}, {}),
     ("_resources", {"resources": {"cpus": 64}}, {}),
     ("_capacity", {}, {"active": 9}),
@@ -207,7 +219,8 @@ def test_first_failing_check_decides(failing: set[int]) -> None:
     job = {k: offer_kw.pop(k) for k in ("image", "network", "resources") if k in offer_kw}
     offer = _offer(**offer_kw, **job)
     self_id = ctx_kw.pop("self_id", SELF)
-    ctx = replace(_ctx(**ctx_kw), self_id=self_id)
+    images = ctx_kw.pop("local_images", None)
+    ctx = replace(_ctx(**ctx_kw), self_id=self_id, local_images=images)
     first = CHAIN[min(failing)]
     d = decide_bid(offer, ctx)
     assert not d.bid
@@ -375,3 +388,28 @@ def test_winners_do_not_depend_on_arrival_order(
     kw: dict[str, Any] = {"k": k, "budget_left": budget, "max_price": 10}
     kw |= {"reputation": lambda p: 0.1, "exclude": set()}
     assert choose_winners(unique, **kw) == choose_winners(list(shuffled), **kw)
+
+
+@pytest.mark.parametrize(
+    ("image", "held"),
+    [
+        ("p2pmesh/python:3", "p2pmesh/python:3"),
+        ("busybox", "busybox:latest"),
+        ("localhost:5000/team/tool", "localhost:5000/team/tool:latest"),
+        ("localhost:5000/team/tool:2", "localhost:5000/team/tool:2"),
+        ("p2pmesh/python@sha256:" + "a" * 64, "p2pmesh/python@sha256:" + "a" * 64),
+    ],
+)
+def test_a_held_image_is_bid_for_under_the_reference_the_engine_lists(
+    image: str, held: str
+) -> None:
+    assert image_reference(image) == held
+    ctx = replace(_ctx(allow_images=("*",)), local_images=frozenset({held}))
+    assert decide_bid(_offer(image=image), ctx).bid
+    missing = replace(ctx, local_images=frozenset({"other:1"}))
+    assert decide_bid(_offer(image=image), missing).reason.startswith("image not present")
+
+
+def test_unknown_local_images_bid_as_before() -> None:
+    assert replace(_ctx(), local_images=None).local_images is None
+    assert decide_bid(OFFER, replace(_ctx(), local_images=None)).bid

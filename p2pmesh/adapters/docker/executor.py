@@ -231,6 +231,16 @@ class DockerExecutor:
             raise ExecutorError(f"cannot inspect image {image}: {exc}") from exc
         return True
 
+    def local_images(self) -> frozenset[str]:
+        """Every reference the engine holds: ``name:tag`` and ``name@sha256:…`` (bid check)."""
+        with _engine_errors("list images"):
+            images = self._client.images.list()
+        refs: set[str] = set()
+        for image in images:
+            refs.update(image.tags)
+            refs.update(image.attrs.get("RepoDigests") or ())
+        return frozenset(refs)
+
     def kill(self, name: str) -> bool:
         """SIGKILL a running container by name; False if it is not there or not running."""
         try:

@@ -76,6 +76,7 @@ class Provider:
         self.last_decision: dict[str, str] = {}  # job_id -> why we did or did not bid
         # Plugged in by the node: may we work for this requester at this price (ledger)?
         self.requester_allowed: Any = lambda requester, amount: True
+        self.local_images: frozenset[str] | None = None  # what the engine holds (bid check)
 
     def active_count(self) -> int:
         return sum(1 for j in self.jobs.values() if j.state in ACTIVE)
@@ -103,11 +104,14 @@ class Provider:
             allow_network=self.allow_network,
             now=now,
             requester_allowed=self.requester_allowed(offer.requester, offer.job.spec.max_price),
+            local_images=self.local_images,
         )
         decision = decide_bid(offer, ctx)
         self._remember(offer.job_id, decision.reason)
         if not decision.bid:
-            return [Log("debug", "not bidding", {"job": offer.job_id, "reason": decision.reason})]
+            # Lacking an image is the one decline an operator can fix (build or load it).
+            level = "info" if decision.reason.startswith("image not present") else "debug"
+            return [Log(level, "not bidding", {"job": offer.job_id, "reason": decision.reason})]
         bid = m.build_bid(
             self.signer,
             offer,

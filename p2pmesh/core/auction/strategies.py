@@ -23,6 +23,7 @@ class BidContext:
     allow_network: bool
     now: int
     requester_allowed: bool = True  # the ledger issue plugs the credit limit in here
+    local_images: frozenset[str] | None = None  # None: not known, every image counts as held
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +120,22 @@ def _image_allowed(o: Offer, c: BidContext) -> str | None:
     return fit_image(c.caps, o.job.spec, c.allow_network)
 
 
+def image_reference(image: str) -> str:
+    """The reference an engine lists for ``image``: a name without tag or digest means
+    ``:latest`` (the tag, if any, follows the last ``/``)."""
+    if "@" in image or ":" in image.rsplit("/", 1)[-1]:
+        return image
+    return f"{image}:latest"
+
+
+def _image_present(o: Offer, c: BidContext) -> str | None:
+    # A worker never pulls (today): bidding for an image it lacks wins work it can only fail,
+    # and the job is then tried on worker after worker.
+    if c.local_images is None or image_reference(o.job.spec.image) in c.local_images:
+        return None
+    return f"image not present: {o.job.spec.image} (this node does not pull images)"
+
+
 def _network(o: Offer, c: BidContext) -> str | None:
     return fit_network(c.caps, o.job.spec, c.allow_network)
 
@@ -148,6 +165,7 @@ CHAIN: tuple[Check, ...] = (
     _still_open,
     _executor,
     _image_allowed,
+    _image_present,
     _network,
     _resources,
     _capacity,

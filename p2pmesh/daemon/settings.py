@@ -95,19 +95,23 @@ def read_config(home: Path) -> dict[str, Any]:
 FAULTS = ("wrong-result", "no-show", "slow", "crash-mid-job", "fork-ledger", "withhold-outputs")
 
 
-def read_fault(env: dict[str, str]) -> str | None:
-    """``P2PMESH_FAULT`` is honoured only together with ``P2PMESH_ALLOW_FAULTS=1``."""
-    fault = env.get("P2PMESH_FAULT")
-    if not fault:
+def _opt_in(env: dict[str, str], var: str, allowed: tuple[str, ...], hint: str) -> str | None:
+    """A misbehaviour switch: honoured only together with ``P2PMESH_ALLOW_FAULTS=1``."""
+    value = env.get(var)
+    if not value:
         return None
     if env.get("P2PMESH_ALLOW_FAULTS") != "1":
         raise ConfigError(
-            "P2PMESH_FAULT is set but P2PMESH_ALLOW_FAULTS=1 is not: refusing to start",
-            hint="faults are for tests and demos only",
+            f"{var} is set but P2PMESH_ALLOW_FAULTS=1 is not: refusing to start", hint=hint
         )
-    if fault not in FAULTS:
-        raise ConfigError(f"P2PMESH_FAULT={fault!r}: must be one of {', '.join(FAULTS)}")
-    return fault
+    if value not in allowed:
+        raise ConfigError(f"{var}={value!r}: must be one of {', '.join(allowed)}")
+    return value
+
+
+def read_fault(env: dict[str, str]) -> str | None:
+    """``P2PMESH_FAULT``: deliberate misbehaviour for tests and demos."""
+    return _opt_in(env, "P2PMESH_FAULT", FAULTS, "faults are for tests and demos only")
 
 
 BENCH_EXECUTORS = ("instant",)
@@ -118,19 +122,12 @@ def read_bench_executor(env: dict[str, str]) -> str | None:
 
     A node that reports work it never did is a fault, so it needs ``P2PMESH_ALLOW_FAULTS=1``.
     """
-    name = env.get("P2PMESH_BENCH_EXECUTOR")
-    if not name:
-        return None
-    if env.get("P2PMESH_ALLOW_FAULTS") != "1":
-        raise ConfigError(
-            "P2PMESH_BENCH_EXECUTOR is set but P2PMESH_ALLOW_FAULTS=1 is not: refusing to start",
-            hint="the benchmark executor runs no job; it is for benchmarks only",
-        )
-    if name not in BENCH_EXECUTORS:
-        raise ConfigError(
-            f"P2PMESH_BENCH_EXECUTOR={name!r}: must be one of {', '.join(BENCH_EXECUTORS)}"
-        )
-    return name
+    return _opt_in(
+        env,
+        "P2PMESH_BENCH_EXECUTOR",
+        BENCH_EXECUTORS,
+        "the benchmark executor runs no job; it is for benchmarks only",
+    )
 
 
 def build_settings(home: Path, flags: dict[str, Any]) -> Settings:

@@ -49,6 +49,7 @@ def run_up(args: argparse.Namespace, home: Path) -> int:
         "record_ttl": args.record_ttl,
         "spot_check": args.spot_check,
         "credit_base": args.credit_base,
+        "no_prefix_diversity": args.no_prefix_diversity,
     }
     ensure_home(home)
     settings = build_settings(home, flags)

@@ -130,6 +130,7 @@ class Daemon:
                 bootstrap=tuple(bootstrap),
                 spot_check=settings.spot_check,
                 credit_base=settings.credit_base,
+                prefix_diversity=settings.prefix_diversity,
                 fault_fork_ledger=settings.fault == "fork-ledger",
             ),
             self.signer,

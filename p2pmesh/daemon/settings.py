@@ -12,6 +12,7 @@ Config keys (all optional) mirror the flags of ``p2pmesh up``::
     record_ttl_s = 300
     credit_base = 100      # credits anyone may owe before earning (mutual credit)
     spot_check = 0.1       # share of "auto" jobs run alone by a credible worker that are re-checked
+    prefix_diversity = true  # at most one replica of a job per observed /24 (IPv4) or /48 (IPv6)
     use_shipped_bootstrap = true
 """
 
@@ -44,6 +45,7 @@ class Settings:
     tui: bool = True
     spot_check: float = 0.10
     credit_base: int = 100
+    prefix_diversity: bool = True
     fault: str | None = None  # deliberate misbehaviour for tests and demos (see below)
     fault_after: int = 0  # P2PMESH_FAULT_AFTER: behave for this many jobs first
     fault_slow_s: float = 200.0  # P2PMESH_FAULT_SLOW_S: how late "slow" answers
@@ -62,6 +64,7 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "use_shipped_bootstrap": bool,
     "spot_check": (float, int),
     "credit_base": int,
+    "prefix_diversity": bool,
 }
 
 
@@ -127,6 +130,8 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
         tui=not flags.get("no_tui", False),
         spot_check=float(pick("spot_check", "spot_check", 0.10)),
         credit_base=int(pick("credit_base", "credit_base", 100)),
+        prefix_diversity=bool(cfg.get("prefix_diversity", True))
+        and not flags.get("no_prefix_diversity", False),
         fault=read_fault(dict(os.environ)),
         fault_after=int(os.environ.get("P2PMESH_FAULT_AFTER", "0") or 0),
         fault_slow_s=float(os.environ.get("P2PMESH_FAULT_SLOW_S", "200") or 200),

@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="credits any peer may owe before it has earned (config: credit_base)",
     )
     up.add_argument(
+        "--no-prefix-diversity",
+        action="store_true",
+        help="let replicas of one job share a network prefix (config: prefix_diversity)",
+    )
+    up.add_argument(
         "--spot-check",
         type=float,
         metavar="F",

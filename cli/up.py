@@ -52,6 +52,7 @@ def run_up(args: argparse.Namespace, home: Path) -> int:
         "connection_grace": args.connection_grace,
         "recover_window": args.recover_window,
         "recover": args.recover,
+        "no_prefix_diversity": args.no_prefix_diversity,
     }
     ensure_home(home)
     settings = build_settings(home, flags)

@@ -41,7 +41,13 @@ from typing import TYPE_CHECKING, Any
 
 from p2pmesh.core import topics
 from p2pmesh.core.effects import FetchHeads, Publish, SendMessage, SyncChain
-from p2pmesh.core.events import BlocksReceived, MessageDelivered, MessageReceived, SendFailed
+from p2pmesh.core.events import (
+    BlocksReceived,
+    MessageDelivered,
+    MessageReceived,
+    PeerAddressObserved,
+    SendFailed,
+)
 
 if TYPE_CHECKING:
     from p2pmesh.simulations.peer import SimPeer
@@ -236,6 +242,10 @@ class Network:
             # Gone while the message was on its way: the stream breaks, the sender learns.
             self._fail_later(src, eff, self.cfg.connect_timeout_s, "connection lost")
             return
+        if src.idx not in dst.observed:
+            # The stream's connection is where the daemon observes the remote address.
+            dst.observed.add(src.idx)
+            dst.deliver(PeerAddressObserved(src.peer_id, src.host))
         dst.deliver(MessageReceived(eff.kind, eff.data, src.peer_id))
         self.sim.engine.after(
             d, src.deliver_event, MessageDelivered(eff.job_id, eff.peer_id, eff.kind)

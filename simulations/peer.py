@@ -163,6 +163,10 @@ class SimPeer:
         self.online_s = 0.0  # total time online so far (for utilisation)
         self.busy_s = 0.0  # container-seconds run
         self.restarts = 0
+        # Peers whose connection address this node has been told (PeerAddressObserved): the
+        # model has no connection objects, so the first message from a peer stands for one.
+        self.observed: set[int] = set()
+        self.host = sim.host_of(idx)
 
     # -- life cycle -------------------------------------------------------------------------
     def come_online(self, _: Any = None) -> None:
@@ -171,6 +175,7 @@ class SimPeer:
         now = self.sim.engine.now
         if self.node is None:
             self.node = Node(self.config, self.signer, self.caps, started_at=now, rng=self.rng)
+            self.observed.clear()
             resumed: list[Any] = []
         else:
             resumed = self._restart(now)
@@ -258,6 +263,7 @@ class SimPeer:
             jobs=old.job_docs(),
         )
         self.node = node
+        self.observed.clear()
         return resumed
 
     # -- jobs from the workload ----------------------------------------------------------------

@@ -68,6 +68,9 @@ class Plan:
     sybil_window: tuple[float, float] | None = None  # (from, to) seconds after the start
     fraction: float = 0.0
     script: tuple[ScriptedJob, ...] = ()
+    # Network prefix (a /24) of each peer, as others observe its connections; peers beyond the
+    # list, or all when empty, get a prefix of their own (admission.py, PROTOCOL.md §8.6).
+    prefixes: list[int] = field(default_factory=list)
 
 
 class Simulation:
@@ -115,6 +118,13 @@ class Simulation:
         slots = sum(p.caps.max_jobs for p in self.peers if p.worker)
         k = 2.0 if not isinstance(plan.workload.redundancy, int) else plan.workload.redundancy
         self.rate = plan.rate or arrival_rate(slots, plan.utilisation, k, plan.workload.templates)
+
+    def host_of(self, idx: int) -> str:
+        """The IPv4 address peer ``idx`` connects from: public-looking /24 prefixes from
+        20.0.0.0 up (private ranges would make every peer its own prefix, admission.py)."""
+        pre = self.plan.prefixes
+        p = pre[idx] if idx < len(pre) else (1 << 20) + idx  # own prefixes above any plan's
+        return f"{20 + (p >> 16)}.{(p >> 8) & 255}.{p & 255}.{1 + idx % 254}"
 
     # -- running ------------------------------------------------------------------------------
     def run(self, progress: Callable[[float, int, int], None] | None = None) -> Any:

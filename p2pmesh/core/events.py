@@ -60,6 +60,15 @@ class PeerDiscovered:
     addrs: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class PeerAddressObserved:
+    """The remote host of a connection to ``peer_id``, as the transport saw it (not as the peer
+    declared it): the input of replica diversity (PROTOCOL.md §8.6)."""
+
+    peer_id: str
+    host: str
+
+
 Event = (
     Ticked
     | ProfileChanged
@@ -69,6 +78,7 @@ Event = (
     | PeerDisconnected
     | DialFailed
     | PeerDiscovered
+    | PeerAddressObserved
 )
 
 

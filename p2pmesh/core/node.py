@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2pmesh.core import capability, reputation, topics
+from p2pmesh.core.auction import admission
 from p2pmesh.core.auction import provider as provider_mod
 from p2pmesh.core.auction import requester as requester_mod
 from p2pmesh.core.auction.messages import parse_verdict
@@ -40,6 +41,7 @@ from p2pmesh.core.events import (
     MessageReceived,
     OutputsCompared,
     OutputsFetched,
+    PeerAddressObserved,
     PeerConnected,
     PeerDisconnected,
     PeerDiscovered,
@@ -95,6 +97,9 @@ class NodeConfig:
     # After `up --recover`: sign no block for this long, while our own chain comes back from
     # the peers that hold copies (a block at a height we already used would be a fork).
     recover_window_s: int = 30
+    # At most one replica of a job per observed network prefix (/24, /48; §8.6): one owner's
+    # machines must not outvote the rest. Loopback peers are each their own prefix.
+    prefix_diversity: bool = True
 
     def validate(self) -> None:
         if not 10 <= self.record_ttl_s <= capability.MAX_TTL_S:
@@ -128,6 +133,7 @@ class Node:
         self.membership = Membership(config, signer, caps, last_seq=last_seq, now=started_at)
         self.peers: PeerTable = self.membership.peers
         self.book = reputation.ReputationBook(self.peer_id)
+        self.prefixes = admission.Prefixes()
         self.requester = Requester(
             signer,
             lambda pid: self.reputation_of(pid, self._now),
@@ -136,6 +142,7 @@ class Node:
             spot_check=config.spot_check,
             eligible=lambda job: self.membership.count_fitting(job.spec),
             connection_grace_s=config.connection_grace_s,
+            prefix=self.prefixes.of if config.prefix_diversity else None,
         )
         self.provider = Provider(signer, allow_network=config.allow_network)
         self.ledger = LedgerMachine(
@@ -211,6 +218,10 @@ class Node:
             if self.requester.on_peer_disconnected(event.peer_id, int(now)) and addrs:
                 out.append(Dial(event.peer_id, addrs))
             return out
+        if isinstance(event, PeerAddressObserved):
+            if event.peer_id != self.peer_id:
+                self.prefixes.observe(event.peer_id, event.host)
+            return []
         if isinstance(event, PeerDiscovered):
             return self.membership.discovered(event.peer_id, event.addrs, now)
         if isinstance(event, DialFailed):
@@ -475,7 +486,15 @@ class Node:
 
     def explain_reputation(self, peer_id: str, now: float) -> dict[str, Any]:
         """What we hold on ``peer_id`` (the prior when nothing), as ``reputation PEER`` shows."""
-        return self.book.explain(peer_id, now)
+        doc = self.book.explain(peer_id, now)
+        doc["prefix"] = {
+            "observed": self.prefixes.observed(peer_id),
+            "diversity_key": self.prefixes.of(peer_id),
+            "rule": "at most one replica of a job per prefix"
+            if self.config.prefix_diversity
+            else "off",
+        }
+        return doc
 
     def reputation(self, peer: str | None, now: float) -> Any:
         """``p2pmesh reputation [PEER]``: one peer's explanation (``peer`` may be a unique

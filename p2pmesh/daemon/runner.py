@@ -136,6 +136,7 @@ class Daemon:
                 bootstrap=tuple(bootstrap),
                 spot_check=settings.spot_check,
                 credit_base=settings.credit_base,
+                prefix_diversity=settings.prefix_diversity,
                 fault_fork_ledger=settings.fault == "fork-ledger",
                 connection_grace_s=settings.connection_grace_s,
                 recover_window_s=settings.recover_window_s,

@@ -12,6 +12,7 @@ Config keys (all optional) mirror the flags of ``p2pmesh up``::
     record_ttl_s = 300
     credit_base = 100      # credits anyone may owe before earning (mutual credit)
     spot_check = 0.1       # share of "auto" jobs run alone by a credible worker that are re-checked
+    prefix_diversity = true  # at most one replica of a job per observed /24 (IPv4) or /48 (IPv6)
     use_shipped_bootstrap = true
     connection_grace_s = 5 # a replica's worker whose connection closed is lost after this
     recover_window_s = 30  # `up --recover`: sign nothing until our chain came back this long
@@ -49,6 +50,7 @@ class Settings:
     connection_grace_s: int = 5
     recover_window_s: int = 30
     recover: bool = False  # `up --recover`: set a damaged database aside, rebuild from the mesh
+    prefix_diversity: bool = True
     fault: str | None = None  # deliberate misbehaviour for tests and demos (see below)
     fault_after: int = 0  # P2PMESH_FAULT_AFTER: behave for this many jobs first
     fault_slow_s: float = 200.0  # P2PMESH_FAULT_SLOW_S: how late "slow" answers
@@ -70,6 +72,7 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "credit_base": int,
     "connection_grace_s": int,
     "recover_window_s": int,
+    "prefix_diversity": bool,
 }
 
 
@@ -158,6 +161,8 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
         connection_grace_s=int(pick("connection_grace", "connection_grace_s", 5)),
         recover_window_s=int(pick("recover_window", "recover_window_s", 30)),
         recover=bool(flags.get("recover", False)),
+        prefix_diversity=bool(cfg.get("prefix_diversity", True))
+        and not flags.get("no_prefix_diversity", False),
         fault=read_fault(dict(os.environ)),
         fault_after=int(os.environ.get("P2PMESH_FAULT_AFTER", "0") or 0),
         fault_slow_s=float(os.environ.get("P2PMESH_FAULT_SLOW_S", "200") or 200),

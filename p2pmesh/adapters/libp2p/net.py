@@ -30,7 +30,13 @@ from libp2p.tools.anyio_service import background_trio_service
 from p2pmesh.adapters.libp2p import patches
 from p2pmesh.adapters.libp2p.streams import read_frame, write_frame
 from p2pmesh.core import capability, codec
-from p2pmesh.core.events import DialFailed, PeerConnected, PeerDisconnected, RecordReceived
+from p2pmesh.core.events import (
+    DialFailed,
+    PeerAddressObserved,
+    PeerConnected,
+    PeerDisconnected,
+    RecordReceived,
+)
 from p2pmesh.core.topics import Validation
 from p2pmesh.errors import DecodeError, TransportError, ValidationError
 
@@ -61,12 +67,29 @@ class _CapabilityValidator(Validator):
         return capability.select_newest(values)
 
 
+def observed_host(conn: Any) -> str:
+    """The remote IP of a live connection as the socket saw it ("" when unknown). Never the
+    peerstore's addresses: those are what the peer declared (PROTOCOL.md §8.6)."""
+    try:
+        addr = conn.muxed_conn.get_remote_address()
+    except Exception:
+        return ""
+    if not addr or not isinstance(addr, tuple) or not isinstance(addr[0], str):
+        return ""
+    return addr[0][:64]
+
+
 class _Notifee:
     def __init__(self, send: Callable[[Any], Awaitable[None]]) -> None:
         self._send = send
 
     async def connected(self, network: Any, conn: Any) -> None:
-        await self._send(PeerConnected(str(conn.muxed_conn.peer_id)))
+        peer = str(conn.muxed_conn.peer_id)
+        host = observed_host(conn)
+        if host:
+            # Before PeerConnected: the core spreads replicas over the prefixes it has seen.
+            await self._send(PeerAddressObserved(peer, host))
+        await self._send(PeerConnected(peer))
 
     async def disconnected(self, network: Any, conn: Any) -> None:
         peer = conn.muxed_conn.peer_id

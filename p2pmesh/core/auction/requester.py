@@ -151,8 +151,11 @@ class Requester:
         spot_check: float = DEFAULT_SPOT_CHECK,
         eligible: Any = None,
         connection_grace_s: int = 5,
+        prefix: Any = None,
     ) -> None:
         self.connection_grace_s = connection_grace_s
+        # callable(peer_id) -> observed network prefix; None: no diversity rule (§8.6)
+        self.prefix = prefix
         self.eligible = eligible  # callable(WireJob) -> how many known peers could bid
         self.signer = signer
         self.self_id = signer.peer_id
@@ -615,6 +618,8 @@ class Requester:
             max_price=j.spec.max_price,
             reputation=self.reputation,
             exclude=set(j.tried),
+            prefix=self.prefix,
+            taken=self._taken_prefixes(j),
         )
         out: list[Effect] = []
         if not winners:
@@ -655,6 +660,11 @@ class Requester:
         )
         out.append(self._persist(j, now))
         return out
+
+    def _taken_prefixes(self, j: RequesterJob) -> set[str]:
+        if self.prefix is None:
+            return set()
+        return {self.prefix(r.worker) for r in j.active()}
 
     def _auto_k(self, j: RequesterJob, bids: list[m.Bid], now: int) -> int:
         """How many replicas an ``auto`` job gets, decided once, from the best bidder."""

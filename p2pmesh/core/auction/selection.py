@@ -5,7 +5,8 @@
 Reputation (0..1) weighs most: a cheap bid from an unproven peer does not beat a fair bid from a
 proven one, yet the 0.25 floor lets new peers win work at all. Price and ETA enter linearly and
 hyperbolically. Ties break on sha256(job_id ‖ peer_id), which neither side can steer for a given
-job. Winners are the best ``k`` distinct bidders whose prices fit in the remaining budget.
+job. Winners are the best ``k`` distinct bidders whose prices fit in the remaining budget, and,
+when ``prefix`` is given, at most one per network prefix (admission.py, PROTOCOL.md §8.6).
 """
 
 from __future__ import annotations
@@ -33,18 +34,27 @@ def choose_winners(
     max_price: int,
     reputation: Callable[[str], float],
     exclude: set[str],
+    prefix: Callable[[str], str] | None = None,
+    taken: set[str] | None = None,
 ) -> list[Bid]:
+    """``taken``: prefixes the job's live replicas already hold (a replacement must differ)."""
     ranked = sorted(
         (b for b in bids if b.bidder not in exclude and b.price <= max_price),
         key=lambda b: (-score(b, reputation(b.bidder), max_price), _tiebreak(b.job_id, b.bidder)),
     )
     winners: list[Bid] = []
     seen: set[str] = set()
+    prefixes: set[str] = set(taken or ())
     for b in ranked:
         if len(winners) == k:
             break
         if b.bidder in seen or b.price > budget_left:
             continue
+        if prefix is not None:
+            p = prefix(b.bidder)
+            if p in prefixes:
+                continue
+            prefixes.add(p)
         winners.append(b)
         seen.add(b.bidder)
         budget_left -= b.price

@@ -74,17 +74,23 @@ def _time_to_lost(mesh: Mesh, job_id: str, peer: str, start: float, limit: float
     return time.monotonic() - start
 
 
+def _running_job_and_victim(mesh: Mesh, client: Any, tmp_path: Path) -> tuple[str, int, Any]:
+    """Offer a 20-s redundancy-2 count job from node 0 and wait until both replicas run: the
+    job ID, the expected word count, and the node of the first running worker."""
+    path, words = sleepy_count_job(tmp_path, 20)
+    sub = offer(mesh.nodes[0], path, "--bid-window", "2")
+    assert sub.rc == 0, sub.describe()
+    victim = node_of(mesh, _two_running(mesh, client, sub.job_id)[0])
+    return sub.job_id, words, victim
+
+
 def test_killed_worker_is_re_awarded_within_seconds_and_does_not_run_it_again(
     mesh4r: Mesh,
     engine: Any,  # noqa: F811
     tmp_path: Path,
 ) -> None:
     requester = mesh4r.nodes[0]
-    path, words = sleepy_count_job(tmp_path, 20)
-    sub = offer(requester, path, "--bid-window", "2")
-    assert sub.rc == 0, sub.describe()
-    job_id = sub.job_id
-    victim = node_of(mesh4r, _two_running(mesh4r, engine, job_id)[0])
+    job_id, words, victim = _running_job_and_victim(mesh4r, engine, tmp_path)
     killed = time.monotonic()
     victim.kill()
     took = _time_to_lost(mesh4r, job_id, victim.peer_id, killed, 60)
@@ -137,11 +143,7 @@ def test_frozen_worker_is_found_by_silence(
 ) -> None:
     requester = mesh4r.nodes[0]
     mesh4r.wait_all_listed(DISCOVERY_TIMEOUT_S)
-    path, _ = sleepy_count_job(tmp_path, 20)
-    sub = offer(requester, path, "--bid-window", "2")
-    assert sub.rc == 0, sub.describe()
-    job_id = sub.job_id
-    victim = node_of(mesh4r, _two_running(mesh4r, engine, job_id)[0])
+    job_id, _, victim = _running_job_and_victim(mesh4r, engine, tmp_path)
     frozen = time.monotonic()
     victim.send_signal(signal.SIGSTOP)
     try:

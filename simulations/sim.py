@@ -71,6 +71,8 @@ class Plan:
     # Network prefix (a /24) of each peer, as others observe its connections; peers beyond the
     # list, or all when empty, get a prefix of their own (admission.py, PROTOCOL.md §8.6).
     prefixes: list[int] = field(default_factory=list)
+    # NodeConfig settings every simulated node gets (``--node-set``), e.g. a protocol knob off.
+    node: dict[str, Any] = field(default_factory=dict)
 
 
 class Simulation:

@@ -65,7 +65,7 @@ from p2pmesh.daemon.jobs import DEFAULT_BID_WINDOW_S, JobRunner
 from p2pmesh.daemon.settings import Settings
 from p2pmesh.errors import ExecutorError, StoreError
 
-PERSIST_TABLES = frozenset({"peers", "meta", "frauds", "payments", "jobs"})
+PERSIST_TABLES = frozenset({"peers", "meta", "frauds", "payments", "jobs", "proofs"})
 
 TICK_S = 1.0
 # A worker bids only for images it holds: an image built or loaded after start is seen within
@@ -350,6 +350,8 @@ class Daemon:
                     self.store.put_fraud(eff.key, eff.value)
                 elif eff.table == "payments":
                     self.store.put_payment(eff.key, eff.value)
+                elif eff.table == "proofs":
+                    self.store.put_proof(eff.key, eff.value)
                 else:  # jobs
                     role, _, job_id = eff.key.partition(":")
                     doc = eff.value
@@ -414,6 +416,7 @@ class Daemon:
             payments=payments,
             jobs=[(row["role"], row["doc"]) for row in rows],
             recovering=bool(st["recovering"]),
+            proofs=st["proofs"],
         )
         self.stored = {}
         if blocks:

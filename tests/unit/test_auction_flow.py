@@ -271,8 +271,11 @@ class Mesh:
             found = tuple(tuple(sorted(g)) for g in sorted(groups.values()))
             self.queue.append((src, OutputsCompared(eff.job_id, workers, found)))
         elif isinstance(eff, Persist):
-            # Through JSON, as the SQLite store keeps it.
-            self.db[src][(eff.table, eff.key)] = json.loads(json.dumps(eff.value))
+            # Through JSON, as the SQLite store keeps documents; signed bytes stay BLOBs.
+            value = eff.value
+            if not isinstance(value, bytes):
+                value = json.loads(json.dumps(value))
+            self.db[src][(eff.table, eff.key)] = value
 
     def script(self, name: str) -> Script:
         return self.scripts.get(name, Script())
@@ -779,13 +782,14 @@ def test_results_that_disagree_are_never_accepted() -> None:
 
 
 def test_results_that_never_agree_end_inconclusive() -> None:
-    mesh = Mesh(prices=(3, 1, 2, 3, 4, 5))
-    mesh.scripts = {w: Script(output_digest=_digest(w.encode())) for w in "BCDEF"}
+    # Two replicas may grow to 2k + 3 = 7 (requester.max_replicas_for) before giving up.
+    mesh = Mesh(prices=(3, 1, 2, 3, 4, 5, 6, 7))
+    mesh.scripts = {w: Script(output_digest=_digest(w.encode())) for w in "BCDEFGH"}
     mesh.submit("A", make_job())
     mesh.run_job()
     j = mesh.job()
     assert j.state == "inconclusive"
-    assert j.error == "no majority after 5 replicas (groups: 1, 1, 1, 1, 1)"
+    assert j.error == "no majority after 7 replicas (groups: 1, 1, 1, 1, 1, 1, 1)"
     [v] = _verdicts(mesh)
     assert v.outcome == "inconclusive" and not v.agreeing and not v.dissenting
 
@@ -809,19 +813,21 @@ def test_numeric_validation_compares_fetched_outputs() -> None:
     assert v.outcome == "accepted" and {mesh.names[w] for w in v.agreeing} == {"B", "C"}
 
 
-def test_numeric_disagreement_adds_a_replica() -> None:
-    mesh = Mesh(prices=(3, 1, 2, 3))
+def test_numeric_disagreement_adds_replicas_until_one_side_leads_by_two() -> None:
+    mesh = Mesh(prices=(3, 1, 2, 3, 4))
     mesh.scripts = {
         "B": Script(output_digest=_digest(b"b"), numeric_key="pi"),
         "C": Script(output_digest=_digest(b"c"), numeric_key="e"),
         "D": Script(output_digest=_digest(b"d"), numeric_key="pi"),
+        "E": Script(output_digest=_digest(b"e"), numeric_key="pi"),
     }
     mesh.submit("A", make_job(validation={"mode": "numeric", "rel_tol": 1e-6}))
     mesh.run_job()
     j = mesh.job()
     assert j.state == "done", j.history
     [v] = _verdicts(mesh)
-    assert {mesh.names[w] for w in v.agreeing} == {"B", "D"}
+    # Two against one is no lead of two (majority.Rule.margin): E is added and decides.
+    assert {mesh.names[w] for w in v.agreeing} == {"B", "D", "E"}
     assert [mesh.names[w] for w in v.dissenting] == ["C"]
 
 

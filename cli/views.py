@@ -343,6 +343,7 @@ def node_panel(node: dict, now: float) -> Panel:
         ("Capabilities", Text(capability_summary(n.get("capabilities")))),
         ("Work", Text("on" if work is True else "off" if work is False else NONE)),
         ("Record seq", Text(NONE if seq is None else str(seq))),
+        ("HTTP", _text(n.get("http") or "off", limit=200)),
     ]
     if shed:
         # Network input dropped under flood (the node's own events never are).

@@ -92,7 +92,7 @@ def _by(table: Any, *, limit: int = 64) -> list[tuple[tuple[str], float]]:
 
 
 # Requester job states that end a job: what cross-validation decided, as far as it got.
-FINAL_STATES = ("done", "failed", "inconclusive", "expired", "cancelled")
+FINAL_STATES = ("done", "failed", "inconclusive", "timeout", "no-bids", "cancelled")
 
 
 class MeshCollector(Collector):

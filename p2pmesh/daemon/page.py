@@ -35,8 +35,12 @@ table{border-collapse:collapse;width:100%} th,td{border:1px solid #bbb;padding:3
 text-align:left;vertical-align:top} th{background:#dde6f3} td.n{text-align:right}
 code{font:12px ui-monospace,monospace} .muted{color:#666} .on{color:#080;font-weight:bold}
 .off{color:#888} .warning{color:#a60} .error{color:#c00;font-weight:bold}
+table.kv{width:auto;min-width:50%}
 .kv td:first-child{font-weight:bold;width:12em;background:#f3f3f3}
+#peers th{background:#c8e6c9}
 """
+# The peers table's header has a colour of its own: the screenshot test finds it by that.
+PEERS_HEAD_RGB = (0xC8, 0xE6, 0xC9)
 
 
 def _e(value: Any, limit: int = 120) -> str:
@@ -214,4 +218,4 @@ def status_page(
     )
 
 
-__all__ = ["REFRESH_S", "status_page"]
+__all__ = ["PEERS_HEAD_RGB", "REFRESH_S", "status_page"]

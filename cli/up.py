@@ -66,6 +66,13 @@ def run_up(args: argparse.Namespace, home: Path) -> int:
 
     quiet_libp2p_logging()
     tui = settings.tui and sys.stdout.isatty()
+    if settings.http_public and tui:
+        # Without the live view the daemon's own warning is a log line on stderr already.
+        print(
+            f"p2pmesh: warning: --http-public: {settings.http} serves this node's status, peers, "
+            "jobs and ledger to anyone who can reach it",
+            file=sys.stderr,
+        )
     log = EventLog(json_lines=not tui)
     daemon = Daemon(settings, log)
 

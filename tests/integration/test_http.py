@@ -272,6 +272,9 @@ def test_http_metrics_api_and_status_page_in_chromium(pair: Any, tmp_path: Path)
     background = px[height - 1][width - 1]
     not_bg = sum(1 for y in range(0, height, 4) for p in px[y][::4] if p != background)
     assert not_bg > 2000, f"the page looks blank ({not_bg} sampled pixels not background)"
+    # The HTTP server and the libp2p metrics task stop with the daemon: a clean exit, code 0.
+    worker.stop()
+    requester.stop()
 
 
 def test_http_port_taken_and_off(tmp_path: Path) -> None:

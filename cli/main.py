@@ -205,7 +205,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(snap)
     else:
-        make_console().print(views.dashboard(snap, time.time()))
+        console = make_console()
+        console.print(views.dashboard(snap, time.time(), width=console.width))
     return 0
 
 

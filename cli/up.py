@@ -89,7 +89,8 @@ def run_up(args: argparse.Namespace, home: Path) -> int:
             with Live(console=console, refresh_per_second=2, screen=False, transient=False) as live:
                 while True:
                     try:
-                        live.update(views.dashboard(d.snapshot(), time.time()))
+                        w, h = console.size
+                        live.update(views.dashboard(d.snapshot(), time.time(), width=w, height=h))
                     except Exception as exc:  # a drawing bug must never stop the node
                         d.log("error", "live view failed", error=repr(exc))
                     await trio.sleep(TUI_REFRESH_S)

@@ -331,6 +331,10 @@ class JobRunner:
             )
         )
 
+    def running_since(self) -> dict[str, float]:
+        """Job → monotonic time its container started, for the containers running now."""
+        return dict(self._running)
+
     def containers(self, now_mono: float) -> tuple[int, float]:
         """Containers running now, and container seconds so far (finished and running)."""
         running = sum(now_mono - t for t in self._running.values())

@@ -436,7 +436,39 @@ class Daemon:
         node["persist"] = dict(self.persist_stats)
         node["pid"] = os.getpid()
         node["http"] = self.http.url if self.http.port else None
-        return {"node": node, "peers": self.node.peers_json(now), "events": list(self.log.recent)}
+        return {
+            "node": node,
+            "peers": self.node.peers_json(now),
+            "jobs": self.job_rows(),
+            "balance": self.node.balance(),
+            "events": list(self.log.recent),
+        }
+
+    SNAPSHOT_JOBS = 25  # of each role, the most recent: the live view shows a handful
+
+    def job_rows(self) -> list[dict[str, Any]]:
+        """Jobs for the live view and ``status``: the fields a row shows, with a running
+        container's elapsed time (the worker's job document has no clock of its own)."""
+        since = self.jobs.running_since() if self.jobs else {}
+        mono = time.monotonic()
+        docs = self.node.jobs()
+        out = []
+        for role in ("requester", "worker"):
+            for d in [d for d in docs if d.get("role") == role][-self.SNAPSHOT_JOBS :]:
+                began = since.get(d["job_id"])
+                out.append(
+                    {
+                        "job_id": d["job_id"],
+                        "role": role,
+                        "name": d.get("name"),
+                        "image": d.get("image"),
+                        "state": d.get("state"),
+                        "created_at": d.get("created_at"),
+                        "finished_at": d.get("finished_at"),
+                        "running_s": None if began is None else mono - began,
+                    }
+                )
+        return out
 
     def handlers(self) -> dict[str, Any]:
         async def id_(args: dict[str, Any]) -> Any:

@@ -111,6 +111,8 @@ def _jobs(jobs: list[Mapping[str, Any]], role: str, now: float) -> str:
         created = _num(j.get("created_at"))
         finished = _num(j.get("finished_at"))
         took = (finished or now) - created if created is not None else None
+        if role != "requester":
+            took = _num(j.get("running_s"))  # a worker's document has no clock: its container's
         if role == "requester":
             other = ", ".join(_peer(w.get("peer_id")) for w in _rows(j.get("workers"))[:5]) or "—"
             extra = f'<td class="n">{_e(j.get("bids_received", "—"))}</td><td>{other}</td>'

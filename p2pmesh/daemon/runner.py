@@ -66,7 +66,7 @@ from p2pmesh.daemon.http import HttpServer, Request, Response, json_response, pa
 from p2pmesh.daemon.jobs import DEFAULT_BID_WINDOW_S, JobRunner
 from p2pmesh.daemon.page import status_page
 from p2pmesh.daemon.settings import Settings
-from p2pmesh.errors import ExecutorError, StoreError
+from p2pmesh.errors import ExecutorError, MeshError, StoreError
 
 PERSIST_TABLES = frozenset({"peers", "meta", "frauds", "payments", "jobs"})
 
@@ -611,9 +611,14 @@ class Daemon:
 
         async def page(req: Request) -> Response:
             now = time.time()
+            since, mono = (self.jobs.running_since() if self.jobs else {}), time.monotonic()
+            jobs = [
+                {**d, "running_s": mono - since[d["job_id"]]} if d["job_id"] in since else d
+                for d in self.node.jobs()
+            ]
             html_ = status_page(
                 self.snapshot(),
-                self.node.jobs(),
+                jobs,
                 self.node.balance(),
                 now,
                 version=__version__,
@@ -767,17 +772,24 @@ _EFFECTS: dict[type, Callable[[Daemon, Any], None]] = {
 async def run_until_signal(daemon: Daemon, on_ready: Callable[[Daemon], None] | None) -> None:
     """Run the daemon; SIGINT/SIGTERM cancel it and we return normally (exit code 0)."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as outer:
+        try:
+            async with trio.open_nursery() as outer:
 
-            async def watch() -> None:
-                async for signum in signals:
-                    daemon.log("info", "stopping", signal=signal.Signals(signum).name)
-                    outer.cancel_scope.cancel()
-                    return
+                async def watch() -> None:
+                    async for signum in signals:
+                        daemon.log("info", "stopping", signal=signal.Signals(signum).name)
+                        outer.cancel_scope.cancel()
+                        return
 
-            outer.start_soon(watch)
-            await daemon.run(on_ready=on_ready)
-            outer.cancel_scope.cancel()
+                outer.start_soon(watch)
+                await daemon.run(on_ready=on_ready)
+                outer.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # A refusal at start (a port or the home in use) is one line for the user, as the
+            # CLI prints a MeshError, not a traceback through the task group.
+            if len(group.exceptions) == 1 and isinstance(group.exceptions[0], MeshError):
+                raise group.exceptions[0] from None
+            raise
 
 
 def quiet_libp2p_logging() -> None:

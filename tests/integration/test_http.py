@@ -310,3 +310,22 @@ def test_http_port_taken_and_off(tmp_path: Path) -> None:
         off.close()
     res = run_cli(["up", "--home", str(tmp_path / "c"), "--http", "0.0.0.0:1", "--no-tui"])
     assert res.returncode == 2 and "--http-public" in res.stderr, res.stderr
+    # An address this machine does not have: one line and exit 2, no traceback.
+    res = run_cli(
+        [
+            "up",
+            "--home",
+            str(tmp_path / "d"),
+            "--no-tui",
+            "--no-mdns",
+            "--no-work",
+            "--no-shipped-bootstrap",
+            "--listen",
+            f"/ip4/127.0.0.1/tcp/{P2P_PORTS[0] + 12}",
+            "--http",
+            "192.0.2.1:8080",
+            "--http-public",
+        ]
+    )
+    assert res.returncode == 2 and "cannot listen on 192.0.2.1:8080" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr, res.stderr

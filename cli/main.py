@@ -101,6 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(config: recover_window_s)",
     )
     up.add_argument(
+        "--http",
+        metavar="ADDR",
+        help="HOST:PORT of the status page, /metrics and /api (default 127.0.0.1:8484, the next "
+        "free port if taken; port 0: any free port; off: none) (config: http)",
+    )
+    up.add_argument(
+        "--http-public",
+        action="store_true",
+        help="allow --http on a non-loopback address (config: http_public)",
+    )
+    up.add_argument(
         "--record-ttl",
         type=int,
         metavar="S",
@@ -194,7 +205,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(snap)
     else:
-        make_console().print(views.dashboard(snap, time.time()))
+        console = make_console()
+        console.print(views.dashboard(snap, time.time(), width=console.width))
     return 0
 
 

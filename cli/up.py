@@ -53,6 +53,8 @@ def run_up(args: argparse.Namespace, home: Path) -> int:
         "recover_window": args.recover_window,
         "recover": args.recover,
         "no_prefix_diversity": args.no_prefix_diversity,
+        "http": args.http,
+        "http_public": args.http_public,
     }
     ensure_home(home)
     settings = build_settings(home, flags)
@@ -64,6 +66,13 @@ def run_up(args: argparse.Namespace, home: Path) -> int:
 
     quiet_libp2p_logging()
     tui = settings.tui and sys.stdout.isatty()
+    if settings.http_public and tui:
+        # Without the live view the daemon's own warning is a log line on stderr already.
+        print(
+            f"p2pmesh: warning: --http-public: {settings.http} serves this node's status, peers, "
+            "jobs and ledger to anyone who can reach it",
+            file=sys.stderr,
+        )
     log = EventLog(json_lines=not tui)
     daemon = Daemon(settings, log)
 
@@ -80,7 +89,8 @@ def run_up(args: argparse.Namespace, home: Path) -> int:
             with Live(console=console, refresh_per_second=2, screen=False, transient=False) as live:
                 while True:
                     try:
-                        live.update(views.dashboard(d.snapshot(), time.time()))
+                        w, h = console.size
+                        live.update(views.dashboard(d.snapshot(), time.time(), width=w, height=h))
                     except Exception as exc:  # a drawing bug must never stop the node
                         d.log("error", "live view failed", error=repr(exc))
                     await trio.sleep(TUI_REFRESH_S)

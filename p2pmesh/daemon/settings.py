@@ -16,6 +16,8 @@ Config keys (all optional) mirror the flags of ``p2pmesh up``::
     use_shipped_bootstrap = true
     connection_grace_s = 5 # a replica's worker whose connection closed is lost after this
     recover_window_s = 30  # `up --recover`: sign nothing until our chain came back this long
+    http = "127.0.0.1:8484"  # /metrics, the status page, /api/…; "off" disables; port 0: any
+    http_public = false    # allow a non-loopback http address (read-only, but unauthenticated)
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pmesh.daemon.home import CONFIG_FILE
+from p2pmesh.daemon.http import DEFAULT_HTTP, is_loopback, parse_http_addr
 from p2pmesh.errors import ConfigError
 
 DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001",)
@@ -51,6 +54,8 @@ class Settings:
     recover_window_s: int = 30
     recover: bool = False  # `up --recover`: set a damaged database aside, rebuild from the mesh
     prefix_diversity: bool = True
+    http: str = DEFAULT_HTTP  # HOST:PORT or "off"
+    http_public: bool = False
     fault: str | None = None  # deliberate misbehaviour for tests and demos (see below)
     fault_after: int = 0  # P2PMESH_FAULT_AFTER: behave for this many jobs first
     fault_slow_s: float = 200.0  # P2PMESH_FAULT_SLOW_S: how late "slow" answers
@@ -73,6 +78,8 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "connection_grace_s": int,
     "recover_window_s": int,
     "prefix_diversity": bool,
+    "http": str,
+    "http_public": bool,
 }
 
 
@@ -163,6 +170,8 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
         recover=bool(flags.get("recover", False)),
         prefix_diversity=bool(cfg.get("prefix_diversity", True))
         and not flags.get("no_prefix_diversity", False),
+        http=str(pick("http", "http", DEFAULT_HTTP)),
+        http_public=bool(cfg.get("http_public", False)) or bool(flags.get("http_public", False)),
         fault=read_fault(dict(os.environ)),
         fault_after=int(os.environ.get("P2PMESH_FAULT_AFTER", "0") or 0),
         fault_slow_s=float(os.environ.get("P2PMESH_FAULT_SLOW_S", "200") or 200),
@@ -182,6 +191,13 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
         raise ConfigError("spot_check must be between 0 and 1")
     if len(s.allow_images) > 64 or any(not 0 < len(g) <= 256 for g in s.allow_images):
         raise ConfigError("allow_image: at most 64 patterns of 1..256 characters")
+    bound = parse_http_addr(s.http)
+    if bound is not None and not is_loopback(bound[0]) and not s.http_public:
+        raise ConfigError(
+            f"http: {s.http} is not a loopback address",
+            hint="the status page and /metrics need no login; add --http-public "
+            "(config: http_public = true) to serve them to other machines anyway",
+        )
     for a in (*s.listen, *s.bootstrap):
         if not a.startswith("/"):
             raise ConfigError(f"not a multiaddr: {a!r}")

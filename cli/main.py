@@ -76,6 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="let replicas of one job share a network prefix (config: prefix_diversity)",
     )
     up.add_argument(
+        "--hidden-replicas",
+        type=float,
+        metavar="F",
+        help="share of checked jobs given one replica more than their redundancy, which no "
+        "worker can see (config: hidden_replicas)",
+    )
+    up.add_argument(
+        "--proof-exclusion",
+        type=float,
+        metavar="W",
+        help="total weight of wrong-result proofs that excludes a worker (config: "
+        "proof_exclusion)",
+    )
+    up.add_argument(
         "--spot-check",
         type=float,
         metavar="F",

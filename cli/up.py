@@ -48,6 +48,8 @@ def run_up(args: argparse.Namespace, home: Path) -> int:
         "no_work": args.no_work,
         "record_ttl": args.record_ttl,
         "spot_check": args.spot_check,
+        "hidden_replicas": args.hidden_replicas,
+        "proof_exclusion": args.proof_exclusion,
         "credit_base": args.credit_base,
         "connection_grace": args.connection_grace,
         "recover_window": args.recover_window,

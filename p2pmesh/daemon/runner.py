@@ -140,6 +140,8 @@ class Daemon:
                 spot_check=settings.spot_check,
                 credit_base=settings.credit_base,
                 prefix_diversity=settings.prefix_diversity,
+                hidden_replicas=settings.hidden_replicas,
+                proof_exclusion=settings.proof_exclusion,
                 fault_fork_ledger=settings.fault == "fork-ledger",
                 connection_grace_s=settings.connection_grace_s,
                 recover_window_s=settings.recover_window_s,

@@ -13,6 +13,8 @@ Config keys (all optional) mirror the flags of ``p2pmesh up``::
     credit_base = 100      # credits anyone may owe before earning (mutual credit)
     spot_check = 0.1       # share of "auto" jobs run alone by a credible worker that are re-checked
     prefix_diversity = true  # at most one replica of a job per observed /24 (IPv4) or /48 (IPv6)
+    hidden_replicas = 0.1  # share of checked jobs given one replica more, unseen by the workers
+    proof_exclusion = 0.5  # wrong-result proofs' total weight that excludes a worker
     use_shipped_bootstrap = true
     connection_grace_s = 5 # a replica's worker whose connection closed is lost after this
     recover_window_s = 30  # `up --recover`: sign nothing until our chain came back this long
@@ -54,6 +56,8 @@ class Settings:
     recover_window_s: int = 30
     recover: bool = False  # `up --recover`: set a damaged database aside, rebuild from the mesh
     prefix_diversity: bool = True
+    hidden_replicas: float = 0.10
+    proof_exclusion: float = 0.5
     http: str = DEFAULT_HTTP  # HOST:PORT or "off"
     http_public: bool = False
     fault: str | None = None  # deliberate misbehaviour for tests and demos (see below)
@@ -78,6 +82,8 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "connection_grace_s": int,
     "recover_window_s": int,
     "prefix_diversity": bool,
+    "hidden_replicas": (float, int),
+    "proof_exclusion": (float, int),
     "http": str,
     "http_public": bool,
 }
@@ -170,6 +176,8 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
         recover=bool(flags.get("recover", False)),
         prefix_diversity=bool(cfg.get("prefix_diversity", True))
         and not flags.get("no_prefix_diversity", False),
+        hidden_replicas=float(pick("hidden_replicas", "hidden_replicas", 0.10)),
+        proof_exclusion=float(pick("proof_exclusion", "proof_exclusion", 0.5)),
         http=str(pick("http", "http", DEFAULT_HTTP)),
         http_public=bool(cfg.get("http_public", False)) or bool(flags.get("http_public", False)),
         fault=read_fault(dict(os.environ)),
@@ -189,6 +197,10 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
         raise ConfigError("recover_window_s must be in [5, 3600]")
     if not 0.0 <= s.spot_check <= 1.0:
         raise ConfigError("spot_check must be between 0 and 1")
+    if not 0.0 <= s.hidden_replicas <= 1.0:
+        raise ConfigError("hidden_replicas must be between 0 and 1")
+    if not 0.0 < s.proof_exclusion <= 100.0:
+        raise ConfigError("proof_exclusion must be in (0, 100]")
     if len(s.allow_images) > 64 or any(not 0 < len(g) <= 256 for g in s.allow_images):
         raise ConfigError("allow_image: at most 64 patterns of 1..256 characters")
     bound = parse_http_addr(s.http)

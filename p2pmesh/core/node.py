@@ -100,6 +100,9 @@ class NodeConfig:
     # At most one replica of a job per observed network prefix (/24, /48; §8.6): one owner's
     # machines must not outvote the rest. Loopback peers are each their own prefix.
     prefix_diversity: bool = True
+    # The private mesh's swarm key fingerprint (core/swarmkey.py), shown by `status`; None:
+    # an open mesh. The key itself never reaches the core: the transport enforces it.
+    swarm_key_fingerprint: str | None = None
 
     def validate(self) -> None:
         if not 10 <= self.record_ttl_s <= capability.MAX_TTL_S:
@@ -597,6 +600,8 @@ class Node:
             "peers_known": len(self.peers),
             "work": self.caps.work,
             "record_seq": own.seq if own else 0,
+            "private": self.config.swarm_key_fingerprint is not None,
+            "swarm_key_fingerprint": self.config.swarm_key_fingerprint,
             "stats": self.membership.stats_json(),
         }
 

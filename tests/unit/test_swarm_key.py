@@ -325,6 +325,8 @@ async def test_hosts_connect_only_under_the_same_key() -> None:
         assert not heard
         assert not await _try_connect(k1, k2)
         assert {r.reason for r in heard} == {pnet.WRONG_KEY}
+        # Both ends see it: the refusing side reads what the other sent before it closes.
+        assert {r.inbound for r in heard} == {True, False}
         heard.clear()
         assert not await _try_connect(k1, None)  # a keyless dialer: refused inbound
         assert heard and all(r.inbound and r.reason == pnet.NO_KEY for r in heard)

@@ -136,8 +136,8 @@ class NetStats:
     psk_refused: int = 0
 
 
-# A refused connection is logged at most this often per remote IP (every one is counted): a
-# stranger redialling in a loop must not flood the log.
+# A refused connection is logged at most this often per remote IP, direction and reason (every
+# one is counted): a stranger redialling in a loop must not flood the log.
 REFUSAL_LOG_EVERY_S = 30.0
 REFUSAL_IPS_KEPT = 1024
 
@@ -154,7 +154,8 @@ class MeshNet:
     ) -> None:
         """``psk``: the private mesh's swarm key; every connection then goes through the PSK
         layer (pnet.py). ``on_refused(refusal, count)`` is told of refused connections, at
-        most once per remote IP per ``REFUSAL_LOG_EVERY_S`` (count: refusals since)."""
+        most once per remote IP, direction and reason per ``REFUSAL_LOG_EVERY_S`` (count:
+        refusals since the last call)."""
         patches.apply()
         if psk is not None and not patches.pnet_patched:
             raise TransportError(
@@ -167,7 +168,7 @@ class MeshNet:
         self._psk = psk
         self.host = new_host(key_pair=self.key_pair, psk=psk.hex() if psk is not None else None)
         self._on_refused = on_refused
-        self._refused_at: dict[str, tuple[float, int]] = {}
+        self._refused_at: dict[tuple[str, bool, str], tuple[float, int]] = {}
         self.peer_id = self.host.get_id().pretty()
         self.gossipsub = GossipSub(
             protocols=[GOSSIPSUB_ID],
@@ -255,15 +256,15 @@ class MeshNet:
 
     def _refused(self, refusal: pnet.Refusal) -> None:
         self.stats.psk_refused += 1
-        ip = refusal.remote.rsplit(":", 1)[0]
+        key = (refusal.remote.rsplit(":", 1)[0], refusal.inbound, refusal.reason)
         now = time.monotonic()
-        last, since = self._refused_at.get(ip, (-math.inf, 0))
+        last, since = self._refused_at.get(key, (-math.inf, 0))
         if now - last < REFUSAL_LOG_EVERY_S:
-            self._refused_at[ip] = (last, since + 1)
+            self._refused_at[key] = (last, since + 1)
             return
         if len(self._refused_at) >= REFUSAL_IPS_KEPT:
             self._refused_at.clear()
-        self._refused_at[ip] = (now, 0)
+        self._refused_at[key] = (now, 0)
         if self._on_refused is not None:
             self._on_refused(refusal, since + 1)
 

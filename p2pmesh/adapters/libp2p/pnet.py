@@ -16,6 +16,7 @@ attributes the swarm reads after the upgrade (``is_initiator``, ``get_transport_
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,6 +33,12 @@ NONCE_BYTES = 24
 # What multistream-select 1.0.0 puts first on every libp2p connection: its length varint and
 # header line. Decrypted with the right key, the peer's first bytes are exactly these.
 MULTISTREAM_HEADER = b"\x13/multistream/1.0.0\n"
+
+# After a refusal, read what the peer already sent for at most this long before closing: a
+# socket closed with unread bytes sends a TCP reset, and a reset makes the peer's kernel drop
+# what *it* has not read yet, so the peer would never see our bytes and never learn (or log)
+# that it was refused.
+DRAIN_S = 0.5
 
 NO_KEY = "the peer has no swarm key (it speaks plain libp2p)"
 WRONG_KEY = "the peer does not hold this mesh's swarm key"
@@ -68,6 +75,12 @@ class PskConn(IRawConnection):
         self._reader: Any = None
         self._nonce_in = b""
         self._checked = 0  # how many plaintext bytes have been compared with the header
+        self._refused = False
+        try:  # now: once the socket is closed the address may be gone
+            addr = conn.get_remote_address()
+            self._remote = f"{addr[0]}:{addr[1]}" if addr else ""
+        except Exception:
+            self._remote = ""
         self._write_lock = trio.Lock()
 
     # -- writing ---------------------------------------------------------------------------
@@ -110,14 +123,8 @@ class PskConn(IRawConnection):
         self._reader = xsalsa20(self._psk, self._nonce_in)
 
     def _refuse(self, reason: str) -> None:
-        remote = ""
-        try:
-            addr = self._conn.get_remote_address()
-            if addr:
-                remote = f"{addr[0]}:{addr[1]}"
-        except Exception:
-            pass
-        refusal = Refusal(inbound=not self.is_initiator, remote=remote, reason=reason)
+        self._refused = True
+        refusal = Refusal(inbound=not self.is_initiator, remote=self._remote, reason=reason)
         for psk, listener in list(refusal_listeners):
             if psk != self._psk:
                 continue
@@ -129,6 +136,11 @@ class PskConn(IRawConnection):
 
     # -- the rest of IRawConnection, from the connection underneath --------------------------
     async def close(self) -> None:
+        if self._refused:
+            self._refused = False
+            with trio.move_on_after(DRAIN_S), contextlib.suppress(Exception):
+                while await self._conn.read(4096):
+                    pass
         await self._conn.close()
 
     def get_remote_address(self) -> tuple[str, int] | None:

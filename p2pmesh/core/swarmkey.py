@@ -9,7 +9,7 @@ the 32-byte key in the encoding the second line names::
 
 ``/base16/``, ``/base32/``, ``/base64/`` (RFC 4648 alphabets, ``=`` padding) and ``/bin/``
 (the 32 raw bytes) are accepted; lines may end in ``\\n`` or ``\\r\\n``. Anything else is
-refused with a one-line reason that never quotes key material (PROTOCOL.md §13).
+refused with a one-line reason that never quotes key material (PROTOCOL.md §10).
 
 Also here, because both need only the Salsa20 core and must agree byte for byte everywhere:
 the HSalsa20 step that turns (PSK, 24-byte nonce) into the XSalsa20 stream key, and the key's

@@ -228,6 +228,12 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
     for a in s.bootstrap:
         if "/p2p/" not in a:
             raise ConfigError(f"bootstrap address must end in /p2p/<peer id>: {a!r}")
+    if s.swarm_psk is None and os.environ.get("LIBP2P_FORCE_PNET") == "1":
+        # The pnet spec's safeguard against a private node that would join the open network.
+        raise ConfigError(
+            "LIBP2P_FORCE_PNET=1 but no swarm key: refusing to start an open node",
+            hint="give --swarm-key FILE or swarm_key in config.toml",
+        )
     if s.swarm_psk is not None:
         for a in s.listen:
             if "/quic" in a or "/udp/" in a:

@@ -185,6 +185,16 @@ def test_settings_flag_config_and_default(tmp_path: Path) -> None:
         build_settings(home, {"listen": ["/ip4/127.0.0.1/udp/4001/quic-v1"]})
 
 
+def test_force_pnet_refuses_an_open_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The pnet spec's safeguard: with LIBP2P_FORCE_PNET=1 a node never starts without a key.
+    monkeypatch.setenv("LIBP2P_FORCE_PNET", "1")
+    with pytest.raises(ConfigError, match="LIBP2P_FORCE_PNET"):
+        build_settings(tmp_path, {})
+    key = tmp_path / "k"
+    key.write_bytes(format_swarm_key(KEY))
+    assert build_settings(tmp_path, {"swarm_key": str(key)}).swarm_psk == KEY
+
+
 # -- the cipher ---------------------------------------------------------------------------------
 def test_salsa20_block_equals_pycryptodome() -> None:
     for _ in range(10):
@@ -213,6 +223,18 @@ def test_fingerprint_is_go_libp2p_s() -> None:
         assert fingerprint(key) == hashlib.shake_128(enc).hexdigest(16)
     assert fingerprint(KEY) != fingerprint(b"\x01" * 32)
     assert len(fingerprint(KEY)) == 32 and KEY.hex()[:8] not in fingerprint(KEY)
+
+
+def test_protocol_md_vectors() -> None:
+    # PROTOCOL.md §10's test vector, so the document and the code cannot drift apart.
+    assert fingerprint(KEY) == "41dfbf48d882a8ee665983adfa7a48f7"
+    assert fingerprint(b"\xff" * 32) == "f5c65793e0937d5a7a0755699ea879d4"
+    nonce = bytes(range(1, 25))
+    assert hsalsa20(KEY, nonce[:16]).hex() == (
+        "81a0d46839c743cfc0df05bfcd314c98ed89a1321750e14ff30426b3246b437a"
+    )
+    sent = pnet.xsalsa20(KEY, nonce).encrypt(pnet.MULTISTREAM_HEADER)
+    assert sent.hex() == "37d9fd05c537379226fdf04240cb8b9e74adf229"
 
 
 class _Pipe:

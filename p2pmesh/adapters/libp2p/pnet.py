@@ -5,7 +5,7 @@ random 24-byte nonce as its first bytes, then everything it writes is XORed with
 keystream of (PSK, its own nonce); it decrypts what it reads with the stream of (PSK, the
 peer's nonce). No MAC: a peer with another key (or none) simply produces garbage, which the
 first protocol line (multistream-select's header, which both sides always send first) shows at
-once, so we refuse such a connection on its first bytes and say why (PROTOCOL.md §13).
+once, so we refuse such a connection on its first bytes and say why (PROTOCOL.md §10).
 
 py-libp2p 0.8.1 ships ``libp2p.security.pnet``, but it cannot be used as is: it speaks Salsa20
 with an *8-byte* nonce (not interoperable with go-libp2p, js-libp2p or IPFS), reads the nonce

@@ -543,23 +543,12 @@ class Daemon:
         }
 
     def _announce_private(self) -> None:
-        path = self.settings.swarm_key
-        assert path is not None and self.settings.swarm_psk is not None
+        assert self.settings.swarm_psk is not None
         self.log(
             "info",
             "private mesh: only peers holding this swarm key can connect",
             swarm_key_fingerprint=fingerprint(self.settings.swarm_psk),
         )
-        try:
-            loose = path.stat().st_mode & 0o077
-        except OSError:
-            loose = 0
-        if loose:
-            self.log(
-                "warning",
-                "swarm key file is readable by other users; chmod 600 it",
-                file=str(path),
-            )
 
     def write_node_json(self) -> None:
         doc = {

@@ -140,11 +140,17 @@ def read_bench_executor(env: dict[str, str]) -> str | None:
 
 def read_swarm_key(path: Path) -> bytes:
     """The key in a swarm key file, or one ``ConfigError`` line naming the file and the
-    problem (never the key's bytes)."""
+    problem (never the key's bytes). The file must be a regular file only we may read."""
     try:
         st = path.stat()
         if not path.is_file():
             raise ConfigError(f"swarm key {path}: not a regular file")
+        if st.st_mode & 0o077:
+            # As with the node's own key (home.py): a secret others can read is not one.
+            raise ConfigError(
+                f"swarm key {path} is accessible by other users (mode {st.st_mode & 0o777:o})",
+                hint=f"run: chmod 600 {path}",
+            )
         if st.st_size > MAX_FILE_BYTES:
             raise ConfigError(
                 f"swarm key {path}: the file is over {MAX_FILE_BYTES} bytes: not a swarm key"

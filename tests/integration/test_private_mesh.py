@@ -27,7 +27,7 @@ import pytest
 from jobmesh import ALLOW_OURS, docker_missing, offer, write_job
 from mesh import LOCAL_LISTEN, Mesh, MeshNode, run_cli, wait_until
 
-from p2pmesh.core.swarmkey import fingerprint, parse_swarm_key
+from p2pmesh.core.swarmkey import fingerprint, format_swarm_key, parse_swarm_key
 
 pytestmark = pytest.mark.integration
 
@@ -216,7 +216,9 @@ BAD_FILES: dict[str, tuple[bytes, str]] = {
 }
 
 
-@pytest.mark.parametrize("case", [*sorted(BAD_FILES), "missing", "directory", "config-key"])
+@pytest.mark.parametrize(
+    "case", [*sorted(BAD_FILES), "missing", "directory", "config-key", "readable-by-others"]
+)
 def test_swarm_key_bad_file_refused(case: str, tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir(mode=0o700)
@@ -225,10 +227,16 @@ def test_swarm_key_bad_file_refused(case: str, tmp_path: Path) -> None:
     if case in BAD_FILES:
         data, words = BAD_FILES[case]
         key.write_bytes(data)
+        key.chmod(0o600)
+    elif case == "readable-by-others":
+        key.write_bytes(format_swarm_key(bytes.fromhex(SECRET_HEX)))
+        key.chmod(0o644)
+        words = "accessible by other users (mode 644) (run: chmod 600"
     elif case == "directory":
         key.mkdir()
     elif case == "config-key":
         key.write_bytes(BAD_FILES["non-hex"][0])
+        key.chmod(0o600)
         words = "not hexadecimal"
         (home / "config.toml").write_text(f'swarm_key = "{key}"\n')
     base = ["--home", str(home), "--no-tui", "--no-mdns", "--no-shipped-bootstrap"]
@@ -248,7 +256,7 @@ def test_swarm_key_bad_file_refused(case: str, tmp_path: Path) -> None:
         assert res.returncode == 2, (res.returncode, res.stderr)
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1, res.stderr
-        assert lines[0].startswith(f"p2pmesh: swarm key {key}: ") and words in lines[0], lines
+        assert lines[0].startswith(f"p2pmesh: swarm key {key}") and words in lines[0], lines
         assert "Traceback" not in res.stderr and SECRET_HEX[:16] not in res.stderr
         assert res.stdout == ""
     assert not (home / "node.json").exists()

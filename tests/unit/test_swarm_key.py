@@ -149,20 +149,24 @@ def test_random_bodies_under_real_headers_never_crash(enc: bytes, nl: bytes, bod
 
 
 # -- files, settings ----------------------------------------------------------------------------
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    path.chmod(0o600)
+    return path
+
+
 def test_key_file_problems_are_config_errors(tmp_path: Path) -> None:
-    good = tmp_path / "swarm.key"
-    good.write_bytes(format_swarm_key(KEY))
+    good = _write(tmp_path / "swarm.key", format_swarm_key(KEY))
     assert read_swarm_key(good) == KEY
     cases = {
         tmp_path / "missing": "No such file",
         tmp_path: "not a regular file",
     }
-    big = tmp_path / "big"
-    big.write_bytes(b"x" * (MAX_FILE_BYTES + 1))
-    cases[big] = "over 1024 bytes"
-    junk = tmp_path / "junk"
-    junk.write_bytes(b"hello\n")
-    cases[junk] = "first line"
+    cases[_write(tmp_path / "big", b"x" * (MAX_FILE_BYTES + 1))] = "over 1024 bytes"
+    cases[_write(tmp_path / "junk", b"hello\n")] = "first line"
+    readable = _write(tmp_path / "readable", format_swarm_key(KEY))
+    readable.chmod(0o640)
+    cases[readable] = "accessible by other users (mode 640)"
     for path, words in cases.items():
         with pytest.raises(ConfigError) as exc:
             read_swarm_key(path)
@@ -173,13 +177,12 @@ def test_settings_flag_config_and_default(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
     assert build_settings(home, {}).swarm_psk is None  # default: an open mesh
-    (home / "swarm.key").write_bytes(format_swarm_key(KEY))
+    _write(home / "swarm.key", format_swarm_key(KEY))
     (home / "config.toml").write_text('swarm_key = "swarm.key"\n')  # relative: to the home
     s = build_settings(home, {})
     assert s.swarm_key == home / "swarm.key" and s.swarm_psk == KEY
     assert KEY.hex() not in repr(s)  # the key stays out of any printed Settings
-    other = tmp_path / "other.key"
-    other.write_bytes(format_swarm_key(b"\x07" * 32))
+    other = _write(tmp_path / "other.key", format_swarm_key(b"\x07" * 32))
     assert build_settings(home, {"swarm_key": str(other)}).swarm_psk == b"\x07" * 32
     with pytest.raises(ConfigError, match="TCP only"):
         build_settings(home, {"listen": ["/ip4/127.0.0.1/udp/4001/quic-v1"]})
@@ -190,8 +193,7 @@ def test_force_pnet_refuses_an_open_node(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("LIBP2P_FORCE_PNET", "1")
     with pytest.raises(ConfigError, match="LIBP2P_FORCE_PNET"):
         build_settings(tmp_path, {})
-    key = tmp_path / "k"
-    key.write_bytes(format_swarm_key(KEY))
+    key = _write(tmp_path / "k", format_swarm_key(KEY))
     assert build_settings(tmp_path, {"swarm_key": str(key)}).swarm_psk == KEY
 
 

@@ -4,8 +4,9 @@ What is proved: members sharing one swarm key (the bootstrap node run as ``pytho
 p2pmesh.bootstrap --swarm-key``) find each other and run a job end to end in a real container;
 a node without the key, or with another key, bootstrapping to them gets no connection, no
 record and no gossip (so no offer), while the members log each refused connection in one clear
-line, in both directions, and keep running; and a bad key file stops ``up`` (and the bootstrap
-node) with one line and exit code 2, before anything listens.
+line, in both directions, and keep running; mDNS still works among members, while a stranger
+found by mDNS cannot connect; and a bad key file stops ``up`` (and the bootstrap node) with one
+line and exit code 2, before anything listens.
 
 Ports: ephemeral by default, like the rest of the suite; ``P2PMESH_TEST_PORT_BASE=N`` makes
 this module listen on N, N+1, … instead (for machines where each user has a port range).
@@ -81,6 +82,13 @@ class PrivateMesh(Mesh):
             extra_args=[*self.extra_args, *self.node_args.get(i, ())],
             env={**self.env, **self.node_env.get(i, {})},
         )
+
+
+class MdnsNode(MeshNode):
+    """A node with mDNS on (the harness turns it off everywhere else) and no bootstrap."""
+
+    def argv(self) -> list[str]:
+        return [a for a in super().argv() if a != "--no-mdns"]
 
 
 def _net(node: MeshNode) -> dict[str, Any]:
@@ -202,6 +210,53 @@ def test_private_mesh_outsider_cannot_connect(tmp_path: Path) -> None:
             assert {p["peer_id"] for p in node.query("peers")} <= members
             assert doc["peers_connected"] == 1  # each other, nobody else
             _no_traceback(node)
+
+
+def test_private_mesh_mdns_finds_members_but_not_strangers(tmp_path: Path) -> None:
+    """mDNS still runs on a private node: members find each other by it alone; a stranger
+    that finds them the same way cannot connect. (The stranger holds another key, not none:
+    a keyless node with mDNS on could join any open node on this machine's network.)"""
+    key, _ = _key_file(tmp_path, "swarm.key")
+    other, _ = _key_file(tmp_path, "other.key")
+    nodes = [
+        MdnsNode(tmp_path / name, name=name, listen=[_listen()], extra_args=["--swarm-key", str(k)])
+        for name, k in (("mdns-a", key), ("mdns-b", key), ("mdns-stranger", other))
+    ]
+    a, b, stranger = nodes
+    try:
+        for node in nodes:
+            node.start()
+        wait_until(
+            lambda: b.peer_id in a.listed_ids() and a.peer_id in b.listed_ids(),
+            DISCOVERY_TIMEOUT_S,
+            interval=0.5,
+            message=lambda: (
+                "members did not find each other by mDNS\n"
+                + "\n".join(n.log_tail(10) for n in nodes)
+            ),
+        )
+
+        def refused_stranger() -> bool:
+            return any(
+                REFUSED_LINE in line and "does not hold this mesh's swarm key" in line
+                for node in (a, b, stranger)
+                for line in node.log_text().splitlines()
+            )
+
+        wait_until(
+            refused_stranger,
+            DISCOVERY_TIMEOUT_S,
+            interval=0.5,
+            message=lambda: "\n".join(n.log_tail(10) for n in nodes),
+        )
+        assert not ({a.peer_id, b.peer_id} & stranger.listed_ids())
+        assert stranger.peer_id not in a.listed_ids() | b.listed_ids()
+        for node in nodes:
+            assert node.alive
+            _no_traceback(node)
+    finally:
+        for node in nodes:
+            node.close()
 
 
 # -- bad key files ------------------------------------------------------------------------------

@@ -360,3 +360,21 @@ async def test_hosts_connect_only_under_the_same_key() -> None:
     finally:
         for entry in entries:
             pnet.refusal_listeners.remove(entry)
+
+
+async def test_an_outbound_upgrade_off_the_dial_path_is_protected_too() -> None:
+    # Circuit relay v2 hands its outbound connection to upgrade_outbound_raw_conn directly;
+    # the other end wraps inbound, so this end must wrap as well (patches.py item 7).
+    patches.apply()
+    k = os.urandom(32)
+    a, b = _host(k), _host(k)
+    any_port = multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")
+    async with a.run([any_port]), b.run([any_port]):  # type: ignore[attr-defined]
+        addr = a.get_addrs()[0]  # type: ignore[attr-defined]
+        info = info_from_p2p_addr(addr)
+        network = b.get_network()  # type: ignore[attr-defined]
+        transport = network.transport_manager.transport_for_dialing(addr)
+        raw = await transport.dial(addr)
+        with trio.fail_after(10):
+            conn = await b.upgrade_outbound_connection(raw, info.peer_id)  # type: ignore[attr-defined]
+        assert conn.muxed_conn.peer_id == info.peer_id

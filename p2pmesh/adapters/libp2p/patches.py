@@ -45,9 +45,13 @@
    libp2p speaks (the pnet spec, go-libp2p and js-libp2p: XSalsa20, 24-byte nonce), fails on a
    short first read, and returns a connection without ``is_initiator`` /
    ``get_connection_type`` / ``get_transport_addresses``, which the swarm reads. We rebind the
-   swarm's ``new_protected_conn`` to ``pnet.protect`` (adapters/libp2p/pnet.py). A private
-   node refuses to start where this patch is off (``pnet_patched``), rather than speak
-   something else on the wire.
+   swarm's ``new_protected_conn`` to ``pnet.protect`` (adapters/libp2p/pnet.py). The swarm
+   also wraps only on its own dial path and in ``upgrade_inbound_raw_conn``: a connection
+   handed to ``upgrade_outbound_raw_conn`` from elsewhere (circuit relay v2's outbound side)
+   went out unwrapped while the other end, inbound, wrapped it, so it could never work. We
+   wrap there too (``protect`` is idempotent, so the dial path's connection is not wrapped
+   twice), as go-libp2p's upgrader does for every transport. A private node refuses to start
+   where this patch is off (``pnet_patched``), rather than speak something else on the wire.
 """
 
 from __future__ import annotations
@@ -199,6 +203,16 @@ def _batch_yamux_credit() -> None:
 def _protect_with_xsalsa20() -> None:
     global pnet_patched
     _swarm.new_protected_conn = pnet.protect  # type: ignore[attr-defined]
+    original = _swarm.Swarm.upgrade_outbound_raw_conn
+
+    async def upgrade_outbound_raw_conn(
+        self: _swarm.Swarm, raw_conn: Any, peer_id: Any, pre_scope: Any = None
+    ) -> Any:
+        if self.psk is not None:
+            raw_conn = pnet.protect(raw_conn, self.psk)
+        return await original(self, raw_conn, peer_id, pre_scope)
+
+    _swarm.Swarm.upgrade_outbound_raw_conn = upgrade_outbound_raw_conn  # type: ignore[method-assign]
     pnet_patched = True
 
 

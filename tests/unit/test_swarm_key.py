@@ -378,3 +378,21 @@ async def test_an_outbound_upgrade_off_the_dial_path_is_protected_too() -> None:
         with trio.fail_after(10):
             conn = await b.upgrade_outbound_connection(raw, info.peer_id)  # type: ignore[attr-defined]
         assert conn.muxed_conn.peer_id == info.peer_id
+
+
+def test_views_say_private_with_the_fingerprint_only() -> None:
+    from rich.console import Console
+
+    from p2pmesh.cli import views
+
+    def shown(node: dict) -> str:
+        console = Console(width=100, record=True)
+        console.print(views.node_panel(node, 0.0))
+        return console.export_text()
+
+    fp = fingerprint(KEY)
+    assert f"yes (swarm key fingerprint {fp})" in shown(
+        {"private": True, "swarm_key_fingerprint": fp}
+    )
+    text = shown({"private": False, "net": {"psk_refused": 3}})
+    assert "Private" in text and " no" in text and "3 connection(s) without the swarm key" in text

@@ -232,7 +232,7 @@ class Requester:
         elif bid.price > j.spec.max_price:
             why = "price above max_price"
         elif self.excluded(bid.bidder):
-            why = "bidder excluded by a fraud proof"
+            why = "bidder excluded by a fraud or wrong-result proof"
         elif self.book.credibility(bid.bidder, now) == 0.0:
             # Caught returning a wrong result: no work until that evidence has decayed.
             why = "bidder was caught dissenting"

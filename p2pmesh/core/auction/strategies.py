@@ -30,6 +30,7 @@ class BidContext:
 class BidDecision:
     bid: bool
     reason: str
+    kind: str = ""  # for a "no": a stable label, counted by reason in ``p2pmesh status``
 
 
 Check = Callable[[Offer, BidContext], str | None]
@@ -128,11 +129,38 @@ CHAIN: tuple[Check, ...] = (
 )
 
 
+# The label each check's "no" is counted under (resources say which one, from ``misfit``).
+DECLINE_KINDS = {
+    _work_enabled: "work disabled",
+    _not_own: "own job",
+    _not_excluded: "excluded by the requester",
+    _still_open: "offer past its deadline",
+    _executor: "no executor",
+    _image_allowed: "image not allowed",
+    _image_present: "image not present",
+    _network: "network not allowed",
+    _capacity: "busy",
+    _price: "price above max_price",
+    _requester: "requester past its credit limit",
+}
+RESOURCE_KINDS = {
+    "cpus": "too few CPUs",
+    "ram": "too little RAM",
+    "disk": "too little disk",
+    "gpu": "too few GPUs",
+    "gpu_memory": "too little GPU memory",
+}
+
+
 def decide_bid(offer: Offer, ctx: BidContext) -> BidDecision:
     for check in CHAIN:
         reason = check(offer, ctx)
         if reason is not None:
-            return BidDecision(False, reason)
+            kind = DECLINE_KINDS.get(check, "")
+            if check is _resources:
+                why = cap.fit_resources(ctx.caps, offer.job.spec, ctx.allow_network)
+                kind = RESOURCE_KINDS.get(why.kind, why.kind) if why else "resources"
+            return BidDecision(False, reason, kind)
     return BidDecision(True, f"fits; bidding {ctx.caps.price}")
 
 

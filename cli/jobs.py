@@ -53,6 +53,25 @@ def _local_refs(paths: dict[str, Path]) -> dict[str, InputRef]:
     return refs
 
 
+def phase_text(job: dict[str, Any]) -> str:
+    """What the job waits for, as the daemon put it (``running 12 s of 60 s timeout``,
+    ``no bids yet: 7 peers known, 0 fit (…)``); the state for an older daemon."""
+    phase = job.get("phase")
+    if isinstance(phase, dict) and isinstance(phase.get("text"), str):
+        return phase["text"]
+    return str(job.get("state", "?"))
+
+
+def phase_key(job: dict[str, Any]) -> str:
+    """What must change for ``offer --wait`` without a terminal to print a new line: the
+    phase, or its words, except for the clocks that tick in them."""
+    phase = job.get("phase")
+    name = phase.get("name") if isinstance(phase, dict) else None
+    if name in ("running", "bidding"):
+        return f"{name} {len([w for w in job.get('workers', []) if w.get('state') == 'reported'])}"
+    return phase_text(job)
+
+
 def progress_view(job: dict[str, Any], started: float) -> Group:
     state = job.get("state", "?")
     head = Text.assemble(
@@ -72,9 +91,12 @@ def progress_view(job: dict[str, Any], started: float) -> Group:
     for w in job.get("workers", []):
         res = w.get("result") or {}
         run = f"{res['run_s']:.2f}s" if res.get("run_s") is not None else ""
-        t.add_row("…" + w["peer_id"][-8:], str(w["price"]), w["state"], run)
+        t.add_row("…" + w["peer_id"][-8:], str(w["price"]), w.get("phase") or w["state"], run)
     info = Text(f"bids received: {job.get('bids_received', 0)}   round: {job.get('round', 0)}")
-    parts: list[Any] = [head, info]
+    parts: list[Any] = [head]
+    if state not in FINAL:
+        parts.append(Text(phase_text(job), style=STATE_STYLE.get(state, "")))
+    parts.append(info)
     if job.get("workers"):
         parts.append(t)
     if job.get("error"):
@@ -117,15 +139,18 @@ def cmd_offer(args: argparse.Namespace, home: Path) -> int:
     try:
         if live:
             live.start()
-        last_state = None
-        while job["state"] not in FINAL:
+        last_key = None
+        while True:
+            if not live and not args.json and phase_key(job) != last_key:
+                # Without a terminal: one line each time the phase (or why it waits) changes.
+                print(f"{job_id[:12]} {phase_text(job)}", file=sys.stderr, flush=True)
+                last_key = phase_key(job)
+            if job["state"] in FINAL:
+                break
             time.sleep(POLL_S)
             job = client.request(home, "job", {"job_id": job_id})
             if live:
                 live.update(progress_view(job, started))
-            elif job["state"] != last_state and not args.json:
-                print(f"{job_id[:12]} {job['state']}", file=sys.stderr)
-            last_state = job["state"]
     except KeyboardInterrupt:
         print(
             f"stopped waiting; the job goes on. Follow it with: p2pmesh job {job_id}",

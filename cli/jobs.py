@@ -24,6 +24,7 @@ from p2pmesh.jobfile import load_job_file
 
 FINAL = ("done", "failed", "timeout", "cancelled", "no-bids", "inconclusive")
 POLL_S = 0.25
+PAYING_WAIT_S = 10.0  # ``offer --wait`` shows a done job's payments being agreed, this long
 STATE_STYLE = {
     "done": "green",
     "failed": "red",
@@ -62,6 +63,11 @@ def phase_text(job: dict[str, Any]) -> str:
     return str(job.get("state", "?"))
 
 
+def _phase_name(job: dict[str, Any]) -> str:
+    phase = job.get("phase")
+    return str(phase.get("name")) if isinstance(phase, dict) else str(job.get("state"))
+
+
 def phase_key(job: dict[str, Any]) -> str:
     """What must change for ``offer --wait`` without a terminal to print a new line: the
     phase, or its words, except for the clocks that tick in them."""
@@ -94,7 +100,7 @@ def progress_view(job: dict[str, Any], started: float) -> Group:
         t.add_row("…" + w["peer_id"][-8:], str(w["price"]), w.get("phase") or w["state"], run)
     info = Text(f"bids received: {job.get('bids_received', 0)}   round: {job.get('round', 0)}")
     parts: list[Any] = [head]
-    if state not in FINAL:
+    if state not in FINAL or _phase_name(job) == "paying":
         parts.append(Text(phase_text(job), style=STATE_STYLE.get(state, "")))
     parts.append(info)
     if job.get("workers"):
@@ -140,13 +146,19 @@ def cmd_offer(args: argparse.Namespace, home: Path) -> int:
         if live:
             live.start()
         last_key = None
+        paying_until = float("inf")
         while True:
             if not live and not args.json and phase_key(job) != last_key:
                 # Without a terminal: one line each time the phase (or why it waits) changes.
                 print(f"{job_id[:12]} {phase_text(job)}", file=sys.stderr, flush=True)
                 last_key = phase_key(job)
-            if job["state"] in FINAL:
+            if job["state"] in FINAL and (
+                _phase_name(job) != "paying" or time.monotonic() > paying_until
+            ):
                 break
+            if job["state"] in FINAL and paying_until == float("inf"):
+                # Done: its payments are usually agreed within a second; say so, briefly.
+                paying_until = time.monotonic() + PAYING_WAIT_S
             time.sleep(POLL_S)
             job = client.request(home, "job", {"job_id": job_id})
             if live:
@@ -242,8 +254,10 @@ def cmd_job(args: argparse.Namespace, home: Path) -> int:
         sys.stdout.write(json.dumps(job, indent=2, sort_keys=True) + "\n")
         return 0
     console = make_console()
+    # The head's clock: since the job was offered (the daemon's clock is this machine's).
+    offered_ago = max(0.0, time.time() - float(job.get("created_at") or time.time()))
     console.print(
-        progress_view(job, time.monotonic())
+        progress_view(job, time.monotonic() - offered_ago)
         if job["role"] == "requester"
         else Text(json.dumps(job, indent=2))
     )

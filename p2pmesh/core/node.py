@@ -463,25 +463,45 @@ class Node:
             return {**provider_mod.worker_view(w), "role": "worker"}
         return None
 
-    def _requested_view(self, j: Any, now: float | None) -> dict[str, Any]:
-        """A job of ours with its phase: while no bid has come, why not, from our peer table;
-        once done, ``paying`` until every payment for it is agreed."""
+    def _unpaid(self) -> dict[str, int]:
+        """Payments proposed and not yet agreed, by job."""
+        out: dict[str, int] = {}
+        for p in self.ledger.pending.values():
+            out[p.job_id] = out.get(p.job_id, 0) + 1
+        return out
+
+    def _requested_view(
+        self,
+        j: Any,
+        now: float | None,
+        *,
+        why: bool = True,
+        unpaid: dict[str, int] | None = None,
+    ) -> dict[str, Any]:
+        """A job of ours with its phase: while no bid has come, why not, from our peer table
+        (``why``: one pass over the table, so not for every job of a list); once done,
+        ``paying`` until every payment for it is agreed."""
         t = int(self._now if now is None else now)
         doc = {**requester_mod.job_view(j, t), "role": "requester"}
         phase = doc["phase"]
-        if phase["name"] == "offered":
+        if phase["name"] == "offered" and why:
             summary = self.membership.fit_summary(j.spec, j.tried)
             doc["waiting"] = {**summary, "text": no_bids_text(summary)}
             phase["text"] = doc["waiting"]["text"]
         elif j.state == "done":
-            unpaid = sum(1 for p in self.ledger.pending.values() if p.job_id == j.job_id)
-            if unpaid:
-                phase.update(name="paying", text=f"paying: {unpaid} payment(s) not yet agreed")
+            n = (self._unpaid() if unpaid is None else unpaid).get(j.job_id, 0)
+            if n:
+                phase.update(name="paying", text=f"paying: {n} payment(s) not yet agreed")
         return doc
 
     def jobs(self, now: float | None = None) -> list[dict[str, Any]]:
-        """Every job we requested, and every one we were awarded, oldest first."""
-        out = [self._requested_view(j, now) for j in self.requester.jobs.values()]
+        """Every job we requested, and every one we were awarded, oldest first (why a job
+        waits for bids is in ``job`` only)."""
+        unpaid = self._unpaid()
+        out = [
+            self._requested_view(j, now, why=False, unpaid=unpaid)
+            for j in self.requester.jobs.values()
+        ]
         out += [
             {**provider_mod.worker_view(w), "role": "worker"}
             for w in self.provider.jobs.values()

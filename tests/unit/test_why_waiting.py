@@ -153,6 +153,10 @@ def test_a_job_nobody_fits_says_why_from_the_peer_table() -> None:
         "text": text,
     }
     assert doc["phase"]["text"] == doc["waiting"]["text"]
+    # A list of jobs does not walk the peer table for each one: the reasons are in ``job``.
+    [listed] = [d for d in mesh.node("A").jobs(float(mesh.now)) if d["role"] == "requester"]
+    assert listed["phase"] == {"name": "offered", "text": "offered (round 0), no bids yet",
+                               "since": None} and "waiting" not in listed  # fmt: skip
     mesh.run(121)
     doc = mesh.node("A").job(JOB_ID, now=float(mesh.now))
     assert doc is not None and doc["state"] == "no-bids" and "waiting" not in doc

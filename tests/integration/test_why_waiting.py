@@ -95,7 +95,8 @@ def test_a_job_no_peer_fits_says_why_in_job_and_offer_wait(mesh: Mesh, tmp_path:
     proc = _offer_wait(requester, job, "--bid-window", "1")
     try:
         jid = wait_until(lambda: _job_id(requester, "needs-gpu"), 30, message="no job submitted")
-        want = f"no bids yet: 2 peers known, 0 fit (1 lacks a GPU, 1 does not allow image {BUSYBOX})"
+        reasons = f"1 lacks a GPU, 1 does not allow image {BUSYBOX}"
+        want = f"no bids yet: 2 peers known, 0 fit ({reasons})"
 
         def shown() -> str | None:
             res = requester.cli("job", jid)

@@ -3,6 +3,7 @@ from the requester's peer table, the phases a job goes through, and workers' dec
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -301,3 +302,46 @@ def test_decline_kinds_name_the_resource() -> None:
     assert (busy.bid, busy.kind) == (False, "busy")
     ok = decide_bid(offer, replace(ctx, caps=caps_for(1, gpus=(BIG,))))
     assert ok.bid and ok.kind == ""
+
+
+# -- the CLI's words ----------------------------------------------------------------------------
+def _render(renderable: Any) -> str:
+    import io
+
+    from rich.console import Console
+
+    console = Console(file=io.StringIO(), width=120, color_system=None)
+    console.print(renderable)
+    return console.file.getvalue()  # type: ignore[attr-defined,no-any-return]
+
+
+def test_progress_view_shows_the_phase_line_and_each_workers_phase() -> None:
+    from p2pmesh.cli.jobs import phase_key, phase_text, progress_view
+
+    mesh = known_mesh()
+    mesh.scripts = {"B": Script(run_s=30), "C": Script(run_s=30)}
+    mesh.submit("A", make_job(redundancy=2, timeout_s=60))
+    mesh.run(4)
+    doc = mesh.node("A").job(JOB_ID, now=float(mesh.now))
+    assert doc is not None
+    text = _render(progress_view(doc, time.monotonic()))
+    assert "running 4 s of 60 s timeout" in text and text.count("running") >= 3, text
+    assert phase_text(doc) == "running 4 s of 60 s timeout"
+    mesh.run(1)
+    later = mesh.node("A").job(JOB_ID, now=float(mesh.now))
+    assert later is not None and phase_text(later) == "running 5 s of 60 s timeout"
+    # A ticking clock is no new line for `offer --wait` without a terminal.
+    assert phase_key(later) == phase_key(doc)
+    # An older daemon's document has no phase: the state stands in for it.
+    assert phase_text({"state": "bidding"}) == "bidding"
+
+
+def test_status_shows_declines_by_reason_most_first() -> None:
+    from p2pmesh.cli.views import declines_summary, node_panel
+
+    declines = {"busy": 1, "image not allowed": 3, "too few GPUs": 0}
+    assert declines_summary(declines) == "3 image not allowed, 1 busy"
+    assert declines_summary(None) == "" and declines_summary({"x": "bad"}) == ""
+    text = _render(node_panel({"peer_id": "p", "declines": declines}, float(T0)))
+    assert "Not bidding" in text and "3 image not allowed, 1 busy" in text
+    assert "Not bidding" not in _render(node_panel({"peer_id": "p"}, float(T0)))

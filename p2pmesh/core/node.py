@@ -487,7 +487,9 @@ class Node:
         if phase["name"] == "offered" and why:
             summary = self.membership.fit_summary(j.spec, j.tried)
             doc["waiting"] = {**summary, "text": no_bids_text(summary)}
-            phase["text"] = doc["waiting"]["text"]
+            # With results in already, say that first (``2 result(s) in; offering replica 3``).
+            lead = f"{phase['text']}; " if j.active() else ""
+            phase["text"] = lead + doc["waiting"]["text"]
         elif j.state == "done":
             n = (self._unpaid() if unpaid is None else unpaid).get(j.job_id, 0)
             if n:

@@ -140,7 +140,7 @@ def test_a_job_no_peer_fits_says_why_in_job_and_offer_wait(mesh: Mesh, tmp_path:
 
 def test_a_job_that_runs_shows_running_with_elapsed_then_done(mesh: Mesh, tmp_path: Path) -> None:
     requester = mesh.nodes[REQUESTER]
-    cmd = ["sh", "-c", "sleep 8; echo hi > /out/x"]
+    cmd = ["sh", "-c", "sleep 12; echo hi > /out/x"]
     job = write_job(tmp_path, name="sleeps", command=cmd, timeout_s=60)
     proc = _offer_wait(requester, job, "--bid-window", "1", "--out", str(tmp_path / "out"))
     try:

@@ -345,3 +345,17 @@ def test_status_shows_declines_by_reason_most_first() -> None:
     text = _render(node_panel({"peer_id": "p", "declines": declines}, float(T0)))
     assert "Not bidding" in text and "3 image not allowed, 1 busy" in text
     assert "Not bidding" not in _render(node_panel({"peer_id": "p"}, float(T0)))
+
+
+def test_results_that_disagree_look_for_one_more_replica_and_say_who_is_left() -> None:
+    mesh = known_mesh()  # B and C only: once both ran, nobody is left to add
+    mesh.scripts = {"C": Script(exit_code=1, output_digest="sha256:" + "0" * 64)}
+    mesh.submit("A", make_job(deadline_s=200))
+    mesh.run(20, until=lambda: mesh.job().k == 3)
+    assert mesh.job().k == 3 and mesh.job().state == "awarded", mesh.job().history
+    p = phase(mesh)
+    assert p["name"] == "offered"
+    assert p["text"] == (
+        "2 result(s) in; offering replica 3 of 3; "
+        "no bids yet: 2 peers known, 0 fit (2 were already tried)"
+    )

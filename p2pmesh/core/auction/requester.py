@@ -1154,8 +1154,14 @@ def job_phase(j: RequesterJob, now: int | None = None) -> dict[str, Any]:
         out.update(name="validating", text=f"validating {len(j.compared)} results")
         return out
     if not waiting:
-        # Every replica in play reported; a decision or a new replica is a tick away.
         reported = sum(1 for r in active if r.state == "reported")
+        if len(active) < j.k:
+            # The results so far did not decide: one more replica is being looked for.
+            name = "bidding" if j.bids else "offered"
+            text = f"{reported} result(s) in; offering replica {len(active) + 1} of {j.k}"
+            out.update(name=name, text=text)
+            return out
+        # Every replica in play reported; the decision is a tick away.
         out.update(name="validating", text=f"validating {reported} result(s)")
         return out
     top = max(_REPLICA_RANK[r.state] for r in waiting)

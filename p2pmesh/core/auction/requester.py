@@ -76,9 +76,9 @@ DEFAULT_HIDDEN_RATE = 0.10
 
 
 def max_replicas_for(k: int) -> int:
-    """Replicas a job may grow to when its results disagree: room for one side to lead by the
-    majority rule's margin of two (majority.py) after a hidden replica dissents."""
-    return 2 * k + 3
+    """Replicas a job may grow to when its results disagree. With a hidden replica k is one
+    more, which leaves room for an honest side to lead a ring of two by the margin (5 of 7)."""
+    return 2 * k + 1
 
 
 @dataclass(slots=True)

@@ -208,7 +208,7 @@ def cmd_jobs(args: argparse.Namespace, home: Path) -> int:
         sys.stdout.write(json.dumps(jobs, indent=2, sort_keys=True) + "\n")
         return 0
     t = Table(title=f"Jobs ({len(jobs)})")
-    for col in ("job", "role", "name", "image", "state", "workers / requester", "price"):
+    for col in ("job", "role", "name", "image", "state", "phase", "workers / requester", "price"):
         t.add_column(col)
     for j in jobs:
         if j["role"] == "requester":
@@ -217,12 +217,15 @@ def cmd_jobs(args: argparse.Namespace, home: Path) -> int:
         else:
             who = "…" + j["requester"][-8:]
             price = str(j.get("price", ""))
+        # What an open job of ours waits for (``job ID`` says why); nothing once it ended.
+        name = _phase_name(j) if j["role"] == "requester" else ""
         t.add_row(
             j["job_id"][:12],
             j["role"],
             Text(j["name"]),
             Text(j["image"]),
             Text(j["state"], style=STATE_STYLE.get(j["state"], "")),
+            Text(name if name != j["state"] else ""),
             who,
             price,
         )

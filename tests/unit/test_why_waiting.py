@@ -359,3 +359,22 @@ def test_results_that_disagree_look_for_one_more_replica_and_say_who_is_left() -
         "2 result(s) in; offering replica 3 of 3; "
         "no bids yet: 2 peers known, 0 fit (2 were already tried)"
     )
+
+
+def test_jobs_table_has_a_phase_column(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    import argparse
+    from pathlib import Path
+
+    from p2pmesh.cli import client
+    from p2pmesh.cli import jobs as jobs_cli
+
+    mesh = known_mesh()
+    mesh.scripts = {"B": Script(inputs_hang=True), "C": Script(inputs_hang=True)}
+    mesh.submit("A", make_job(redundancy=2, timeout_s=60))
+    docs = mesh.node("A").jobs(float(mesh.now))
+    assert [d["state"] for d in docs if d["role"] == "requester"] == ["awarded"]
+    monkeypatch.setattr(client, "request", lambda home, cmd, args=None: docs)
+    monkeypatch.setenv("COLUMNS", "160")
+    assert jobs_cli.cmd_jobs(argparse.Namespace(json=False), Path("/nonexistent")) == 0
+    out = capsys.readouterr().out
+    assert "phase" in out and "fetching inputs" in out, out

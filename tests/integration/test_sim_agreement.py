@@ -14,7 +14,10 @@ What the protocol decides, and so must be equal on both sides:
 * every job ends ``done`` and accepts the right answer: the cheater's answer is unique to it, so
   it never has the two agreeing replicas a verdict needs (``_maybe_decide``);
 * a job has 3 replicas if the cheater ran in it (its answer and an honest one disagree, one
-  more is added, the two honest ones agree) and 2 otherwise;
+  more is added; 2 against 1 is no lead of two, PROTOCOL.md §8.1, but the fourth replica's
+  offer round finds nobody left, so the plain majority decides) and 2 otherwise; the requester
+  adds no hidden replica (``--hidden-replicas 0``, and the same setting in the simulator),
+  which would make the counts random;
 * the first job has the cheater: nobody has evidence yet, and at price 0 its bid scores
   (0.25 + 0.1) · 11/11 against (0.25 + 0.1) · 10/11 for an honest one (``selection.score``);
 * once the requester holds a verdict against it, the cheater is never awarded again
@@ -82,6 +85,8 @@ BID_WINDOW_S = 2  # the daemon's default, and the simulator's
 RUN_S = 0.25
 MAX_JOBS = 2  # the simulator's job slots per worker (simulations/peer.py ``capabilities``)
 SEED = 1
+# No hidden replica on either side (PROTOCOL.md §8.7): the counts stay exact.
+NODE = {"hidden_replicas": 0.0}
 JOB_TIMEOUT_S = 90.0
 LEDGER_TIMEOUT_S = 30.0
 
@@ -173,7 +178,7 @@ def run_daemons(base: Path, cases: list[JobCase]) -> Outcome:
         node_args={
             **{i: ["--price", str(HONEST_PRICE)] for i in HONEST},
             CHEATER: ["--price", str(CHEATER_PRICE)],
-            REQUESTER: ["--no-work"],
+            REQUESTER: ["--no-work", "--hidden-replicas", "0"],
         },
         max_jobs=MAX_JOBS,
     )
@@ -227,7 +232,7 @@ def run_simulator(cases: list[JobCase]) -> Outcome:
         scripted_job(c.path, at=i * SPACING_S, requester=REQUESTER, run_s=RUN_S)
         for i, c in enumerate(cases)
     ]
-    replay: Replay = run_script("agreement", behaviours(), script, seed=SEED)
+    replay: Replay = run_script("agreement", behaviours(), script, seed=SEED, node=NODE)
     ids = [replay.peer_id(i) for i in range(len(replay.sim.peers))]
     docs = [replay.job(n) for n in range(len(cases))]
     rows = [

@@ -781,6 +781,26 @@ def test_results_that_disagree_are_never_accepted() -> None:
     assert any("results disagree" in text for _, text in j.history)
 
 
+def test_a_small_mesh_out_of_workers_decides_by_a_plain_majority() -> None:
+    # Three workers, one cheats: 1 against 1, then 2 against 1 is no lead of two, and the
+    # fourth replica's offer round finds nobody. The plain majority then decides (§8.1). Two
+    # against one proves nothing to others (a proof needs a lead of two, §8.8), but the
+    # requester itself has caught the cheater: no more work from it here.
+    mesh = Mesh(prices=(3, 1, 2, 3))
+    mesh.scripts = {"B": Script(output_digest=_digest(b"odd"))}
+    mesh.submit("A", make_job())
+    mesh.run_job()
+    j = mesh.job()
+    assert j.state == "done" and j.accepted_digest == OUT, j.history
+    assert j.starved and any("plain majority" in text for _, text in j.history)
+    assert mesh.workers() == {"B": "reported", "C": "reported", "D": "reported"}
+    [v] = _verdicts(mesh)
+    assert [mesh.names[w] for w in v.dissenting] == ["B"]
+    a = mesh.node("A")
+    assert not a.excluded(mesh.ids["B"]) and a.book.credibility(mesh.ids["B"], mesh.now) == 0.0
+    assert not [e for e in mesh.effects(Publish, "A") if e.topic == "p2pmesh/proofs/1"]
+
+
 def test_results_that_never_agree_end_inconclusive() -> None:
     mesh = Mesh(prices=(3, 1, 2, 3, 4, 5))
     mesh.scripts = {w: Script(output_digest=_digest(w.encode())) for w in "BCDEF"}

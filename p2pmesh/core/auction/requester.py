@@ -118,6 +118,7 @@ class RequesterJob:
     max_replicas: int = 0
     spot_check: bool = False
     hidden: bool = False  # one replica more than the job's public redundancy (§8.7)
+    starved: bool = False  # no replica could be added: a plain majority decides (§8.1)
     fetched: set[str] = field(default_factory=set)  # outputs held locally (numeric mode)
     fetching: set[str] = field(default_factory=set)
     groups: list[list[str]] | None = None  # numeric comparison of the current reported set
@@ -456,6 +457,8 @@ class Requester:
             yield Alarm((rep.awarded_at + j.spec.timeout_s + GRACE_S + 1, "no-result", rep, INF))
         if j.state == "bidding":
             yield Alarm((j.window_ends, "window", None, INF))
+        elif self._escalating(j):
+            yield Alarm((j.window_ends + 1, "starved", None, INF))
 
     def tick(self, now: int) -> list[Effect]:
         out: list[Effect] = []
@@ -499,6 +502,12 @@ class Requester:
             return self._lose(j, rep, now, f"silent for {now - heard} s")
         if what == "no-result":
             return self._lose(j, rep, now, "no result within the job timeout")
+        if what == "starved":
+            # An added replica's offer round closed and nobody could take it: a small mesh has
+            # run out of workers. Decide by a plain majority rather than wait for the deadline.
+            j.starved = True
+            j.note(now, "no replica to add: a plain majority decides")
+            return [*self._maybe_decide(j, now), self._persist(j, now)]
         assert what == "window"
         if j.bids:
             return self._award(j, now)
@@ -677,6 +686,18 @@ class Requester:
         out.append(self._persist(j, now))
         return out
 
+    def _escalating(self, j: RequesterJob) -> bool:
+        """Every replica in play reported, one more is wanted, and an offer round for it was
+        published (its window is ``window_ends``): the case a plain majority may settle."""
+        active = j.active()
+        return (
+            not j.starved
+            and bool(active)
+            and j.window_ends > 0
+            and len(active) < j.k
+            and all(r.state == "reported" for r in active)
+        )
+
     def _hide_one(self, j: RequesterJob, now: int) -> int:
         """Maybe one replica more than the job says, decided once, at the first award.
 
@@ -785,6 +806,7 @@ class Requester:
             numeric=j.spec.validation.mode == "numeric",
             compared=j.compared,
             groups=None if j.groups is None else tuple(tuple(g) for g in j.groups),
+            margin=1 if j.starved else 2,
         )
         return majority.decide(votes, rule)
 
@@ -1021,6 +1043,8 @@ class Requester:
             for w in d.agreeing
             if (r := j.replicas.get(w)) is not None and r.result is not None
         ][: len(d.dissenting) + proofs.MARGIN]
+        if len(agreeing) < len(d.dissenting) + proofs.MARGIN:
+            return []  # decided by a plain majority (no worker left to add): nothing to prove
         out: list[Effect] = []
         for w in d.dissenting[:4]:
             rep = j.replicas.get(w)
@@ -1262,6 +1286,7 @@ def to_doc(j: RequesterJob) -> dict[str, Any]:
         "max_replicas": j.max_replicas,
         "spot_check": j.spot_check,
         "hidden": j.hidden,
+        "starved": j.starved,
         "fetched": sorted(j.fetched),
         "compared": list(j.compared),
         "groups": j.groups,
@@ -1290,6 +1315,7 @@ def from_doc(doc: dict[str, Any], requester_id: str, now: int) -> RequesterJob:
         auto=doc.get("auto", False),
         max_replicas=doc.get("max_replicas", 2 * doc["k"] + 1),
         hidden=doc.get("hidden", False),
+        starved=doc.get("starved", False),
         spot_check=doc.get("spot_check", False),
         fetched=set(doc.get("fetched", [])),
         compared=tuple(doc.get("compared", [])),

@@ -17,7 +17,7 @@ import contextlib
 import json
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,6 +62,28 @@ def docker_client() -> Any:
     except Exception:
         return None
     return client
+
+
+def docker_engine() -> Iterator[Any]:
+    """The body of a Docker test module's ``engine`` fixture: skip the module when no engine
+    answers or an image is missing, yield a client, close it after."""
+    import pytest
+
+    why = docker_missing()
+    if why:
+        pytest.skip(why)
+    client = docker_client()
+    assert client is not None
+    yield client
+    client.close()
+
+
+def close_mesh(mesh: Mesh, engine: Any) -> None:
+    """Stop a test's mesh, then remove (and say) any container its daemons left behind."""
+    mesh.close()
+    left = remove_leftovers(engine, mesh.nodes)
+    if left:
+        print(f"removed containers left behind by the daemons: {left}")
 
 
 def docker_missing(images: Sequence[str] = (BUSYBOX, PYTHON)) -> str | None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jobmesh import docker_client, docker_missing, remove_leftovers
+from jobmesh import close_mesh, docker_engine
 from mesh import Mesh, MeshNode, wait_until
 from trustmesh import (
     export,
@@ -46,13 +46,7 @@ JOB_TIMEOUT_S = 240.0
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Any]:
-    why = docker_missing()
-    if why:
-        pytest.skip(why)
-    client = docker_client()
-    assert client is not None
-    yield client
-    client.close()
+    yield from docker_engine()
 
 
 @pytest.fixture(scope="module")
@@ -70,10 +64,7 @@ def ringed(tmp_path_factory: pytest.TempPathFactory, engine: Any) -> Iterator[Me
     try:
         yield mesh
     finally:
-        mesh.close()
-        left = remove_leftovers(engine, mesh.nodes)
-        if left:
-            print(f"removed containers left behind by the daemons: {left}")
+        close_mesh(mesh, engine)
 
 
 def _ring_joins(mesh: Mesh, ring_dir: Path) -> list[MeshNode]:

@@ -27,8 +27,7 @@ import pytest
 from jobmesh import (
     ALLOW_OURS,
     containers,
-    docker_client,
-    docker_missing,
+    docker_engine,
     history,
     job_doc,
     job_state,
@@ -62,13 +61,7 @@ DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 # -- fixtures -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Any]:
-    why = docker_missing()
-    if why:
-        pytest.skip(why)
-    client = docker_client()
-    assert client is not None
-    yield client
-    client.close()
+    yield from docker_engine()
 
 
 def _mesh(base: Path, n: int, engine: Any) -> Iterator[Mesh]:

@@ -13,17 +13,17 @@ What the protocol decides, and so must be equal on both sides:
 
 * every job ends ``done`` and accepts the right answer: the cheater's answer is unique to it, so
   it never has the two agreeing replicas a verdict needs (``_maybe_decide``);
-* a job has 3 replicas if the cheater ran in it (its answer and an honest one disagree, one
-  more is added; 2 against 1 is no lead of two, PROTOCOL.md §8.1, but the fourth replica's
-  offer round finds nobody left, so the plain majority decides) and 2 otherwise; the requester
-  adds no hidden replica (``--hidden-replicas 0``, and the same setting in the simulator),
-  which would make the counts random;
+* a job has 4 replicas if the cheater ran in it (its answer and an honest one disagree; a third
+  makes 2 against 1, which is no lead of two, PROTOCOL.md §8.1; the fourth, the last honest
+  worker, decides 3 against 1) and 2 otherwise; the requester adds no hidden replica
+  (``--hidden-replicas 0``, and the same setting in the simulator), which would make the
+  counts random;
 * the first job has the cheater: nobody has evidence yet, and at price 0 its bid scores
   (0.25 + 0.1) · 11/11 against (0.25 + 0.1) · 10/11 for an honest one (``selection.score``);
 * once the requester holds a verdict against it, the cheater is never awarded again
   (credibility 0: ``on_bid`` refuses its bids), and it ranks lowest in reputation;
-* the ledger sums to zero, the cheater earns nothing, and the requester spends exactly
-  2 credits per job: each done job pays its two agreeing (honest, price 1) replicas.
+* the ledger sums to zero, the cheater earns nothing, and the requester pays each agreeing
+  (honest, price 1) replica once: 2 per job, 3 where the cheater ran.
 
 What depends on timing, so only its distribution-free invariant is compared: *how many* jobs
 the cheater ran in (those awarded before the first verdict against it), and *which* honest
@@ -33,7 +33,7 @@ every peer it knows of that could bid has bid (``Requester.on_bid``, ``eligible`
 the first job (all four bid) is at once; the simulator does not model capability records, so its
 requester knows no peers and always waits the whole bid window. Its first job therefore ends
 later, and the cheater may already hold the second job's award when it is caught. So each side
-must satisfy "3 replicas exactly where the cheater ran, never awarded after it was caught", and
+must satisfy "4 replicas exactly where the cheater ran, never awarded after it was caught", and
 the honest workers' agreements and earnings are compared as sums, not per worker.
 
 Run with ``-s`` to see the side-by-side table.
@@ -300,8 +300,8 @@ def check_rules(o: Outcome) -> None:
     for r in o.jobs:
         assert r.state == "done", (where, r)
         assert r.accepted_honest is True, (where, r)
-        # A third replica exactly where the cheater's answer had to be outvoted.
-        assert r.replicas == 2 + r.cheater_ran, (where, r)
+        # Two more replicas exactly where the cheater's answer had to be outvoted by two.
+        assert r.replicas == 2 + 2 * r.cheater_ran, (where, r)
         assert r.cheater_ran == r.cheater_dissented, (where, r)
         # No award to the cheater once the requester had caught it.
         assert all(at <= o.caught_at for at in r.cheater_awards), (where, r, o.caught_at)
@@ -309,7 +309,8 @@ def check_rules(o: Outcome) -> None:
     low = o.reputation[CHEATER]["reputation"]
     assert all(o.reputation[i]["reputation"] > low for i in HONEST), (where, o.reputation)
     assert o.reputation[CHEATER]["credibility"] == 0.0, where
-    assert round(o.reputation[CHEATER]["checks_failed"]) == o.cheater_jobs, where
+    # Each job it ran counts twice: the dissent, and the requester's own wrong-result proof.
+    assert round(o.reputation[CHEATER]["checks_failed"]) == 2 * o.cheater_jobs, where
     assert o.ledger_zero_sum, where
     assert o.account(CHEATER, "earned") == 0, where
     assert o.account(REQUESTER, "pending") == 0, where
@@ -330,11 +331,12 @@ def test_daemon_and_simulator_agree(docker_ready: None, tmp_path: Path) -> None:
     assert [(r.state, r.accepted_honest) for r in daemons.jobs] == [
         (r.state, r.accepted_honest) for r in sim.jobs
     ]
-    # Equal in total, whoever won which job: two agreeing honest replicas per job, each
-    # paid its price once; the cheater ran in at least the first job on both sides.
+    # Equal in total, whoever won which job: two agreeing honest replicas per job (three where
+    # the cheater ran), each paid its price once; the cheater ran in at least the first job.
     for o in (daemons, sim):
-        assert round(o.honest_sum("checks_passed")) == 2 * JOBS, o.side
-        assert o.account(REQUESTER, "spent") == 2 * JOBS * HONEST_PRICE, o.side
-        assert o.account(REQUESTER, "payments_out") == 2 * JOBS, o.side
-        assert o.honest_sum("earned", "balances") == 2 * JOBS * HONEST_PRICE, o.side
-        assert sum(r.replicas for r in o.jobs) == 2 * JOBS + o.cheater_jobs, o.side
+        agreed = 2 * JOBS + o.cheater_jobs
+        assert round(o.honest_sum("checks_passed")) == agreed, o.side
+        assert o.account(REQUESTER, "spent") == agreed * HONEST_PRICE, o.side
+        assert o.account(REQUESTER, "payments_out") == agreed, o.side
+        assert o.honest_sum("earned", "balances") == agreed * HONEST_PRICE, o.side
+        assert sum(r.replicas for r in o.jobs) == 2 * JOBS + 2 * o.cheater_jobs, o.side

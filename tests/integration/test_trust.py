@@ -51,11 +51,10 @@ from typing import Any
 import pytest
 from jobmesh import (
     PYTHON,
-    docker_client,
-    docker_missing,
+    close_mesh,
+    docker_engine,
     job_state,
     offer,
-    remove_leftovers,
     request,
     write_job,
 )
@@ -111,20 +110,11 @@ RANDOM_SH = "od -An -N8 -tx8 /dev/urandom > /out/x.txt\n"
 # -- fixtures -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Any]:
-    why = docker_missing()
-    if why:
-        pytest.skip(why)
-    client = docker_client()
-    assert client is not None
-    yield client
-    client.close()
+    yield from docker_engine()
 
 
 def _close(mesh: Mesh, engine: Any) -> None:
-    mesh.close()
-    left = remove_leftovers(engine, mesh.nodes)
-    if left:
-        print(f"removed containers left behind by the daemons: {left}")
+    close_mesh(mesh, engine)
 
 
 @pytest.fixture(scope="module")

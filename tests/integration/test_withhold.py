@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from jobmesh import docker_client, docker_missing, remove_leftovers
+from jobmesh import close_mesh, docker_engine
 from ledgermesh import balance_cli, ledger_doc
 from mesh import Mesh, wait_until
 from trustmesh import export, fault_env, start_mesh, submit, wait_final, wc_job
@@ -39,19 +39,11 @@ SETTLE_S = 30.0
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[Any]:
-    why = docker_missing()
-    if why:
-        pytest.skip(why)
-    client = docker_client()
-    yield client
-    client.close()
+    yield from docker_engine()
 
 
 def _close(mesh: Mesh, engine: Any) -> None:
-    mesh.close()
-    left = remove_leftovers(engine, mesh.nodes)
-    if left:
-        print(f"removed containers left behind by the daemons: {left}")
+    close_mesh(mesh, engine)
 
 
 def settled_balance(node: Any) -> dict[str, Any]:

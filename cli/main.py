@@ -76,6 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="let replicas of one job share a network prefix (config: prefix_diversity)",
     )
     up.add_argument(
+        "--newcomer-share",
+        type=float,
+        metavar="F",
+        help="chance that one slot of an award goes to a bidder new here, by lottery per "
+        "prefix (config: newcomer_share)",
+    )
+    up.add_argument(
+        "--newcomer-checks",
+        type=int,
+        metavar="N",
+        help="passed checks here before a bidder is established; 0 turns the newcomer rule off "
+        "(config: newcomer_checks)",
+    )
+    up.add_argument(
         "--spot-check",
         type=float,
         metavar="F",

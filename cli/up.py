@@ -53,6 +53,8 @@ def run_up(args: argparse.Namespace, home: Path) -> int:
         "recover_window": args.recover_window,
         "recover": args.recover,
         "no_prefix_diversity": args.no_prefix_diversity,
+        "newcomer_share": args.newcomer_share,
+        "newcomer_checks": args.newcomer_checks,
     }
     ensure_home(home)
     settings = build_settings(home, flags)

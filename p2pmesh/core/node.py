@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2pmesh.core import capability, reputation, topics
-from p2pmesh.core.auction import admission
+from p2pmesh.core.auction import admission, newcomers
 from p2pmesh.core.auction import provider as provider_mod
 from p2pmesh.core.auction import requester as requester_mod
 from p2pmesh.core.auction.messages import parse_verdict
@@ -65,6 +65,7 @@ from p2pmesh.errors import DecodeError, ValidationError
 
 # Restoring a stored job document can fail in as many ways as the document can be damaged.
 _DOC_ERRORS = (DecodeError, ValidationError, KeyError, TypeError, ValueError, AttributeError)
+MAX_NEWCOMER_CHECKS = 1000  # credibility for "auto" needs ~920; more would keep everyone new
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,11 @@ class NodeConfig:
     # At most one replica of a job per observed network prefix (/24, /48; §8.6): one owner's
     # machines must not outvote the rest. Loopback peers are each their own prefix.
     prefix_diversity: bool = True
+    # Newcomers (fewer than newcomer_checks passed checks here, or a failed one) get at most
+    # one slot per award decision, with this probability, by lottery per prefix (§8.7), and
+    # fill the slots established bidders leave empty. newcomer_checks = 0: the rule is off.
+    newcomer_share: float = newcomers.DEFAULT_SHARE
+    newcomer_checks: int = newcomers.DEFAULT_CHECKS
 
     def validate(self) -> None:
         if not 10 <= self.record_ttl_s <= capability.MAX_TTL_S:
@@ -110,6 +116,10 @@ class NodeConfig:
             raise ValueError("connection_grace_s and recover_window_s must be >= 1")
         if self.target_connections < 1:
             raise ValueError("target_connections must be >= 1")
+        if not 0.0 <= self.newcomer_share <= 1.0:
+            raise ValueError("newcomer_share must be in [0, 1]")
+        if not 0 <= self.newcomer_checks <= MAX_NEWCOMER_CHECKS:
+            raise ValueError(f"newcomer_checks must be in [0, {MAX_NEWCOMER_CHECKS}]")
 
 
 class Node:
@@ -153,6 +163,11 @@ class Node:
         )
         self.requester.pay = self.ledger.pay
         self.requester.excluded = self.ledger.ledger.excluded
+        # The lottery groups newcomers by observed prefix even when replica diversity is off:
+        # a swarm's many identities in few prefixes must not buy it more tickets.
+        self.requester.newcomer_rule = newcomers.NewcomerRule(
+            share=config.newcomer_share, checks=config.newcomer_checks, group=self.prefixes.of
+        )
         self.provider.requester_allowed = self.ledger.may_trade_with
 
     # Our own capabilities and record live in Membership; these keep the old spelling.

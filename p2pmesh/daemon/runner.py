@@ -137,6 +137,8 @@ class Daemon:
                 spot_check=settings.spot_check,
                 credit_base=settings.credit_base,
                 prefix_diversity=settings.prefix_diversity,
+                newcomer_share=settings.newcomer_share,
+                newcomer_checks=settings.newcomer_checks,
                 fault_fork_ledger=settings.fault == "fork-ledger",
                 connection_grace_s=settings.connection_grace_s,
                 recover_window_s=settings.recover_window_s,

@@ -13,6 +13,8 @@ Config keys (all optional) mirror the flags of ``p2pmesh up``::
     credit_base = 100      # credits anyone may owe before earning (mutual credit)
     spot_check = 0.1       # share of "auto" jobs run alone by a credible worker that are re-checked
     prefix_diversity = true  # at most one replica of a job per observed /24 (IPv4) or /48 (IPv6)
+    newcomer_share = 0.1   # chance that one slot of an award goes to a newcomer (by lottery)
+    newcomer_checks = 3    # passed checks here before a bidder is established; 0: rule off
     use_shipped_bootstrap = true
     connection_grace_s = 5 # a replica's worker whose connection closed is lost after this
     recover_window_s = 30  # `up --recover`: sign nothing until our chain came back this long
@@ -51,6 +53,8 @@ class Settings:
     recover_window_s: int = 30
     recover: bool = False  # `up --recover`: set a damaged database aside, rebuild from the mesh
     prefix_diversity: bool = True
+    newcomer_share: float = 0.1
+    newcomer_checks: int = 3
     fault: str | None = None  # deliberate misbehaviour for tests and demos (see below)
     fault_after: int = 0  # P2PMESH_FAULT_AFTER: behave for this many jobs first
     fault_slow_s: float = 200.0  # P2PMESH_FAULT_SLOW_S: how late "slow" answers
@@ -73,6 +77,8 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "connection_grace_s": int,
     "recover_window_s": int,
     "prefix_diversity": bool,
+    "newcomer_share": (float, int),
+    "newcomer_checks": int,
 }
 
 
@@ -163,6 +169,8 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
         recover=bool(flags.get("recover", False)),
         prefix_diversity=bool(cfg.get("prefix_diversity", True))
         and not flags.get("no_prefix_diversity", False),
+        newcomer_share=float(pick("newcomer_share", "newcomer_share", 0.1)),
+        newcomer_checks=int(pick("newcomer_checks", "newcomer_checks", 3)),
         fault=read_fault(dict(os.environ)),
         fault_after=int(os.environ.get("P2PMESH_FAULT_AFTER", "0") or 0),
         fault_slow_s=float(os.environ.get("P2PMESH_FAULT_SLOW_S", "200") or 200),
@@ -180,6 +188,10 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
         raise ConfigError("recover_window_s must be in [5, 3600]")
     if not 0.0 <= s.spot_check <= 1.0:
         raise ConfigError("spot_check must be between 0 and 1")
+    if not 0.0 <= s.newcomer_share <= 1.0:
+        raise ConfigError("newcomer_share must be between 0 and 1")
+    if not 0 <= s.newcomer_checks <= 1000:
+        raise ConfigError("newcomer_checks must be in [0, 1000]")
     if len(s.allow_images) > 64 or any(not 0 < len(g) <= 256 for g in s.allow_images):
         raise ConfigError("allow_image: at most 64 patterns of 1..256 characters")
     for a in (*s.listen, *s.bootstrap):

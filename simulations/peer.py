@@ -145,6 +145,7 @@ class SimPeer:
             # allows keeps the node from re-signing one every 150 s for nobody.
             record_ttl_s=3600,
             fault_fork_ledger=behaviour.fork_ledger,
+            **dict(sim.plan.node_config),
         )
         self.rng = random.Random(sim.engine.rng.getrandbits(64))
         self.node: Node | None = None

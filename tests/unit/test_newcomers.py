@@ -201,6 +201,15 @@ def test_lottery_is_deterministic_and_ignores_bid_order() -> None:
     assert decision_seed("j", 0, 0) != decision_seed("j", 1, 0) != decision_seed("j", 0, 1)
 
 
+def test_the_lottery_draws_among_idle_newcomers_first() -> None:
+    # A busy bidder (longer ETA) would often decline by the time the award reaches it.
+    bids = [_bid("busy1", eta=7), _bid("idle", eta=2), _bid("busy2", eta=12)]
+    for d in range(50):
+        assert _choose(bids, _rule(set(), seed=bytes([d])), k=1) == ["idle"]
+        assert _choose(bids, _rule(set(), seed=bytes([d])), k=3)[0] == "idle"
+        assert len(_choose(bids, _rule(set(), seed=bytes([d])), k=3)) == 3
+
+
 def test_lottery_of_nothing_is_none() -> None:
     assert lottery([], group=str, seed=b"", draw_no=0) is None
 

@@ -62,8 +62,13 @@ def choose_winners(
     # Newcomers, by lottery: the admitted slot, then whatever the established left empty.
     draw_no = 0
     while len(pick.winners) < k:
+        fit = [b for b in new if pick.fits(b)]
+        # Idle first: a newcomer that says it is busy would often have filled up by the time
+        # the award reaches it and decline. A swarm that always claims to be idle gains no
+        # ticket by it: the draw is still one per prefix.
+        soonest = min((b.eta_s for b in fit), default=0)
         b = lottery(
-            (b for b in new if pick.fits(b)),
+            (b for b in fit if b.eta_s <= soonest),
             group=newcomers.group,
             seed=newcomers.seed,
             draw_no=draw_no,

@@ -222,6 +222,46 @@ def test_newcomers_fill_what_established_bidders_leave() -> None:
         assert len(got) == 3 and "e1" in got
 
 
+def test_empty_slots_go_to_the_newcomers_furthest_on_the_ramp_first() -> None:
+    # Without that, a requester whose bidders are all new would spread its awards so thinly
+    # that nobody ever passed enough checks with it to become established.
+    ramp = {"two": 2, "one": 1}
+    bids = [_bid("two"), _bid("one")] + [_bid(f"n{i}") for i in range(20)]
+    for d in range(50):
+        nc = Newcomers(
+            established=lambda p: False,
+            group=lambda p: p,
+            share=0.0,
+            seed=bytes([d]),
+            progress=lambda p: ramp.get(p, 0),
+        )
+        assert _choose(bids, nc, k=3)[:2] == ["two", "one"]
+    # The admitted slot beside established bidders treats every newcomer alike.
+    est = {f"e{i}" for i in range(3)}
+    more = bids + [_bid(p) for p in sorted(est)]
+    won = set()
+    for d in range(300):
+        nc = Newcomers(
+            established=est.__contains__,
+            group=lambda p: p,
+            share=1.0,
+            seed=bytes([d % 256, d // 256]),
+            progress=lambda p: ramp.get(p, 0),
+        )
+        won |= {p for p in _choose(more, nc, k=2) if p not in est}
+    assert len(won) > 10
+
+
+def test_progress_reads_the_book_and_a_failure_resets_it() -> None:
+    book = ReputationBook("me")
+    book.record("w", "agreed", T, job_id="a")
+    book.record("w", "agreed", T, job_id="b")
+    nc = NewcomerRule().for_decision(book, T, "ab" * 16, 0, 0)
+    assert nc is not None and nc.progress("w") == 2 and nc.progress("x") == 0
+    book.record("w", "dissented", T, job_id="c")
+    assert nc.progress("w") == 0
+
+
 def test_an_all_new_mesh_fills_every_slot_with_diverse_prefixes() -> None:
     group = {f"n{i}": f"p{i}" for i in range(5)}
     bids = [_bid(p) for p in group]

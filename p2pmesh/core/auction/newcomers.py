@@ -7,7 +7,10 @@ verdicts, and others' weighted by its trust in their authors) holds at least ``c
 checks for it and no failed one; every other bidder is a *newcomer*. Established bidders are
 ranked as before (score, prefix diversity). Newcomers get, per award decision, at most one slot
 and only with probability ``share``, unless there are too few established bidders to fill the
-slots, in which case newcomers fill the rest (so a mesh where everyone is new works as before).
+slots, in which case newcomers fill the rest (so a mesh where everyone is new works as before):
+those with the most passed checks here first, so that a requester keeps awarding the workers
+on their way to being established and its established pool grows (a pure lottery would spread
+its awards so thin that no worker ever passed three checks with it).
 
 Newcomer slots are drawn by lottery, never by price (price only has to fit ``max_price`` and
 the budget): first a *prefix* uniformly among the prefixes the newcomer bidders were observed
@@ -53,6 +56,17 @@ def is_established(e: Evidence | None, now: float, checks: int) -> bool:
     return e.checks_failed < FAILED_TOLERANCE and e.checks_passed >= checks
 
 
+def progress(e: Evidence | None, now: float) -> int:
+    """Whole passed checks (decayed) on the way to being established; 0 after a failed one,
+    which resets the ramp (as BOINC's adaptive replication does)."""
+    if e is None:
+        return 0
+    e.decay_to(now)
+    if e.checks_failed >= FAILED_TOLERANCE:
+        return 0
+    return int(e.checks_passed)
+
+
 def _key(seed: bytes, *parts: str) -> bytes:
     return hashlib.sha256(seed + b"\x00" + "\x00".join(parts).encode()).digest()
 
@@ -77,6 +91,8 @@ class Newcomers:
     group: Callable[[str], str]  # peer ID -> the prefix it was observed from (its lottery urn)
     share: float  # probability that one slot goes to a newcomer when enough are established
     seed: bytes  # decision_seed(...)
+    # peer ID -> whole passed checks here (0 after a failed one): who fills empty slots first
+    progress: Callable[[str], int] = lambda p: 0
 
     def admits_newcomer(self) -> bool:
         return draw(self.seed, "share") < self.share
@@ -108,6 +124,7 @@ class NewcomerRule:
             group=self.group or (lambda p: f"peer:{p}"),
             share=self.share,
             seed=decision_seed(job_id, round_, awarded),
+            progress=lambda p: progress(evidence.get(p), now),
         )
 
 

@@ -59,27 +59,40 @@ def choose_winners(
     # with probability ``share``: a swarm's size buys it nothing beyond that.
     quota = 1 if new and k > 0 and newcomers.admits_newcomer() else 0
     pick.greedy(established, k - quota)
-    # Newcomers, by lottery: the admitted slot, then whatever the established left empty.
-    draw_no = 0
-    while len(pick.winners) < k:
-        fit = [b for b in new if pick.fits(b)]
-        # Idle first: a newcomer that says it is busy would often have filled up by the time
-        # the award reaches it and decline. A swarm that always claims to be idle gains no
-        # ticket by it: the draw is still one per prefix.
-        soonest = min((b.eta_s for b in fit), default=0)
-        b = lottery(
-            (b for b in fit if b.eta_s <= soonest),
-            group=newcomers.group,
-            seed=newcomers.seed,
-            draw_no=draw_no,
-        )
-        if b is None:
-            break
-        pick.take(b)
+    if quota and len(pick.winners) < k:
+        # The admitted slot: every newcomer alike, so that the truly new get in at all.
+        _draw(pick, new, newcomers, 0, ramp=False)
+    # Slots the established bidders leave empty: newcomers, the furthest on the ramp first.
+    draw_no = 1
+    while len(pick.winners) < k and _draw(pick, new, newcomers, draw_no, ramp=True):
         draw_no += 1
     # The admitted newcomer slot found no newcomer that fits (budget, prefix): established.
     pick.greedy(established, k)
     return pick.winners
+
+
+def _draw(pick: _Picker, new: list[Bid], newcomers: Newcomers, draw_no: int, *, ramp: bool) -> bool:
+    """One lottery draw among the newcomers that fit; False when none fits."""
+    fit = [b for b in new if pick.fits(b)]
+    if not fit:
+        return False
+    # Idle first: a newcomer that says it is busy would often have filled up by the time the
+    # award reaches it and decline. A swarm that always claims to be idle gains no ticket by
+    # it: the draw is still one per prefix.
+    soonest = min(b.eta_s for b in fit)
+    fit = [b for b in fit if b.eta_s <= soonest]
+    if ramp:
+        top = max(newcomers.progress(b.bidder) for b in fit)
+        fit = [b for b in fit if newcomers.progress(b.bidder) == top]
+    b = lottery(
+        fit,
+        group=newcomers.group,
+        seed=newcomers.seed,
+        draw_no=draw_no,
+    )
+    assert b is not None
+    pick.take(b)
+    return True
 
 
 class _Picker:

@@ -288,7 +288,17 @@ def cmd_reputation(args: argparse.Namespace) -> int:
     console = make_console()
     rows = result if isinstance(result, list) else [result]
     t = Table(title="Reputation (Beta prior 1:9, 7-day half-life)")
-    for col in ("peer", "reputation", "credibility", "good", "bad", "checks ok", "checks failed"):
+    cols = (
+        "peer",
+        "reputation",
+        "credibility",
+        "good",
+        "bad",
+        "checks ok",
+        "checks failed",
+        "here",
+    )
+    for col in cols:
         t.add_column(col, justify="left" if col == "peer" else "right")
     for r in rows:
         t.add_row(
@@ -299,6 +309,7 @@ def cmd_reputation(args: argparse.Namespace) -> int:
             f"{r['bad']:.1f}",
             f"{r['checks_passed']:.1f}",
             f"{r['checks_failed']:.1f}",
+            _standing(r.get("newcomer")),
         )
     console.print(t)
     if not isinstance(result, list):
@@ -311,6 +322,15 @@ def cmd_reputation(args: argparse.Namespace) -> int:
                 )
             )
     return 0
+
+
+def _standing(doc: Any) -> str:
+    """Established (ranked by score) or newcomer (drawn by lottery) at this node (§8.7)."""
+    if not isinstance(doc, dict) or doc.get("rule") != "on":
+        return "–"
+    if doc.get("established"):
+        return "established"
+    return f"new {doc.get('progress', 0)}/{doc.get('checks_needed', '?')}"
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -509,6 +509,24 @@ class Node:
             if self.config.prefix_diversity
             else "off",
         }
+        doc["newcomer"] = self._newcomer_doc(peer_id, now)
+        return doc
+
+    def _newcomer_doc(self, peer_id: str, now: float) -> dict[str, Any]:
+        """Established (ranked by score when it bids here) or a newcomer (by lottery, §8.7)."""
+        e = self.book.evidence.get(peer_id)
+        checks = self.config.newcomer_checks
+        return {
+            "established": newcomers.is_established(e, now, checks),
+            "checks_needed": checks,
+            "progress": newcomers.progress(e, now),
+            "share": self.config.newcomer_share,
+            "rule": "on" if checks > 0 else "off",
+        }
+
+    def _explain(self, peer_id: str, now: float) -> dict[str, Any]:
+        doc = self.book.explain(peer_id, now)
+        doc["newcomer"] = self._newcomer_doc(peer_id, now)
         return doc
 
     def reputation(self, peer: str | None, now: float) -> Any:
@@ -519,8 +537,8 @@ class Node:
             matches = [p for p in known if p.endswith(peer.lstrip("…")) or p == peer]
             if len(matches) != 1:
                 raise ValueError(f"no single peer matches {peer!r}")
-            return self.book.explain(matches[0], now)
-        return sorted((self.book.explain(p, now) for p in known), key=lambda d: -d["reputation"])
+            return self._explain(matches[0], now)
+        return sorted((self._explain(p, now) for p in known), key=lambda d: -d["reputation"])
 
     def validate_gossip(self, topic: str, data: bytes, now: float) -> topics.Validation:
         """The topic validator of ``topic`` (``core/topics.py``): ACCEPT, IGNORE or REJECT."""

@@ -99,6 +99,24 @@ def test_rule_reads_the_requesters_book() -> None:
     assert NewcomerRule(checks=0).for_decision(book, T, "ab" * 16, 0, 0) is None
 
 
+def test_reputation_view_says_whether_a_peer_is_established() -> None:
+    mesh = Mesh(config=NodeConfig())
+    node = mesh.node("A")
+    doc = node.explain_reputation(mesh.ids["B"], T)
+    assert doc["newcomer"] == {
+        "established": False,
+        "checks_needed": 3,
+        "progress": 0,
+        "share": 0.1,
+        "rule": "on",
+    }
+    mesh.submit("A", make_job())
+    mesh.run_job()  # two workers pass one check each with A
+    rows = node.reputation(None, mesh.now)
+    assert sorted(r["newcomer"]["progress"] for r in rows) == [1, 1]
+    assert not any(r["newcomer"]["established"] for r in rows)
+
+
 def test_settings_are_checked() -> None:
     with pytest.raises(ValueError):
         NewcomerRule(share=1.5)

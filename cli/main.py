@@ -90,6 +90,19 @@ def build_parser() -> argparse.ArgumentParser:
         "(config: newcomer_checks)",
     )
     up.add_argument(
+        "--hidden-replicas",
+        type=float,
+        metavar="F",
+        help="share of checked jobs given one replica more than their redundancy, which no "
+        "worker can see (config: hidden_replicas)",
+    )
+    up.add_argument(
+        "--proof-exclusion",
+        type=float,
+        metavar="W",
+        help="total weight of wrong-result proofs that excludes a worker (config: proof_exclusion)",
+    )
+    up.add_argument(
         "--spot-check",
         type=float,
         metavar="F",
@@ -113,6 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="with --recover: seconds to fetch our own chain before signing anything "
         "(config: recover_window_s)",
+    )
+    up.add_argument(
+        "--http",
+        metavar="ADDR",
+        help="HOST:PORT of the status page, /metrics and /api (default 127.0.0.1:8484, the next "
+        "free port if taken; port 0: any free port; off: none) (config: http)",
+    )
+    up.add_argument(
+        "--http-public",
+        action="store_true",
+        help="allow --http on a non-loopback address (config: http_public)",
     )
     up.add_argument(
         "--record-ttl",
@@ -208,7 +232,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(snap)
     else:
-        make_console().print(views.dashboard(snap, time.time()))
+        console = make_console()
+        console.print(views.dashboard(snap, time.time(), width=console.width))
     return 0
 
 
@@ -325,7 +350,7 @@ def cmd_reputation(args: argparse.Namespace) -> int:
 
 
 def _standing(doc: Any) -> str:
-    """Established (ranked by score) or newcomer (drawn by lottery) at this node (§8.7)."""
+    """Established (ranked by score) or newcomer (drawn by lottery) at this node (§8.9)."""
     if not isinstance(doc, dict) or doc.get("rule") != "on":
         return "–"
     if doc.get("established"):

@@ -48,6 +48,8 @@ def run_up(args: argparse.Namespace, home: Path) -> int:
         "no_work": args.no_work,
         "record_ttl": args.record_ttl,
         "spot_check": args.spot_check,
+        "hidden_replicas": args.hidden_replicas,
+        "proof_exclusion": args.proof_exclusion,
         "credit_base": args.credit_base,
         "connection_grace": args.connection_grace,
         "recover_window": args.recover_window,
@@ -55,6 +57,8 @@ def run_up(args: argparse.Namespace, home: Path) -> int:
         "no_prefix_diversity": args.no_prefix_diversity,
         "newcomer_share": args.newcomer_share,
         "newcomer_checks": args.newcomer_checks,
+        "http": args.http,
+        "http_public": args.http_public,
     }
     ensure_home(home)
     settings = build_settings(home, flags)
@@ -66,6 +70,13 @@ def run_up(args: argparse.Namespace, home: Path) -> int:
 
     quiet_libp2p_logging()
     tui = settings.tui and sys.stdout.isatty()
+    if settings.http_public and tui:
+        # Without the live view the daemon's own warning is a log line on stderr already.
+        print(
+            f"p2pmesh: warning: --http-public: {settings.http} serves this node's status, peers, "
+            "jobs and ledger to anyone who can reach it",
+            file=sys.stderr,
+        )
     log = EventLog(json_lines=not tui)
     daemon = Daemon(settings, log)
 
@@ -82,7 +93,8 @@ def run_up(args: argparse.Namespace, home: Path) -> int:
             with Live(console=console, refresh_per_second=2, screen=False, transient=False) as live:
                 while True:
                     try:
-                        live.update(views.dashboard(d.snapshot(), time.time()))
+                        w, h = console.size
+                        live.update(views.dashboard(d.snapshot(), time.time(), width=w, height=h))
                     except Exception as exc:  # a drawing bug must never stop the node
                         d.log("error", "live view failed", error=repr(exc))
                     await trio.sleep(TUI_REFRESH_S)

@@ -26,8 +26,10 @@ from rich.text import Text
 
 __all__ = [
     "THEME",
+    "credits_line",
     "dashboard",
     "events_panel",
+    "jobs_panel",
     "node_panel",
     "peers_table",
     "profile_table",
@@ -343,6 +345,7 @@ def node_panel(node: dict, now: float) -> Panel:
         ("Capabilities", Text(capability_summary(n.get("capabilities")))),
         ("Work", Text("on" if work is True else "off" if work is False else NONE)),
         ("Record seq", Text(NONE if seq is None else str(seq))),
+        ("HTTP", _text(n.get("http") or "off", limit=200)),
     ]
     if shed:
         # Network input dropped under flood (the node's own events never are).
@@ -390,14 +393,263 @@ def events_panel(events: list[dict], limit: int = 10) -> Panel:
     )
 
 
-def dashboard(snapshot: dict, now: float) -> Group:
-    """The live view of ``p2pmesh up``: node panel, peers table, recent events."""
-    s = _map(snapshot)
-    return Group(
-        node_panel(dict(_map(s.get("node"))), now),
-        peers_table(_list(s.get("peers")), now),
-        events_panel(_list(s.get("events"))),
+# --- jobs and credits -------------------------------------------------------------------------
+
+# Requester states after which nothing more happens; a worker's job ends once reported.
+REQUESTER_FINAL = frozenset({"done", "failed", "timeout", "cancelled", "no-bids", "inconclusive"})
+WORKER_FINAL = frozenset({"reported", "cancelled", "expired"})
+
+
+def job_active(job: Mapping[str, Any]) -> bool:
+    final = REQUESTER_FINAL if job.get("role") == "requester" else WORKER_FINAL
+    return job.get("state") not in final
+
+
+def job_elapsed(job: Mapping[str, Any], now: float) -> float | None:
+    """A requested job: since it was offered (until it ended); a job run here: its
+    container's time so far (``running_s``), when one runs."""
+    if job.get("role") != "requester":
+        return _num(job.get("running_s"))
+    created = _num(job.get("created_at"))
+    if created is None:
+        return None
+    end = _num(job.get("finished_at")) if not job_active(job) else None
+    return max(0.0, (end or now) - created)
+
+
+def _pick_jobs(jobs: Any, limit: int) -> tuple[list[Mapping[str, Any]], int]:
+    """Up to ``limit`` rows, shared between the jobs run here and those requested here (one
+    role's unused share goes to the other); in each, the active ones first, then the most
+    recent. Also: how many did not fit."""
+    items = [j for j in _list(jobs) if isinstance(j, Mapping)]
+
+    def order(role_jobs: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        def when(j: Mapping[str, Any]) -> float:
+            return _num(j.get("finished_at")) or _num(j.get("created_at")) or 0.0
+
+        # Newest first; worker documents carry no time, so their list order (newest last).
+        indexed = list(enumerate(role_jobs))
+        indexed.sort(key=lambda ij: (not job_active(ij[1]), -when(ij[1]), -ij[0]))
+        return [j for _, j in indexed]
+
+    run = order([j for j in items if j.get("role") != "requester"])
+    asked = order([j for j in items if j.get("role") == "requester"])
+    limit = max(0, limit)
+    n_run = min(len(run), (limit + 1) // 2)
+    n_asked = min(len(asked), limit - n_run)
+    n_run = min(len(run), limit - n_asked)
+    chosen = run[:n_run] + asked[:n_asked]
+    return chosen, len(items) - len(chosen)
+
+
+def jobs_panel(jobs: Any, now: float, limit: int = 8) -> Panel:
+    """Jobs running here and requested here: state and elapsed time, the active ones first."""
+    items = [j for j in _list(jobs) if isinstance(j, Mapping)]
+    running = sum(1 for j in items if j.get("role") != "requester" and job_active(j))
+    asked = sum(1 for j in items if j.get("role") == "requester" and job_active(j))
+    chosen, hidden = _pick_jobs(items, limit)
+    title = Text(f"Jobs: {running} running here, {asked} requested here", style=THEME["title"])
+    if hidden:
+        title.append(f" (+{hidden} more)", style=THEME["muted"])
+    if not chosen:
+        body: RenderableType = Text("no jobs yet", style=THEME["muted"])
+    else:
+        grid = Table.grid(padding=(0, 1))
+        grid.add_column(no_wrap=True)  # role
+        grid.add_column(no_wrap=True, style=THEME["peer_id"])  # job id
+        grid.add_column(no_wrap=True, overflow="ellipsis", max_width=22)  # name
+        grid.add_column(no_wrap=True, overflow="ellipsis", max_width=14)  # state
+        grid.add_column(no_wrap=True, justify="right")  # elapsed
+        grid.add_column(no_wrap=True, overflow="ellipsis")  # image
+        for j in chosen:
+            is_req = j.get("role") == "requester"
+            state = _safe(j.get("state"), 14)
+            style = (
+                THEME["good"]
+                if state == "done"
+                else THEME["poor"]
+                if state in ("failed", "timeout", "no-bids", "inconclusive")
+                else ""
+            )
+            took = job_elapsed(j, now)
+            grid.add_row(
+                Text("asked" if is_req else "runs", style=THEME["label"]),
+                Text(_safe(j.get("job_id"), 200)[:8]),
+                Text(_safe(j.get("name") or NONE, 22)),
+                Text(state, style=style),
+                Text(NONE if took is None else duration(took), style=THEME["time"]),
+                Text(_safe(j.get("image"), 40), style=THEME["muted"]),
+            )
+        body = grid
+    return Panel(body, title=title, title_align="left", border_style=THEME["border"])
+
+
+def credits_line(balance: Any) -> Text:
+    """``7 cr  (earned 9, spent 2, pending 0; may go to -100)``."""
+    b = _map(balance)
+    if not b:
+        return Text(NONE)
+
+    def n(key: str) -> str:
+        v = _int(b.get(key))
+        return NONE if v is None else str(v)
+
+    bal = _int(b.get("balance"))
+    t = Text(f"{n('balance')} cr", style=THEME["poor"] if bal is not None and bal < 0 else "")
+    t.append(
+        f"  earned {n('earned')} · spent {n('spent')} · pending {n('pending')}"
+        f" · limit -{n('credit_limit')}",
+        style=THEME["muted"],
     )
+    return t
+
+
+# --- the compact live view (80×24 and up) -------------------------------------------------------
+
+COMPACT_WIDTH = 110  # below this the wide peers table wraps its cells; the compact one does not
+
+
+def _compact_node(n: Mapping[str, Any], balance: Any, now: float) -> Panel:
+    started = _num(n.get("started_at"))
+    connected, known = _int(n.get("peers_connected")), _int(n.get("peers_known"))
+    work = n.get("work")
+    line = Text(f"up {NONE if started is None else duration(now - started)}")
+    line.append(
+        f" · peers {NONE if connected is None else connected}/{NONE if known is None else known}"
+    )
+    line.append(f" · work {'on' if work is True else 'off' if work is False else NONE}")
+    shed = _shed_summary(_map(n.get("net")).get("shed"))
+    if shed:
+        line.append(f" · shed {shed}", style=THEME["warning"])
+    rows = [
+        ("Peer ID", _text(n.get("peer_id"), THEME["peer_id"], 200)),
+        ("Node", line),
+        ("Credits", credits_line(balance)),
+        ("HTTP", _text(n.get("http") or "off", limit=200)),
+    ]
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(style=THEME["label"], no_wrap=True)
+    grid.add_column(no_wrap=True, overflow="ellipsis")
+    for label, value in rows:
+        grid.add_row(Text(label), value)
+    return Panel(
+        grid,
+        title=Text("p2pmesh node", style=THEME["title"]),
+        title_align="left",
+        border_style=THEME["border"],
+    )
+
+
+def _compact_peers(peers: Any, now: float, limit: int) -> Table:
+    rows = sorted((p for p in _list(peers) if isinstance(p, Mapping)), key=_sort_key)
+    connected = sum(1 for p in rows if p.get("connected") is True)
+    shown = rows[: max(0, limit)]
+    title = Text(f"Peers ({len(rows)}, {connected} connected)", style=THEME["title"])
+    if len(rows) > len(shown):
+        title.append(f" (+{len(rows) - len(shown)} more)", style=THEME["muted"])
+    table = Table(
+        title=title,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        header_style=THEME["label"],
+        pad_edge=False,
+        expand=False,
+    )
+    table.add_column("Peer", no_wrap=True)
+    table.add_column("CPUs", justify="right", no_wrap=True)
+    table.add_column("RAM", justify="right", no_wrap=True)
+    table.add_column("GPUs", no_wrap=True, overflow="ellipsis", max_width=22)
+    table.add_column("Price", justify="right", no_wrap=True)
+    table.add_column("Rep.", justify="right", no_wrap=True)
+    table.add_column("Seen", justify="right", no_wrap=True)
+    for p in shown:
+        caps = _map(p.get("capabilities"))
+        is_on = p.get("connected") is True
+        peer = Text("● " if is_on else "○ ", style=THEME["connected" if is_on else "disconnected"])
+        peer.append(short_id(p.get("peer_id")), style=THEME["peer_id"])
+        cpus = _int(caps.get("cpus"))
+        table.add_row(
+            peer,
+            Text(NONE if cpus is None else str(cpus)),
+            Text(_ram(caps.get("ram_gb"))),
+            Text(gpus_summary(caps.get("gpus"))),
+            Text(_price(caps.get("price"))),
+            _reputation_cell(p.get("reputation")),
+            Text(ago(p.get("last_seen"), now), style=THEME["time"]),
+        )
+    if not rows:
+        table.add_row(Text("none yet: see --bootstrap, mDNS", style=THEME["muted"]))
+    return table
+
+
+def _compact_events(events: Any, limit: int) -> Panel:
+    items = [e for e in _list(events) if isinstance(e, Mapping)]
+    items.sort(key=lambda e: _num(e.get("ts")) or 0.0)
+    items = items[-limit:] if limit > 0 else []
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True, min_width=8)
+    grid.add_column(no_wrap=True, overflow="ellipsis")
+    for e in items:
+        level = e.get("level") if e.get("level") in ("info", "warning", "error") else "info"
+        # Without colours a warning must still read as one.
+        prefix = "" if level == "info" else f"{level}: "
+        msg = Text(prefix + _safe(e.get("msg", ""), _MAX_MESSAGE), style=THEME[level])
+        grid.add_row(Text(_clock(e.get("ts")), style=THEME["time"]), msg)
+    body: RenderableType = grid if items else Text("no events yet", style=THEME["muted"])
+    return Panel(
+        body,
+        title=Text("Events (UTC)", style=THEME["title"]),
+        title_align="left",
+        border_style=THEME["border"],
+    )
+
+
+def compact_dashboard(snapshot: Mapping[str, Any], now: float, height: int) -> Group:
+    """The live view for a small terminal: everything fits in ``height`` lines (24 and up),
+    no cell wraps at 80 columns; rows that do not fit are counted ("+N more")."""
+    s = _map(snapshot)
+    peers = [p for p in _list(s.get("peers")) if isinstance(p, Mapping)]
+    jobs = [j for j in _list(s.get("jobs")) if isinstance(j, Mapping)]
+    events = [e for e in _list(s.get("events")) if isinstance(e, Mapping)]
+    # Fixed lines: node panel 6, jobs panel borders 2, peers title + header + rule 3, events
+    # panel borders 2; one spare line so that the live view never scrolls the terminal.
+    free = max(3, height - 6 - 2 - 3 - 2 - 1)
+    want = {"jobs": max(1, len(jobs)), "peers": max(1, len(peers)), "events": max(1, len(events))}
+    share = {k: 1 for k in want}
+    free -= 3
+    # Hand out the rest a line at a time: jobs, then peers, then events, each up to its need.
+    while free > 0 and any(share[k] < want[k] for k in want):
+        for k in ("jobs", "peers", "events"):
+            if free > 0 and share[k] < want[k]:
+                share[k] += 1
+                free -= 1
+    if free > 0:
+        share["events"] += free
+    return Group(
+        _compact_node(_map(s.get("node")), s.get("balance"), now),
+        jobs_panel(jobs, now, limit=share["jobs"]),
+        _compact_peers(peers, now, share["peers"]),
+        _compact_events(events, share["events"]),
+    )
+
+
+def dashboard(
+    snapshot: dict, now: float, *, width: int | None = None, height: int | None = None
+) -> Group:
+    """The view of ``p2pmesh up`` and ``p2pmesh status``: node panel with credits, jobs, peers,
+    recent events. Given a terminal ``height`` (the live view), or a ``width`` under
+    ``COMPACT_WIDTH``, the compact layout that fits the screen."""
+    s = _map(snapshot)
+    if height is not None or (width is not None and width < COMPACT_WIDTH):
+        return compact_dashboard(s, now, height if height is not None else 40)
+    node = dict(_map(s.get("node")))
+    parts: list[RenderableType] = [node_panel(node, now)]
+    if "balance" in s:
+        parts.append(Text.assemble(("Credits  ", THEME["label"]), credits_line(s.get("balance"))))
+    if "jobs" in s:
+        parts.append(jobs_panel(s.get("jobs"), now, limit=12))
+    parts += [peers_table(_list(s.get("peers")), now), events_panel(_list(s.get("events")))]
+    return Group(*parts)
 
 
 def _mb(value: Any) -> str:

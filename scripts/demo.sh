@@ -28,6 +28,7 @@ for _ in $(seq 100); do
   [ "$n" = 2 ] && break; sleep 0.2
 done
 "$P" peers --home "$DEMO/node1"
+echo "== node1's status page and /metrics: $("$VENV/bin/python" -c "import json;print(json.load(open('$DEMO/node1/node.json'))['http'])")"
 echo "== offering $JOB from node1 (redundancy 2: two other peers run it, outputs compared)"
 "$P" offer --home "$DEMO/node1" "$JOB" --wait --out "$DEMO/results"
 echo "== outputs"

@@ -14,6 +14,7 @@ command -v dockerd >/dev/null || want docker.io "Docker engine and CLI for the j
 command -v busybox >/dev/null || want busybox-static "the p2pmesh/busybox image"
 command -v debootstrap >/dev/null || want debootstrap "the p2pmesh/python image"
 command -v ip >/dev/null || want iproute2 "the ip command"
+command -v chromium >/dev/null || want chromium "headless browser for the status page test"
 "$PY" -c 'import venv, ensurepip' 2>/dev/null || want python3-venv "the virtual environment"
 # libp2p pins fastecdsa 2.3.2, which has no wheel for this Python and is compiled from source
 # at pip install (C compiler, Python headers, GMP); its two other sdists are pure Python. An

@@ -139,7 +139,40 @@ def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help=f"every node's newcomer_checks; 0 turns the newcomer rule off "
         f"(default {NodeConfig().newcomer_checks})",
     )
+    p.add_argument(
+        "--node-set",
+        type=_node_setting,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a NodeConfig setting for every simulated node (e.g. hidden_replicas=0); repeatable",
+    )
     return p
+
+
+def _node_setting(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` for a NodeConfig field, VALUE parsed as the field's type."""
+    import dataclasses
+
+    from p2pmesh.core.node import NodeConfig
+
+    key, sep, value = text.partition("=")
+    fields = {f.name: f for f in dataclasses.fields(NodeConfig)}
+    if not sep or key not in fields:
+        raise argparse.ArgumentTypeError(
+            f"expected KEY=VALUE with KEY a NodeConfig field, got {text!r}"
+        )
+    default = getattr(NodeConfig(), key)
+    try:
+        if isinstance(default, bool):
+            if value not in ("true", "false"):
+                raise ValueError(value)
+            return key, value == "true"
+        return key, type(default)(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{key}: {value!r} is not a {type(default).__name__}"
+        ) from None
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -191,6 +224,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
         "newcomer_share": args.newcomer_share,
         "newcomer_checks": args.newcomer_checks,
     }
+    if args.node_set:
+        kwargs["node"] = dict(args.node_set)
     err = make_console(stderr=True)
     if args.scenario == ALL:
         return _run_all(args, kwargs, err)

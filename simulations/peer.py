@@ -35,8 +35,8 @@ node only what it ACCEPTs; IGNOREd and REJECTed copies are counted.
 Churn. Leaving stops the machine (containers and transfers die). Coming back is a daemon
 restart: a new ``Node`` restored by ``Node.restore``, the call the daemon makes, from what the
 node had persisted: ledger blocks, fraud proofs, pending payments and job documents, with
-reputation rebuilt from its own stored verdicts (evidence gossiped by others is forgotten, as
-in the daemon).
+reputation rebuilt from its own stored verdicts and the wrong-result proofs it holds (other
+evidence gossiped by others is forgotten, as in the daemon).
 
 Like the daemon, this driver sees only ``Node``'s face (handle, next_wakeup, restore, views).
 """
@@ -145,7 +145,7 @@ class SimPeer:
             # allows keeps the node from re-signing one every 150 s for nobody.
             record_ttl_s=3600,
             fault_fork_ledger=behaviour.fork_ledger,
-            **dict(sim.plan.node_config),
+            **sim.plan.node,
         )
         self.rng = random.Random(sim.engine.rng.getrandbits(64))
         self.node: Node | None = None
@@ -160,6 +160,7 @@ class SimPeer:
         self.record_seq = 0
         self.payments: dict[str, Any] = {}  # what Persist("payments") holds, for restarts
         self.frauds: dict[str, Any] = {}
+        self.proofs: dict[str, bytes] = {}  # what Persist("proofs") holds (wrong-result proofs)
         self.online_since = 0.0
         self.online_s = 0.0  # total time online so far (for utilisation)
         self.busy_s = 0.0  # container-seconds run
@@ -262,6 +263,7 @@ class SimPeer:
             frauds=list(self.frauds.values()),
             payments=list(self.payments.values()),
             jobs=old.job_docs(),
+            proofs=list(self.proofs.values()),
         )
         self.node = node
         self.observed.clear()
@@ -499,6 +501,8 @@ class SimPeer:
                 self.payments[eff.key] = eff.value
         elif table == "frauds":
             self.frauds[eff.key] = eff.value
+        elif table == "proofs":
+            self.proofs[eff.key] = eff.value
         elif table == "meta" and eff.key == "record_seq":
             self.record_seq = int(eff.value)
 

@@ -88,10 +88,10 @@ def script_plan(
     *,
     seed: int = 1,
     net: NetConfig | None = None,
-    node_config: tuple[tuple[str, Any], ...] = (),
+    node: dict[str, Any] | None = None,
 ) -> Plan:
     """A plan that runs exactly ``script`` on peers ``behaviours`` (no churn, no hooks).
-    ``node_config``: ``NodeConfig`` fields every node gets, as the daemons' flags would."""
+    ``node``: ``NodeConfig`` fields every node gets, as the daemons' flags would."""
     if not script:
         raise ValueError("a script needs at least one job")
     for job in script:
@@ -106,7 +106,7 @@ def script_plan(
         net=net or NetConfig(),
         rate=1.0,  # unused: the script says when jobs arrive
         script=tuple(sorted(script, key=lambda j: j.at)),
-        node_config=tuple(node_config),
+        node=dict(node or {}),
     )
 
 
@@ -163,13 +163,11 @@ def run_script(
     seed: int = 1,
     net: NetConfig | None = None,
     settle_s: float = SETTLE_S,
-    node_config: tuple[tuple[str, Any], ...] = (),
+    node: dict[str, Any] | None = None,
 ) -> Replay:
     """Run ``script`` on ``behaviours`` until every job is final and no payment is pending
     (or ``settle_s`` more virtual seconds have passed), and return the outcome."""
-    sim = make_simulation(
-        script_plan(name, behaviours, script, seed=seed, net=net, node_config=node_config)
-    )
+    sim = make_simulation(script_plan(name, behaviours, script, seed=seed, net=net, node=node))
     sim.run()
     # The run stops at the last final state; the payments its verdict started (a proposal to
     # each agreeing worker, their agreements back) are still on their way. Go on until they

@@ -104,11 +104,11 @@ def build_plan(
         raise ValueError("fraction must be in [0, 1]")
     if not 1 <= sybil_prefixes <= 1 << 16:
         raise ValueError("sybil_prefixes must be in [1, 65536]")
-    node_config: list[tuple[str, Any]] = []
+    node: dict[str, Any] = dict(overrides.pop("node", None) or {})
     if newcomer_share is not None:
-        node_config.append(("newcomer_share", float(newcomer_share)))
+        node["newcomer_share"] = float(newcomer_share)
     if newcomer_checks is not None:
-        node_config.append(("newcomer_checks", int(newcomer_checks)))
+        node["newcomer_checks"] = int(newcomer_checks)
     prefixes: list[int] = []
     workload = WorkloadConfig(redundancy=redundancy, target_error=target_error)
     behaviours: list[bh.Behaviour] = [bh.honest() for _ in range(peers)]
@@ -194,7 +194,7 @@ def build_plan(
         rate=rate,
         utilisation=utilisation,
         prefixes=prefixes,
-        node_config=tuple(node_config),
+        node=node,
     )
     return dataclasses.replace(plan, **overrides) if overrides else plan
 

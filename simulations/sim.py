@@ -77,8 +77,8 @@ class Plan:
     # Network prefix (a /24) of each peer, as others observe its connections; peers beyond the
     # list, or all when empty, get a prefix of their own (admission.py, PROTOCOL.md §8.6).
     prefixes: list[int] = field(default_factory=list)
-    # NodeConfig fields every peer's node gets (e.g. newcomer_share), as (name, value) pairs.
-    node_config: tuple[tuple[str, Any], ...] = ()
+    # NodeConfig settings every simulated node gets (``--node-set``), e.g. a protocol knob off.
+    node: dict[str, Any] = field(default_factory=dict)
 
 
 class Simulation:

@@ -21,7 +21,18 @@ DOMAIN_PREFIX = b"p2pmesh/v1/"
 
 # One tag per signed purpose. Adding a purpose adds a tag; tags are never reused.
 PURPOSES = frozenset(
-    {"capability", "offer", "bid", "award", "result", "verdict", "block", "fraud", "cancel"}
+    {
+        "capability",
+        "offer",
+        "bid",
+        "award",
+        "result",
+        "verdict",
+        "block",
+        "fraud",
+        "cancel",
+        "wrong-result",
+    }
 )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from p2pmesh.core import capability, reputation, topics
 from p2pmesh.core.auction import admission, newcomers
+from p2pmesh.core.auction import proofs as proofs_mod
 from p2pmesh.core.auction import provider as provider_mod
 from p2pmesh.core.auction import requester as requester_mod
 from p2pmesh.core.auction.messages import parse_verdict
@@ -26,7 +27,7 @@ from p2pmesh.core.auction.provider import Provider
 from p2pmesh.core.auction.requester import Requester
 from p2pmesh.core.capability import Capabilities, CapabilityRecord
 from p2pmesh.core.crypto import Signer
-from p2pmesh.core.effects import Dial, Effect, ExchangePeers, Log
+from p2pmesh.core.effects import Dial, Effect, ExchangePeers, Log, Persist
 from p2pmesh.core.events import (
     BlocksReceived,
     CancelRequested,
@@ -102,16 +103,26 @@ class NodeConfig:
     # machines must not outvote the rest. Loopback peers are each their own prefix.
     prefix_diversity: bool = True
     # Newcomers (fewer than newcomer_checks passed checks here, or a failed one) get at most
-    # one slot per award decision, with this probability, by lottery per prefix (§8.7), and
+    # one slot per award decision, with this probability, by lottery per prefix (§8.9), and
     # fill the slots established bidders leave empty. newcomer_checks = 0: the rule is off.
     newcomer_share: float = newcomers.DEFAULT_SHARE
     newcomer_checks: int = newcomers.DEFAULT_CHECKS
+    # Share of checked jobs (2+ replicas) given one replica more than their redundancy says,
+    # which no worker can see (§8.7): a ring holding every replica it knows of may not hold all.
+    hidden_replicas: float = 0.10
+    # Wrong-result proofs (§8.8) excluding a worker once their weights (our trust in the
+    # signers vouching for the right output, per requester) add up to this.
+    proof_exclusion: float = 0.5
 
     def validate(self) -> None:
         if not 10 <= self.record_ttl_s <= capability.MAX_TTL_S:
             raise ValueError(f"record_ttl_s must be in [10, {capability.MAX_TTL_S}]")
         if not 0.0 <= self.spot_check <= 1.0:
             raise ValueError("spot_check must be in [0, 1]")
+        if not 0.0 < self.proof_exclusion <= 100.0:
+            raise ValueError("proof_exclusion must be in (0, 100]")
+        if not 0.0 <= self.hidden_replicas <= 1.0:
+            raise ValueError("hidden_replicas must be in [0, 1]")
         if self.connection_grace_s < 1 or self.recover_window_s < 1:
             raise ValueError("connection_grace_s and recover_window_s must be >= 1")
         if self.target_connections < 1:
@@ -153,6 +164,7 @@ class Node:
             eligible=lambda job: self.membership.count_fitting(job.spec),
             connection_grace_s=config.connection_grace_s,
             prefix=self.prefixes.of if config.prefix_diversity else None,
+            hidden_rate=config.hidden_replicas,
         )
         self.provider = Provider(signer, allow_network=config.allow_network)
         self.ledger = LedgerMachine(
@@ -168,6 +180,9 @@ class Node:
         self.requester.newcomer_rule = newcomers.NewcomerRule(
             share=config.newcomer_share, checks=config.newcomer_checks, group=self.prefixes.of
         )
+        self.proofs = proofs_mod.ProofBook(self.peer_id, exclude_at=config.proof_exclusion)
+        self.requester.excluded = self.excluded
+        self.requester.on_proof = self._wrong_result
         self.provider.requester_allowed = self.ledger.may_trade_with
 
     # Our own capabilities and record live in Membership; these keep the old spelling.
@@ -302,6 +317,8 @@ class Node:
             return self.ledger.on_head(data, peer, now)
         if kind == "fraud":
             return self.ledger.on_fraud(data, now)
+        if kind == "wrong-result":
+            return self._wrong_result(data, now)
         return [Log("debug", "unknown message kind", {"kind": kind[:32], "from": peer})]
 
     def _verdict(self, data: bytes, now: int) -> list[Effect]:
@@ -327,6 +344,43 @@ class Node:
                 w, "dissented", now, weight=weight, job_id=v.job_id, source=v.requester
             )
         return []
+
+    def _wrong_result(self, data: bytes, now: float) -> list[Effect]:
+        """A wrong-result proof (§8.8), gossiped or our own: evidence weighted by our trust in
+        the signers who vouch for the accepted output; enough of it excludes the worker."""
+        try:
+            proof = proofs_mod.parse_proof(data)
+        except (DecodeError, ValidationError) as exc:
+            return [Log("debug", "wrong-result proof refused", {"reason": str(exc)})]
+        if self.proofs.holds(proof) or proof.worker == self.peer_id:
+            return []
+        weight = proofs_mod.proof_weight(proof, self._trust, self.peer_id)
+        t = int(now)
+        if weight > 0:
+            self.book.record(
+                proof.worker,
+                "proven-wrong",
+                t,
+                weight=weight,
+                job_id=f"{proof.job_id}/proof",
+                source=proof.requester if proof.requester != self.peer_id else "",
+            )
+        newly = self.proofs.add(proof, weight)
+        out: list[Effect] = [Persist("proofs", proof.key, proof.raw)]
+        if newly:
+            out.append(
+                Log(
+                    "warning",
+                    "worker excluded by wrong-result proofs",
+                    {"worker": proof.worker, "job": proof.job_id, "requester": proof.requester},
+                )
+            )
+        return out
+
+    def _trust(self, peer: str) -> float:
+        """Our trust in ``peer`` above the prior, 0..1: what a stranger's word is worth."""
+        prior = reputation.PRIOR_GOOD / (reputation.PRIOR_GOOD + reputation.PRIOR_BAD)
+        return max(0.0, (self.book.score(peer, self._now) - prior) / (1 - prior))
 
     def next_wakeup(self) -> float:
         """The earliest ``now`` at which a ``Ticked`` would do anything (``-inf``: at once).
@@ -356,6 +410,7 @@ class Node:
         payments: Iterable[dict[str, Any]] = (),
         jobs: Iterable[tuple[str, dict[str, Any]]] = (),
         recovering: bool = False,
+        proofs: Iterable[bytes] = (),
     ) -> list[Effect]:
         """Rebuild a fresh node from what an earlier run persisted; returns effects to execute.
 
@@ -388,6 +443,9 @@ class Node:
                 out.append(
                     Log("error", "could not restore job", {"job": job_id, "error": repr(exc)})
                 )
+        # After the jobs: our own verdicts have rebuilt the evidence proofs are weighed by.
+        for raw in proofs:
+            out += [e for e in self._wrong_result(raw, now) if not isinstance(e, Persist)]
         return out
 
     def job_docs(self) -> list[tuple[str, dict[str, Any]]]:
@@ -502,6 +560,7 @@ class Node:
     def explain_reputation(self, peer_id: str, now: float) -> dict[str, Any]:
         """What we hold on ``peer_id`` (the prior when nothing), as ``reputation PEER`` shows."""
         doc = self.book.explain(peer_id, now)
+        doc["wrong_result_proofs"] = self.proofs.about(peer_id)
         doc["prefix"] = {
             "observed": self.prefixes.observed(peer_id),
             "diversity_key": self.prefixes.of(peer_id),
@@ -513,7 +572,7 @@ class Node:
         return doc
 
     def _newcomer_doc(self, peer_id: str, now: float) -> dict[str, Any]:
-        """Established (ranked by score when it bids here) or a newcomer (by lottery, §8.7)."""
+        """Established (ranked by score when it bids here) or a newcomer (by lottery, §8.9)."""
         e = self.book.evidence.get(peer_id)
         checks = self.config.newcomer_checks
         return {
@@ -524,11 +583,6 @@ class Node:
             "rule": "on" if checks > 0 else "off",
         }
 
-    def _explain(self, peer_id: str, now: float) -> dict[str, Any]:
-        doc = self.book.explain(peer_id, now)
-        doc["newcomer"] = self._newcomer_doc(peer_id, now)
-        return doc
-
     def reputation(self, peer: str | None, now: float) -> Any:
         """``p2pmesh reputation [PEER]``: one peer's explanation (``peer`` may be a unique
         suffix), or every peer we hold evidence or a record for, best first."""
@@ -537,8 +591,11 @@ class Node:
             matches = [p for p in known if p.endswith(peer.lstrip("…")) or p == peer]
             if len(matches) != 1:
                 raise ValueError(f"no single peer matches {peer!r}")
-            return self._explain(matches[0], now)
-        return sorted((self._explain(p, now) for p in known), key=lambda d: -d["reputation"])
+            return self.explain_reputation(matches[0], now)
+        known |= set(self.proofs.accused)
+        return sorted(
+            (self.explain_reputation(p, now) for p in known), key=lambda d: -d["reputation"]
+        )
 
     def validate_gossip(self, topic: str, data: bytes, now: float) -> topics.Validation:
         """The topic validator of ``topic`` (``core/topics.py``): ACCEPT, IGNORE or REJECT."""
@@ -567,7 +624,12 @@ class Node:
         return dict(self.ledger.ledger.frauds)
 
     def excluded(self, peer: str) -> bool:
-        return self.ledger.ledger.excluded(peer)
+        """Refused as a bidder: a ledger fraud proof, or wrong-result proofs weighing enough."""
+        return self.ledger.ledger.excluded(peer) or self.proofs.excluded(peer)
+
+    def wrong_result_proofs(self) -> list[bytes]:
+        """Every wrong-result proof we hold (what ``Persist("proofs")`` wrote)."""
+        return [p.raw for a in self.proofs.accused.values() for p in a.proofs]
 
     def pending_payments(self) -> int:
         """Payments we proposed whose agreement has not come back yet."""

@@ -10,7 +10,8 @@ nothing. Evidence decays with a half-life, so recent behaviour weighs more than 
 Evidence kinds and weights (``WEIGHTS``): a verdict of our own that names the peer among the
 agreeing workers (good) or the dissenting ones (bad, weighted more: a wrong answer costs the mesh
 more than a right one earns); a no-show or silence after an award (bad, lighter: it may be a
-crash); a verified fraud proof (ledger issue, overwhelming). Verdicts signed by *other* peers
+crash); a verified fraud proof (ledger issue, overwhelming); a wrong-result proof (§8.8),
+weighted by how far we believe it. Verdicts signed by *other* peers
 count too, weighted by our own score of their author and never when the author speaks of
 itself; unsigned claims never count.
 
@@ -43,8 +44,9 @@ WEIGHTS = {
     "dissented": 4.0,  # our verdict: the peer's result was outvoted
     "no-show": 1.0,  # awarded, then silent, late or gone
     "fraud": 1000.0,  # a verified fraud proof (ledger)
+    "proven-wrong": 20.0,  # a wrong-result proof (§8.8), times our belief in it
 }
-BAD_KINDS = frozenset({"dissented", "no-show", "fraud"})
+BAD_KINDS = frozenset({"dissented", "no-show", "fraud", "proven-wrong"})
 CHECK_KINDS = frozenset({"agreed", "dissented"})
 
 
@@ -124,7 +126,7 @@ class ReputationBook:
             e.good += w
         if kind == "agreed":
             e.checks_passed += weight
-        elif kind == "dissented":
+        elif kind in ("dissented", "proven-wrong"):
             e.checks_failed += weight
         e.items.append(
             {

@@ -6,8 +6,9 @@ nothing, and answers one of three (PROTOCOL.md §4.5):
 * ``ACCEPT``: deliver and forward;
 * ``IGNORE``: well-formed and honestly signed, but of no use now: a stale or replayed record
   (older or equal ``seq``), one that expired or is not yet valid at our clock, an offer past its
-  deadline, a fraud proof against an author we already excluded. Dropped, not forwarded, and
-  not held against whoever forwarded it: an honest peer relays such copies all the time;
+  deadline, a fraud proof against an author we already excluded, a wrong-result proof we
+  hold already. Dropped, not forwarded, and not held against whoever forwarded it: an honest
+  peer relays such copies all the time;
 * ``REJECT``: invalid whatever the time or the sender: undecodable, oversize, off-schema, a bad
   signature. Dropped and not forwarded; the forwarder misbehaved.
 
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from p2pmesh.core import capability
 from p2pmesh.core.auction.messages import TOPIC_OFFERS, TOPIC_VERDICTS, parse_offer, parse_verdict
+from p2pmesh.core.auction.proofs import TOPIC_PROOFS, parse_proof
 from p2pmesh.core.events import MessageReceived, RecordReceived
 from p2pmesh.core.ledger.block import parse_block
 from p2pmesh.core.ledger.chain import open_fraud
@@ -96,6 +98,17 @@ def check_fraud(node: Node, data: bytes, now: float) -> Validation:
     return IGNORE if node.ledger.ledger.excluded(proof.author) else ACCEPT
 
 
+def check_proof(node: Node, data: bytes, now: float) -> Validation:
+    try:
+        proof = parse_proof(data)
+    except _BAD:
+        return REJECT
+    # Known already (the same fact by another path), or dated in the future.
+    if node.proofs.holds(proof) or proof.at > now + capability.MAX_CLOCK_SKEW_S:
+        return IGNORE
+    return ACCEPT
+
+
 @dataclass(frozen=True, slots=True)
 class Topic:
     name: str
@@ -109,6 +122,7 @@ TOPICS: tuple[Topic, ...] = (
     Topic(TOPIC_VERDICTS, "verdict", check_verdict),
     Topic(TOPIC_HEADS, "head", check_head),
     Topic(TOPIC_FRAUD, "fraud", check_fraud),
+    Topic(TOPIC_PROOFS, "wrong-result", check_proof),
 )
 BY_NAME: dict[str, Topic] = {t.name: t for t in TOPICS}
 

@@ -90,7 +90,9 @@ class JobRunner:
         )
         self._executor: DockerExecutor | InstantExecutor | None = None
         self._stop: set[str] = set()
-        self._running: set[str] = set()
+        self._running: dict[str, float] = {}  # job -> monotonic start of its container
+        self.container_seconds_done = 0.0  # of containers that have finished (for /metrics)
+        self.containers_finished = 0
 
     @property
     def executor(self) -> DockerExecutor | InstantExecutor:
@@ -117,6 +119,7 @@ class JobRunner:
         try:
             blocks = await self.wire.ledger_request(peer, request)
         except TransportError as exc:
+            self.net.stats.count(self.net.stats.stream_errors, "ledger request")
             self.log("debug", "ledger sync failed", peer=peer, error=str(exc))
             return
         if blocks:
@@ -146,9 +149,11 @@ class JobRunner:
         for attempt in range(SEND_RETRIES):
             try:
                 await self.wire.send(eff.peer_id, eff.addrs, eff.kind, eff.data)
+                self.net.stats.count(self.net.stats.job_out, eff.kind)
                 await self.net.emit(MessageDelivered(eff.job_id, eff.peer_id, eff.kind))
                 return
             except TransportError as exc:
+                self.net.stats.count(self.net.stats.stream_errors, "send")
                 last = str(exc)
                 await trio.sleep(0.5 * (attempt + 1))
         await self.net.emit(SendFailed(eff.job_id, eff.peer_id, eff.kind, last))
@@ -171,6 +176,8 @@ class JobRunner:
                         raise
                 await trio.to_thread.run_sync(self._materialize, in_dir, name, digest, kind)
         except (TransportError, ValidationError, PackingError, OSError) as exc:
+            if isinstance(exc, TransportError):
+                self.net.stats.count(self.net.stats.stream_errors, "fetch inputs")
             await self.net.emit(InputsFetched(eff.job_id, False, str(exc)[:200]))
             return
         await self.net.emit(InputsFetched(eff.job_id, True))
@@ -212,7 +219,7 @@ class JobRunner:
         job_dir = self.work / eff.job_id
         out_dir = job_dir / "out"
         log_path = job_dir / "log.txt"
-        self._running.add(eff.job_id)
+        self._running[eff.job_id] = time.monotonic()
         try:
             spec = self._container_spec(eff.job_id, eff.job)
             assert spec.name == f"p2pmesh-{eff.job_id[:16]}-{self.short_id}"
@@ -258,7 +265,10 @@ class JobRunner:
                 outcome.error if outcome.status in ("out_refused", "out_too_large") else "",
             )
         finally:
-            self._running.discard(eff.job_id)
+            began = self._running.pop(eff.job_id, None)
+            if began is not None:
+                self.container_seconds_done += time.monotonic() - began
+                self.containers_finished += 1
             self._stop.discard(eff.job_id)
 
     async def _finish(
@@ -321,6 +331,15 @@ class JobRunner:
             )
         )
 
+    def running_since(self) -> dict[str, float]:
+        """Job → monotonic time its container started, for the containers running now."""
+        return dict(self._running)
+
+    def containers(self, now_mono: float) -> tuple[int, float]:
+        """Containers running now, and container seconds so far (finished and running)."""
+        running = sum(now_mono - t for t in self._running.values())
+        return len(self._running), self.container_seconds_done + running
+
     def stop_container(self, eff: StopContainer) -> None:
         self._stop.add(eff.job_id)
 
@@ -372,6 +391,7 @@ class JobRunner:
                 return
             except TransportError as exc:
                 writer.abort()
+                self.net.stats.count(self.net.stats.stream_errors, "fetch outputs")
                 # A refusal is the worker's answer, not a glitch: asking again changes nothing.
                 if str(exc).startswith("peer refused") or attempt == SEND_RETRIES - 1:
                     raise

@@ -59,13 +59,16 @@ from p2pmesh.core.events import (
 )
 from p2pmesh.core.node import Node, NodeConfig, verify_ledger
 from p2pmesh.core.topics import TOPICS, event_of
+from p2pmesh.daemon import metrics as metrics_mod
 from p2pmesh.daemon.control import open_control_listener, serve_control
 from p2pmesh.daemon.home import DB_FILE, NODE_JSON, SOCKET_FILE, ensure_home, load_or_create_key
+from p2pmesh.daemon.http import HttpServer, Request, Response, json_response, parse_http_addr, text
 from p2pmesh.daemon.jobs import DEFAULT_BID_WINDOW_S, JobRunner
+from p2pmesh.daemon.page import status_page
 from p2pmesh.daemon.settings import Settings
-from p2pmesh.errors import ExecutorError, StoreError
+from p2pmesh.errors import ExecutorError, MeshError, StoreError
 
-PERSIST_TABLES = frozenset({"peers", "meta", "frauds", "payments", "jobs"})
+PERSIST_TABLES = frozenset({"peers", "meta", "frauds", "payments", "jobs", "proofs"})
 
 TICK_S = 1.0
 # A worker bids only for images it holds: an image built or loaded after start is seen within
@@ -139,6 +142,8 @@ class Daemon:
                 prefix_diversity=settings.prefix_diversity,
                 newcomer_share=settings.newcomer_share,
                 newcomer_checks=settings.newcomer_checks,
+                hidden_replicas=settings.hidden_replicas,
+                proof_exclusion=settings.proof_exclusion,
                 fault_fork_ledger=settings.fault == "fork-ledger",
                 connection_grace_s=settings.connection_grace_s,
                 recover_window_s=settings.recover_window_s,
@@ -155,11 +160,16 @@ class Daemon:
         # is bounded, so under overload this grows only as fast as events are handled.
         self.persist_send, self.persist_recv = trio.open_memory_channel[Persist](math.inf)
         self.persist_stats = {"batches": 0, "writes": 0, "coalesced": 0}
+        self.http_addr = parse_http_addr(settings.http)
         self.net = MeshNet(
             load_or_create_key(self.home),
             self.events_send,
             local_records=self.node.records,
+            metrics=self.http_addr is not None,
         )
+        self.http = HttpServer(self.http_routes(), self.log)
+        self.libp2p_metrics = metrics_mod.libp2p_metrics() if self.http_addr else None
+        self.registry = metrics_mod.make_registry(self.metrics_view, self.libp2p_metrics)
         self._dialling: set[str] = set()
         self._net_limiter = trio.CapacityLimiter(64)
         self.nursery: trio.Nursery | None = None
@@ -352,6 +362,8 @@ class Daemon:
                     self.store.put_fraud(eff.key, eff.value)
                 elif eff.table == "payments":
                     self.store.put_payment(eff.key, eff.value)
+                elif eff.table == "proofs":
+                    self.store.put_proof(eff.key, eff.value)
                 else:  # jobs
                     role, _, job_id = eff.key.partition(":")
                     doc = eff.value
@@ -416,6 +428,7 @@ class Daemon:
             payments=payments,
             jobs=[(row["role"], row["doc"]) for row in rows],
             recovering=bool(st["recovering"]),
+            proofs=st["proofs"],
         )
         self.stored = {}
         if blocks:
@@ -429,7 +442,40 @@ class Daemon:
         node["net"] = self.net.stats_json()
         node["persist"] = dict(self.persist_stats)
         node["pid"] = os.getpid()
-        return {"node": node, "peers": self.node.peers_json(now), "events": list(self.log.recent)}
+        node["http"] = self.http.url if self.http.port else None
+        return {
+            "node": node,
+            "peers": self.node.peers_json(now),
+            "jobs": self.job_rows(),
+            "balance": self.node.balance(),
+            "events": list(self.log.recent),
+        }
+
+    SNAPSHOT_JOBS = 25  # of each role, the most recent: the live view shows a handful
+
+    def job_rows(self) -> list[dict[str, Any]]:
+        """Jobs for the live view and ``status``: the fields a row shows, with a running
+        container's elapsed time (the worker's job document has no clock of its own)."""
+        since = self.jobs.running_since() if self.jobs else {}
+        mono = time.monotonic()
+        docs = self.node.jobs()
+        out = []
+        for role in ("requester", "worker"):
+            for d in [d for d in docs if d.get("role") == role][-self.SNAPSHOT_JOBS :]:
+                began = since.get(d["job_id"])
+                out.append(
+                    {
+                        "job_id": d["job_id"],
+                        "role": role,
+                        "name": d.get("name"),
+                        "image": d.get("image"),
+                        "state": d.get("state"),
+                        "created_at": d.get("created_at"),
+                        "finished_at": d.get("finished_at"),
+                        "running_s": None if began is None else mono - began,
+                    }
+                )
+        return out
 
     def handlers(self) -> dict[str, Any]:
         async def id_(args: dict[str, Any]) -> Any:
@@ -527,9 +573,90 @@ class Daemon:
             "logs": logs,
         }
 
+    # -- http ------------------------------------------------------------------------------------
+    def metrics_view(self) -> dict[str, Any]:
+        """What ``/metrics`` shows, read from the node's views and our counters, on the loop
+        (a scrape is handled by a task of the daemon's own nursery, between two events)."""
+        now = time.time()
+        node = self.node.node_json(now)
+        me = self.node.peer_id
+        bal = self.node.balance()
+        authors = self.node.chain_authors()
+        running, seconds = self.jobs.containers(time.monotonic()) if self.jobs else (0, 0.0)
+        q = self.events_send.statistics()
+        return {
+            "version": __version__,
+            "uptime_s": now - self.started_at,
+            "node": node,
+            "net": self.net.stats_json(),
+            "jobs": metrics_mod.job_counts(self.node.jobs()),
+            "containers_running": running,
+            "container_seconds": seconds,
+            "ledger": {
+                "blocks": sum(len(self.node.chain(a)) for a in authors),
+                "own_blocks": len(self.node.chain(me)),
+                "chains": len(authors),
+                "excluded": len(self.node.fraud_proofs()),
+                "balance": bal["balance"],
+                "earned": bal["earned"],
+                "spent": bal["spent"],
+                "pending": self.node.pending_payments(),
+            },
+            "queue": {
+                "used": q.current_buffer_used,
+                "size": q.max_buffer_size,
+                "persist": self.persist_recv.statistics().current_buffer_used,
+            },
+            "http": {"requests": dict(self.http.stats.requests)},
+        }
+
+    # The control socket's read-only commands, served as JSON under /api/ by the same handlers.
+    API_VIEWS = ("status", "peers", "jobs", "balance", "ledger", "reputation", "id")
+
+    def http_routes(self) -> dict[str, Any]:
+        control = self.handlers()
+
+        async def page(req: Request) -> Response:
+            now = time.time()
+            since, mono = (self.jobs.running_since() if self.jobs else {}), time.monotonic()
+            jobs = [
+                {**d, "running_s": mono - since[d["job_id"]]} if d["job_id"] in since else d
+                for d in self.node.jobs()
+            ]
+            html_ = status_page(
+                self.snapshot(),
+                jobs,
+                self.node.balance(),
+                now,
+                version=__version__,
+                http_url=self.http.url,
+            )
+            return Response(200, html_.encode(), "text/html; charset=utf-8")
+
+        async def metrics(req: Request) -> Response:
+            return Response(200, metrics_mod.exposition(self.registry), metrics_mod.CONTENT_TYPE)
+
+        async def api(req: Request) -> Response:
+            parts = req.path.rstrip("/").split("/")[2:]  # "/api/job/ID" -> ["job", "ID"]
+            if not parts:
+                return json_response({"views": [f"/api/{v}" for v in self.API_VIEWS]})
+            if parts[0] == "job" and len(parts) == 2:
+                args: dict[str, Any] = {"job_id": parts[1]}
+            elif len(parts) == 1 and parts[0] in self.API_VIEWS:
+                args = {}
+            else:
+                return text(404, "not found; see /api/")
+            try:
+                return json_response(await control[parts[0]](args))
+            except ValueError as exc:
+                return json_response({"error": str(exc)}, 404)
+
+        return {"/": page, "/metrics": metrics, "/api": api, "/api/": api}
+
     def write_node_json(self) -> None:
         doc = {
             "peer_id": self.node.peer_id,
+            "http": self.http.url if self.http.port else None,
             "addrs": [f"{a}/p2p/{self.node.peer_id}" for a in self.net.listen_addrs()],
             "pid": os.getpid(),
             "started_at": self.started_at,
@@ -541,7 +668,10 @@ class Daemon:
     # -- main ------------------------------------------------------------------------------------
     async def run(self, *, on_ready: Callable[[Daemon], None] | None = None) -> None:
         listener = await open_control_listener(self.home / SOCKET_FILE)
+        http_listener = None
         try:
+            if self.http_addr is not None:
+                http_listener = await self.http.bind(*self.http_addr)
             async with self.net.running(list(self.settings.listen), mdns=self.settings.mdns):
                 self.jobs = JobRunner(
                     self.home,
@@ -577,6 +707,14 @@ class Daemon:
                 caps = caps_from_profile(self.profile, self.net.listen_addrs(), self.settings)
                 await self.net.emit(ProfileChanged(caps))
                 self.write_node_json()
+                if http_listener is not None:
+                    self.log("info", "http listening", url=self.http.url)
+                    if self.settings.http_public:
+                        self.log(
+                            "warning",
+                            f"HTTP endpoint on {self.settings.http} (--http-public): anyone who "
+                            "can reach it can read this node's status, peers, jobs and ledger",
+                        )
                 self.log(
                     "info",
                     "node listening",
@@ -596,6 +734,14 @@ class Daemon:
                     for topic in TOPICS:
                         nursery.start_soon(self.net.subscribe_loop, topic.name, event_of)
                     nursery.start_soon(serve_control, listener, self.handlers(), self.log)
+                    if http_listener is not None:
+                        nursery.start_soon(self.http.serve, http_listener)
+                    if self.net.metrics_events is not None and self.libp2p_metrics is not None:
+                        nursery.start_soon(
+                            metrics_mod.run_libp2p_metrics,
+                            self.net.metrics_events,
+                            self.libp2p_metrics,
+                        )
                     self.dispatch(resumed)
                     if on_ready is not None:
                         on_ready(self)
@@ -633,17 +779,24 @@ _EFFECTS: dict[type, Callable[[Daemon, Any], None]] = {
 async def run_until_signal(daemon: Daemon, on_ready: Callable[[Daemon], None] | None) -> None:
     """Run the daemon; SIGINT/SIGTERM cancel it and we return normally (exit code 0)."""
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as outer:
+        try:
+            async with trio.open_nursery() as outer:
 
-            async def watch() -> None:
-                async for signum in signals:
-                    daemon.log("info", "stopping", signal=signal.Signals(signum).name)
-                    outer.cancel_scope.cancel()
-                    return
+                async def watch() -> None:
+                    async for signum in signals:
+                        daemon.log("info", "stopping", signal=signal.Signals(signum).name)
+                        outer.cancel_scope.cancel()
+                        return
 
-            outer.start_soon(watch)
-            await daemon.run(on_ready=on_ready)
-            outer.cancel_scope.cancel()
+                outer.start_soon(watch)
+                await daemon.run(on_ready=on_ready)
+                outer.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # A refusal at start (a port or the home in use) is one line for the user, as the
+            # CLI prints a MeshError, not a traceback through the task group.
+            if len(group.exceptions) == 1 and isinstance(group.exceptions[0], MeshError):
+                raise group.exceptions[0] from None
+            raise
 
 
 def quiet_libp2p_logging() -> None:

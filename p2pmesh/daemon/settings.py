@@ -15,9 +15,13 @@ Config keys (all optional) mirror the flags of ``p2pmesh up``::
     prefix_diversity = true  # at most one replica of a job per observed /24 (IPv4) or /48 (IPv6)
     newcomer_share = 0.1   # chance that one slot of an award goes to a newcomer (by lottery)
     newcomer_checks = 3    # passed checks here before a bidder is established; 0: rule off
+    hidden_replicas = 0.1  # share of checked jobs given one replica more, unseen by the workers
+    proof_exclusion = 0.5  # wrong-result proofs' total weight that excludes a worker
     use_shipped_bootstrap = true
     connection_grace_s = 5 # a replica's worker whose connection closed is lost after this
     recover_window_s = 30  # `up --recover`: sign nothing until our chain came back this long
+    http = "127.0.0.1:8484"  # /metrics, the status page, /api/…; "off" disables; port 0: any
+    http_public = false    # allow a non-loopback http address (read-only, but unauthenticated)
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from p2pmesh.daemon.home import CONFIG_FILE
+from p2pmesh.daemon.http import DEFAULT_HTTP, is_loopback, parse_http_addr
 from p2pmesh.errors import ConfigError
 
 DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001",)
@@ -55,6 +60,10 @@ class Settings:
     prefix_diversity: bool = True
     newcomer_share: float = 0.1
     newcomer_checks: int = 3
+    hidden_replicas: float = 0.10
+    proof_exclusion: float = 0.5
+    http: str = DEFAULT_HTTP  # HOST:PORT or "off"
+    http_public: bool = False
     fault: str | None = None  # deliberate misbehaviour for tests and demos (see below)
     fault_after: int = 0  # P2PMESH_FAULT_AFTER: behave for this many jobs first
     fault_slow_s: float = 200.0  # P2PMESH_FAULT_SLOW_S: how late "slow" answers
@@ -79,6 +88,10 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "prefix_diversity": bool,
     "newcomer_share": (float, int),
     "newcomer_checks": int,
+    "hidden_replicas": (float, int),
+    "proof_exclusion": (float, int),
+    "http": str,
+    "http_public": bool,
 }
 
 
@@ -171,6 +184,10 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
         and not flags.get("no_prefix_diversity", False),
         newcomer_share=float(pick("newcomer_share", "newcomer_share", 0.1)),
         newcomer_checks=int(pick("newcomer_checks", "newcomer_checks", 3)),
+        hidden_replicas=float(pick("hidden_replicas", "hidden_replicas", 0.10)),
+        proof_exclusion=float(pick("proof_exclusion", "proof_exclusion", 0.5)),
+        http=str(pick("http", "http", DEFAULT_HTTP)),
+        http_public=bool(cfg.get("http_public", False)) or bool(flags.get("http_public", False)),
         fault=read_fault(dict(os.environ)),
         fault_after=int(os.environ.get("P2PMESH_FAULT_AFTER", "0") or 0),
         fault_slow_s=float(os.environ.get("P2PMESH_FAULT_SLOW_S", "200") or 200),
@@ -192,8 +209,19 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
         raise ConfigError("newcomer_share must be between 0 and 1")
     if not 0 <= s.newcomer_checks <= 1000:
         raise ConfigError("newcomer_checks must be in [0, 1000]")
+    if not 0.0 <= s.hidden_replicas <= 1.0:
+        raise ConfigError("hidden_replicas must be between 0 and 1")
+    if not 0.0 < s.proof_exclusion <= 100.0:
+        raise ConfigError("proof_exclusion must be in (0, 100]")
     if len(s.allow_images) > 64 or any(not 0 < len(g) <= 256 for g in s.allow_images):
         raise ConfigError("allow_image: at most 64 patterns of 1..256 characters")
+    bound = parse_http_addr(s.http)
+    if bound is not None and not is_loopback(bound[0]) and not s.http_public:
+        raise ConfigError(
+            f"http: {s.http} is not a loopback address",
+            hint="the status page and /metrics need no login; add --http-public "
+            "(config: http_public = true) to serve them to other machines anyway",
+        )
     for a in (*s.listen, *s.bootstrap):
         if not a.startswith("/"):
             raise ConfigError(f"not a multiaddr: {a!r}")

@@ -175,6 +175,10 @@ class MeshNode:
             args += ["--bootstrap", b]
         if self.record_ttl is not None:
             args += ["--record-ttl", str(self.record_ttl)]
+        if "--http" not in self.extra_args:
+            # The HTTP endpoint is on by default (127.0.0.1:8484 or the next free port): tests
+            # that do not ask for it must not take ports outside their own ranges.
+            args += ["--http", "off"]
         return [*p2pmesh_cmd(), *args, *self.extra_args]
 
     # -- life cycle ------------------------------------------------------------------------

@@ -229,7 +229,7 @@ def run_simulator(cases: list[JobCase]) -> Outcome:
     ]
     # As the daemons (trustmesh.start_mesh): the newcomer lottery off, price picks strangers.
     replay: Replay = run_script(
-        "agreement", behaviours(), script, seed=SEED, node_config=(("newcomer_checks", 0),)
+        "agreement", behaviours(), script, seed=SEED, node={"newcomer_checks": 0}
     )
     ids = [replay.peer_id(i) for i in range(len(replay.sim.peers))]
     docs = [replay.job(n) for n in range(len(cases))]

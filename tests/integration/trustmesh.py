@@ -86,7 +86,7 @@ def start_mesh(
     default ``max_jobs`` is high on purpose: a worker awarded more jobs than it has slots
     declines, and a decline excludes it from that job for good (see the trust tests' module
     docstring), which in a 4-node mesh can leave a job with nobody to run it.
-    ``newcomer_checks`` is 0 (the newcomer lottery off, PROTOCOL.md §8.7) by default: these
+    ``newcomer_checks`` is 0 (the newcomer lottery off, PROTOCOL.md §8.9) by default: these
     tests pick which stranger wins by its price (a cheater bidding 0 is awarded first), and
     with the rule on every node here is a newcomer, drawn by lottery instead.
     The caller closes the mesh (``mesh.close()``).

@@ -145,7 +145,7 @@ def caps_for(i: int, **over: Any) -> Capabilities:
 class Mesh:
     """Nodes A, B, C, … and the router between them. ``prices`` sets each node's price.
 
-    ``config``: every node's. By default the newcomer lottery is off (PROTOCOL.md §8.7): these
+    ``config``: every node's. By default the newcomer lottery is off (PROTOCOL.md §8.9): these
     tests steer which worker wins by its price, as among established bidders; every node here
     is new, so with the rule on the winners would be drawn by lottery (test_newcomers.py)."""
 
@@ -276,8 +276,11 @@ class Mesh:
             found = tuple(tuple(sorted(g)) for g in sorted(groups.values()))
             self.queue.append((src, OutputsCompared(eff.job_id, workers, found)))
         elif isinstance(eff, Persist):
-            # Through JSON, as the SQLite store keeps it.
-            self.db[src][(eff.table, eff.key)] = json.loads(json.dumps(eff.value))
+            # Through JSON, as the SQLite store keeps documents; signed bytes stay BLOBs.
+            value = eff.value
+            if not isinstance(value, bytes):
+                value = json.loads(json.dumps(value))
+            self.db[src][(eff.table, eff.key)] = value
 
     def script(self, name: str) -> Script:
         return self.scripts.get(name, Script())
@@ -814,19 +817,21 @@ def test_numeric_validation_compares_fetched_outputs() -> None:
     assert v.outcome == "accepted" and {mesh.names[w] for w in v.agreeing} == {"B", "C"}
 
 
-def test_numeric_disagreement_adds_a_replica() -> None:
-    mesh = Mesh(prices=(3, 1, 2, 3))
+def test_numeric_disagreement_adds_replicas_until_one_side_leads_by_two() -> None:
+    mesh = Mesh(prices=(3, 1, 2, 3, 4))
     mesh.scripts = {
         "B": Script(output_digest=_digest(b"b"), numeric_key="pi"),
         "C": Script(output_digest=_digest(b"c"), numeric_key="e"),
         "D": Script(output_digest=_digest(b"d"), numeric_key="pi"),
+        "E": Script(output_digest=_digest(b"e"), numeric_key="pi"),
     }
     mesh.submit("A", make_job(validation={"mode": "numeric", "rel_tol": 1e-6}))
     mesh.run_job()
     j = mesh.job()
     assert j.state == "done", j.history
     [v] = _verdicts(mesh)
-    assert {mesh.names[w] for w in v.agreeing} == {"B", "D"}
+    # Two against one is no lead of two (majority.Rule.margin): E is added and decides.
+    assert {mesh.names[w] for w in v.agreeing} == {"B", "D", "E"}
     assert [mesh.names[w] for w in v.dissenting] == ["C"]
 
 

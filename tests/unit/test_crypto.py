@@ -39,6 +39,7 @@ def test_purposes_pinned() -> None:
         "offer",
         "result",
         "verdict",
+        "wrong-result",
     ]
 
 

@@ -50,9 +50,24 @@ def test_no_result_and_pending_results_wait() -> None:
     assert decide([ok("a"), pending("b")], FIXED) == Wait("more results may still make a majority")
 
 
-def test_two_of_three_decide_before_the_third_reports_and_it_is_not_a_dissenter() -> None:
-    d = decide([ok("a"), pending("b"), ok("c")], FIXED)
-    assert d == Decide(("a", "c"), (), True, X)
+def test_two_of_three_wait_for_the_third_it_may_be_a_hidden_dissenter() -> None:
+    # Unanimity (PROTOCOL.md §8.1): a majority that reports first must not outrun the rest.
+    assert isinstance(decide([ok("a"), pending("b"), ok("c")], FIXED), Wait)
+    assert decide([ok("a"), ok("b"), ok("c")], FIXED) == Decide(("a", "b", "c"), (), True, X)
+    early = Rule(lone_ok=False, max_replicas=5, unanimous=False)
+    assert decide([ok("a"), pending("b"), ok("c")], early) == Decide(("a", "c"), (), True, X)
+
+
+def test_a_rival_answer_needs_to_be_outvoted_by_two() -> None:
+    # Two against one: a ring holding two of three replicas would win a plain majority.
+    assert decide([ok("a"), ok("b"), ok("c", Y)], FIXED) == AddReplica(4)
+    assert decide([ok("a"), ok("b"), ok("c", Y), ok("d", Y)], FIXED) == AddReplica(5)
+    three = [ok("a"), ok("b"), ok("c", Y), ok("d"), ok("e")]
+    assert decide(three, FIXED) == Decide(("a", "b", "d", "e"), ("c",), True, X)
+    # A failed replica is no rival answer: two successes beside it decide.
+    assert decide([ok("a"), ok("b"), failed("c")], FIXED) == Decide(("a", "b"), ("c",), True, X)
+    plain = Rule(lone_ok=False, max_replicas=5, margin=1)
+    assert decide([ok("a"), ok("b"), ok("c", Y)], plain) == Decide(("a", "b"), ("c",), True, X)
 
 
 def test_disagreement_adds_replicas_up_to_the_limit_then_is_inconclusive() -> None:

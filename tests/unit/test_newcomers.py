@@ -1,4 +1,4 @@
-"""The newcomer rule (PROTOCOL.md §8.7, core/auction/newcomers.py).
+"""The newcomer rule (PROTOCOL.md §8.9, core/auction/newcomers.py).
 
 Established bidders (enough passed checks here, none failed) are ranked by score; newcomers get
 at most one slot per decision, with probability ``share``, by a lottery that draws a prefix

@@ -36,6 +36,30 @@ def test_migrations_run_only_the_missing_steps(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_home_of_the_previous_release_gains_the_proofs_table_and_keeps_its_ledger(
+    tmp_path: Path,
+) -> None:
+    # Schema 3 is what the release before wrong-result proofs wrote (ledger, frauds, payments).
+    path = tmp_path / "state.db"
+    db = sqlite3.connect(path)
+    for step in MIGRATIONS[:3]:
+        db.executescript(step)
+    db.execute("PRAGMA user_version = 3")
+    db.execute("INSERT INTO blocks(author, seq, raw) VALUES('a', 1, x'01')")
+    db.execute("INSERT INTO frauds(author, proof) VALUES('b', x'02')")
+    db.commit()
+    db.close()
+    store = Store(path)
+    assert store.schema_version == 4 == len(MIGRATIONS)
+    state = store.startup_state()
+    assert state["blocks"] == [b"\x01"] and state["frauds"] == [b"\x02"]
+    assert state["proofs"] == []
+    store.put_proof("job/worker", b"\x03")
+    store.put_proof("job/worker", b"\x04")  # one proof per key: the first stays
+    assert store.proofs() == [b"\x03"]
+    store.close()
+
+
 def test_a_newer_schema_is_refused_with_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     db = sqlite3.connect(path)

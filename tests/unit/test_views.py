@@ -12,8 +12,10 @@ from rich.table import Table
 
 from p2pmesh.cli import views
 from p2pmesh.cli.views import (
+    credits_line,
     dashboard,
     events_panel,
+    jobs_panel,
     node_panel,
     peers_table,
     profile_table,
@@ -363,3 +365,86 @@ def test_profile_table_with_real_profile(tmp_path: Any) -> None:
 def test_theme_holds_every_style() -> None:
     for key in ("info", "warning", "error", "good", "fair", "poor", "peer_id", "border"):
         assert key in views.THEME
+
+
+# --- jobs, credits and the compact live view (issue 16 item 4) ------------------------------
+
+
+def _job(i: int, role: str, state: str, **over: Any) -> dict[str, Any]:
+    j: dict[str, Any] = {
+        "job_id": f"{i:02d}" + "ab" * 15,
+        "role": role,
+        "name": f"word-count-{i}",
+        "image": "p2pmesh/busybox:1",
+        "state": state,
+        "created_at": NOW - 100 * i if role == "requester" else None,
+        "finished_at": None,
+        "running_s": 12.0 if role == "worker" and state == "running" else None,
+    }
+    j.update(over)
+    return j
+
+
+def _busy_snapshot(n: int) -> dict[str, Any]:
+    return {
+        "node": node(http="http://127.0.0.1:8484/"),
+        "peers": [peer(f"12D3KooWpeer{i:03d}xxxxxxxxxxxxxxxx") for i in range(n)],
+        "jobs": [_job(i, "worker" if i % 2 else "requester", "running") for i in range(n)]
+        + [_job(99, "requester", "done", finished_at=NOW - 30)],
+        "balance": {"balance": -3, "earned": 4, "spent": 7, "pending": 1, "credit_limit": 100},
+        "events": [
+            {"ts": NOW - i, "level": "warning", "msg": f"event-{i} " * 20} for i in range(n)
+        ],
+    }
+
+
+@pytest.mark.parametrize("n", [0, 1, 3, 50])
+def test_live_view_fits_80x24(n: int) -> None:
+    console = Console(
+        file=io.StringIO(), width=80, height=24, color_system=None, legacy_windows=False
+    )
+    console.print(dashboard(_busy_snapshot(n), NOW, width=80, height=24))
+    lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+    assert len(lines) <= 23, "\n".join(lines)  # one spare line: the live view never scrolls
+    assert max(len(line) for line in lines) <= 80
+    out = "\n".join(lines)
+    assert "Credits -3 cr" in out and "earned 4" in out and "spent 7" in out
+    assert "Jobs:" in out and "Peers (" in out and "Events" in out
+    if n >= 3:
+        # The jobs panel: running work first, with state and elapsed time; cut rows counted.
+        assert "runs" in out and "running" in out and "12s" in out
+        assert "asked" in out
+    if n == 50:
+        assert "more)" in out
+        assert "warning: event-" in out  # a warning reads as one without colours
+
+
+def test_jobs_panel_orders_and_times() -> None:
+    jobs = [
+        _job(1, "requester", "done", created_at=NOW - 100, finished_at=NOW - 40),
+        _job(2, "requester", "bidding", created_at=NOW - 20),
+        _job(3, "worker", "running", running_s=75.0),
+        _job(4, "worker", "reported"),
+    ]
+    out = render(jobs_panel(jobs, NOW), width=100)
+    rows = [line for line in out.splitlines() if "word-count" in line]
+    # Work run here, then jobs requested here; in each the active ones first.
+    assert [r.split()[2][:2] for r in rows] == ["03", "04", "02", "01"]
+    assert "1m 15s" in rows[0] and "20s" in rows[2] and "1m 00s" in rows[3]
+    assert "1 running here, 1 requested here" in out
+    assert "no jobs yet" in render(jobs_panel([], NOW))
+
+
+def test_jobs_and_credits_escape_hostile_text() -> None:
+    jobs = [_job(1, "worker", "running", name="[red]x\x1b[2Jy", image="\u202eevil")]
+    out = render(jobs_panel(jobs, NOW))
+    assert "[red]x" in out and "\x1b" not in out and "\u202e" not in out
+    assert render(credits_line({"balance": "lots"})).startswith("— cr")
+    assert render(credits_line(None)).strip() == "—"
+
+
+def test_status_shows_jobs_and_credits_when_wide() -> None:
+    out = render(dashboard(_busy_snapshot(2), NOW, width=140), width=140)
+    assert "Credits  -3 cr" in out and "Jobs:" in out and "Address" in out  # the wide table
+    narrow = render(dashboard(_busy_snapshot(2), NOW, width=80), width=80)
+    assert "Address" not in narrow and max(len(x) for x in narrow.splitlines()) <= 80

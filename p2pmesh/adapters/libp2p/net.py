@@ -131,6 +131,15 @@ class NetStats:
     dht_get_failed: int = 0
     dials_ok: int = 0
     dials_failed: int = 0
+    # For /metrics: gossip by topic, job-stream messages by kind, stream errors by operation.
+    gossip_in: dict[str, int] = field(default_factory=dict)  # by topic, before our validators
+    gossip_out: dict[str, int] = field(default_factory=dict)  # published, by topic
+    job_in: dict[str, int] = field(default_factory=dict)  # taken from the job stream, by kind
+    job_out: dict[str, int] = field(default_factory=dict)  # delivered (acknowledged), by kind
+    stream_errors: dict[str, int] = field(default_factory=dict)  # e.g. "serve blob", "send"
+
+    def count(self, table: dict[str, int], key: str) -> None:
+        table[key] = table.get(key, 0) + 1
 
 
 class MeshNet:
@@ -140,12 +149,16 @@ class MeshNet:
         events: trio.MemorySendChannel[Any],
         *,
         local_records: Callable[[], list[bytes]],
+        metrics: bool = False,
     ) -> None:
         patches.apply()
         self._events = events
         self._local_records = local_records
         self.key_pair = create_new_key_pair(seed)
-        self.host = new_host(key_pair=self.key_pair)
+        # metrics: the host sends swarm/gossipsub/DHT events for libp2p.metrics on a channel
+        # (``metrics_events``) that someone must drain while the host runs (daemon/metrics.py).
+        self.host = new_host(key_pair=self.key_pair, enable_metrics=metrics)
+        self.metrics_events = self.host.get_metrics_recv_channel() if metrics else None
         self.peer_id = self.host.get_id().pretty()
         self.gossipsub = GossipSub(
             protocols=[GOSSIPSUB_ID],
@@ -311,6 +324,7 @@ class MeshNet:
         while True:
             msg = await sub.get()
             self.stats.gossip_received += 1
+            self.stats.count(self.stats.gossip_in, topic)
             sender = ID(msg.from_id).pretty() if msg.from_id else ""
             if sender == self.peer_id:
                 continue
@@ -320,6 +334,7 @@ class MeshNet:
         try:
             await self.pubsub.publish(topic, data)
             self.stats.published += 1
+            self.stats.count(self.stats.gossip_out, topic)
         except Exception as exc:
             self.stats.publish_failed += 1
             log.debug("publish on %s failed: %s", topic, exc)
@@ -471,8 +486,10 @@ class JobWire:
                 timeout_s=STREAM_TIMEOUT_S,
             )
         except (TransportError, DecodeError) as exc:
+            self.net.stats.count(self.net.stats.stream_errors, "serve ledger")
             log.debug("ledger serve: %s", exc)
         except Exception as exc:
+            self.net.stats.count(self.net.stats.stream_errors, "serve ledger")
             log.debug("ledger serve failed: %r", exc)
         finally:
             with contextlib.suppress(Exception):
@@ -571,11 +588,15 @@ class JobWire:
             # Shed under flood: answer "not taken" so the sender retries (PROTOCOL.md §7.5),
             # rather than "ok" for a message the node never sees.
             taken = self.net.inbound(MessageReceived(msg["kind"], msg["data"], peer), "job-stream")
+            if taken:
+                self.net.stats.count(self.net.stats.job_in, msg["kind"])
             reply = {"ok": True} if taken else {"ok": False, "error": "busy"}
             await write_frame(stream, codec.encode(reply), timeout_s=STREAM_TIMEOUT_S)
         except (TransportError, DecodeError) as exc:
+            self.net.stats.count(self.net.stats.stream_errors, "serve job")
             log.debug("job stream: %s", exc)
         except Exception as exc:
+            self.net.stats.count(self.net.stats.stream_errors, "serve job")
             log.debug("job stream failed: %r", exc)
         finally:
             with contextlib.suppress(Exception):
@@ -602,8 +623,10 @@ class JobWire:
                 while chunk := f.read(BLOB_CHUNK):
                     await write_frame(stream, chunk, timeout_s=BLOB_TIMEOUT_S)
         except (TransportError, DecodeError, OSError) as exc:
+            self.net.stats.count(self.net.stats.stream_errors, "serve blob")
             log.debug("blob serve: %s", exc)
         except Exception as exc:
+            self.net.stats.count(self.net.stats.stream_errors, "serve blob")
             log.debug("blob serve failed: %r", exc)
         finally:
             with contextlib.suppress(Exception):

@@ -61,6 +61,10 @@ MIGRATIONS: list[str] = [
     CREATE TABLE frauds (author TEXT PRIMARY KEY, proof BLOB NOT NULL);
     CREATE TABLE payments (proposal_hash TEXT PRIMARY KEY, doc TEXT NOT NULL);
     """,
+    # 4: wrong-result proofs held (PROTOCOL.md §8.8), one per (job, proven worker).
+    """
+    CREATE TABLE proofs (key TEXT PRIMARY KEY, proof BLOB NOT NULL);
+    """,
 ]
 
 
@@ -124,6 +128,7 @@ class Store:
                 "blocks": self.blocks(),
                 "frauds": self.frauds(),
                 "payments": self.payments(),
+                "proofs": self.proofs(),
                 "jobs": self.jobs(),
                 "recovering": self.get_meta("recovering"),
             }
@@ -223,6 +228,12 @@ class Store:
 
     def frauds(self) -> list[bytes]:
         return [bytes(r[0]) for r in self._db.execute("SELECT proof FROM frauds")]
+
+    def put_proof(self, key: str, proof: bytes) -> None:
+        self._db.execute("INSERT OR IGNORE INTO proofs(key, proof) VALUES(?, ?)", (key, proof))
+
+    def proofs(self) -> list[bytes]:
+        return [bytes(r[0]) for r in self._db.execute("SELECT proof FROM proofs ORDER BY key")]
 
     def put_payment(self, proposal_hash: str, doc: dict[str, Any] | None) -> None:
         if doc is None:

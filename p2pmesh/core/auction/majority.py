@@ -16,6 +16,17 @@ Deciding. The first group decides when it has at least two members (one where a 
 was asked for: ``Rule.lone_ok``) and is a strict majority of the replicas in play. Otherwise,
 while some replica in play has not reported, wait; once all have, add a replica, up to
 ``Rule.max_replicas``; then the job is inconclusive.
+
+Any dissent escalates (``Rule.margin``, PROTOCOL.md §8.1). When successful results fall into
+more than one group (two outputs claimed right), the first group must also lead every other
+success group by ``margin`` results (2 by default). A failed replica beside agreeing successes
+is not a rival answer (a machine ran out of memory, say) and needs no margin. A ring that
+holds two of three replicas would win a plain majority against the one honest dissenter (a
+hidden replica, requester.py); with the margin, the dissent makes the requester add replicas,
+from prefixes the job does not hold yet, until one side leads by two.
+Honest replicas agree, so among fresh replicas the honest side grows fastest. And the requester
+hears every replica in play before it decides (``Rule.unanimous``): a majority that reports
+first must not outrun the hidden replica that would have dissented.
 """
 
 from __future__ import annotations
@@ -50,6 +61,8 @@ class Rule:
     numeric: bool = False
     compared: tuple[str, ...] = ()  # numeric: the successful workers last compared (sorted)
     groups: tuple[tuple[str, ...], ...] | None = None  # numeric: their agreeing sets
+    margin: int = 2  # when results disagree: the lead the first group needs over the second
+    unanimous: bool = True  # decide only once every replica in play has reported
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +104,11 @@ def decide(votes: Sequence[Vote], rule: Rule) -> Decision:
         return Wait("outputs not compared yet")
     best = groups[0]
     need = 1 if rule.lone_ok else 2
-    if len(best) >= need and 2 * len(best) > len(by_worker):
+    ok = {v.worker for v in reported if v.succeeded}
+    rivals = [len(g) for g in groups[1:] if g[0] in ok] if best[0] in ok else []
+    leads = not rivals or len(best) - max(rivals) >= rule.margin
+    heard_all = len(reported) == len(by_worker) or not rule.unanimous
+    if len(best) >= need and 2 * len(best) > len(by_worker) and leads and heard_all:
         first = by_worker[best[0]]
         return Decide(
             agreeing=best,

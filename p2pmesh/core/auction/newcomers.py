@@ -1,4 +1,4 @@
-"""Newcomers get a capped share of a requester's awards, by lottery, per prefix (PROTOCOL.md §8.7).
+"""Newcomers get a capped share of a requester's awards, by lottery, per prefix (PROTOCOL.md §8.9).
 
 Among strangers price decides, and a swarm of fresh identities of one owner can always bid as
 low as anyone: today it wins most awards the moment it joins. So a requester splits bidders in

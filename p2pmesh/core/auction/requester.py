@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2pmesh.core import codec
-from p2pmesh.core.auction import majority
+from p2pmesh.core.auction import majority, proofs
 from p2pmesh.core.auction import messages as m
 from p2pmesh.core.auction.selection import choose_winners
 from p2pmesh.core.crypto import Signer
@@ -72,6 +72,13 @@ FETCH_RETRY_S = 15
 UNSERVED = "outputs could not be fetched"  # lost_reason of a replica that did not serve
 FINAL = frozenset({"done", "failed", "timeout", "cancelled", "no-bids", "inconclusive"})
 DEFAULT_SPOT_CHECK = 0.10
+DEFAULT_HIDDEN_RATE = 0.10
+
+
+def max_replicas_for(k: int) -> int:
+    """Replicas a job may grow to when its results disagree. With a hidden replica k is one
+    more, which leaves room for an honest side to lead a ring of two by the margin (5 of 7)."""
+    return 2 * k + 1
 
 
 @dataclass(slots=True)
@@ -109,6 +116,7 @@ class RequesterJob:
     auto: bool = False
     max_replicas: int = 0
     spot_check: bool = False
+    hidden: bool = False  # one replica more than the job's public redundancy (§8.7)
     fetched: set[str] = field(default_factory=set)  # outputs held locally (numeric mode)
     fetching: set[str] = field(default_factory=set)
     groups: list[list[str]] | None = None  # numeric comparison of the current reported set
@@ -152,7 +160,9 @@ class Requester:
         eligible: Any = None,
         connection_grace_s: int = 5,
         prefix: Any = None,
+        hidden_rate: float = DEFAULT_HIDDEN_RATE,
     ) -> None:
+        self.hidden_rate = hidden_rate
         self.connection_grace_s = connection_grace_s
         # callable(peer_id) -> observed network prefix; None: no diversity rule (§8.6)
         self.prefix = prefix
@@ -167,6 +177,7 @@ class Requester:
         self.pay: Any = None  # callable(job_id=, payee=, amount=, accepted_digest=, verdict=, now=)
         self.excluded: Any = lambda peer: False
         self.newcomer_rule: Any = None  # newcomers.NewcomerRule; None: rank everyone by score
+        self.on_proof: Any = None  # callable(raw, now) -> effects: our own proofs, as received
         self.jobs: dict[str, RequesterJob] = {}
         self._open: set[str] = set()  # jobs that may not be final yet (``is_idle``)
 
@@ -191,7 +202,7 @@ class Requester:
             bid_window_s=bid_window_s,
             addrs=addrs,
             auto=auto,
-            max_replicas=2 * k + 1,
+            max_replicas=max_replicas_for(k),
         )
         self.jobs[job_id] = j
         self._open.add(job_id)
@@ -610,8 +621,10 @@ class Requester:
         if need <= 0:
             return []
         considered = list(j.bids.values())
-        if j.auto and not j.replicas:
-            need = self._auto_k(j, considered, now)
+        if not j.replicas:
+            if j.auto:
+                need = self._auto_k(j, considered, now)
+            need += self._hide_one(j, now)
         winners = choose_winners(
             considered,
             k=need,
@@ -664,10 +677,29 @@ class Requester:
         return out
 
     def _newcomers(self, j: RequesterJob, now: int) -> Any:
-        """The newcomer rule bound to this award decision (§8.7), or None when it is off."""
+        """The newcomer rule bound to this award decision (§8.9), or None when it is off."""
         if self.newcomer_rule is None:
             return None
         return self.newcomer_rule.for_decision(self.book, now, j.job_id, j.round, len(j.replicas))
+
+    def _hide_one(self, j: RequesterJob, now: int) -> int:
+        """Maybe one replica more than the job says, decided once, at the first award.
+
+        Awards name only their recipient (§7.1), so no worker can tell the hidden replica from
+        the others, nor whether there is one: a ring that holds every replica it can see cannot
+        know it holds them all. With unanimity (majority.py) its wrong answer is then outvoted
+        by replicas added from other prefixes, and proven (§8.7). A job checked by nobody
+        (redundancy 1, or a credible worker run alone) gets none: its owner chose one run.
+        """
+        if j.k < 2 or self.rng is None or self.hidden_rate <= 0:
+            return 0
+        if self.rng.random() >= self.hidden_rate:
+            return 0
+        j.k += 1
+        j.hidden = True
+        j.max_replicas = max_replicas_for(j.k)
+        j.note(now, f"one hidden replica: {j.k} in all")
+        return 1
 
     def _taken_prefixes(self, j: RequesterJob) -> set[str]:
         if self.prefix is None:
@@ -699,7 +731,7 @@ class Requester:
             j.k = 1
             j.spot_check = False
             why = "budget pays one worker only"
-        j.max_replicas = 2 * j.k + 1
+        j.max_replicas = max_replicas_for(j.k)
         j.note(now, f"auto redundancy: {j.k} replica(s) ({why})")
         return j.k
 
@@ -968,6 +1000,7 @@ class Requester:
         j.note(now, f"verdict {outcome}: {len(d.agreeing)} agree, {len(d.dissenting)} dissent")
         return [
             Publish(m.TOPIC_VERDICTS, verdict.raw),
+            *self._proofs(j, d, now),
             Log(
                 "info" if not d.dissenting else "warning",
                 "verdict",
@@ -979,6 +1012,41 @@ class Requester:
                 },
             ),
         ]
+
+    def _proofs(self, j: RequesterJob, d: majority.Decide, now: int) -> list[Effect]:
+        """A wrong-result proof (§8.8) for each successful dissenter of an accepted exact job.
+
+        Only ``exact`` jobs: on a ``numeric`` one honest outputs differ in bytes, so another
+        digest proves nothing. Each proof carries as few agreeing results as the margin needs,
+        which keeps it small however many replicas the job grew to.
+        """
+        if not d.accepted or j.spec.validation.mode != "exact" or not d.dissenting:
+            return []
+        agreeing = [
+            r.result.raw
+            for w in d.agreeing
+            if (r := j.replicas.get(w)) is not None and r.result is not None
+        ][: len(d.dissenting) + proofs.MARGIN]
+        out: list[Effect] = []
+        for w in d.dissenting[:4]:
+            rep = j.replicas.get(w)
+            res = rep.result if rep is not None else None
+            if res is None or not _succeeded(res) or res.output_digest == d.digest:
+                continue
+            try:
+                proof = proofs.build_proof(
+                    self.signer, verdict=j.verdict_raw, wrong=res.raw, agreeing=agreeing
+                )
+            except (DecodeError, ValidationError) as exc:
+                out.append(
+                    Log("warning", "no wrong-result proof", {"job": j.job_id, "why": str(exc)})
+                )
+                continue
+            j.note(now, f"wrong-result proof against {w}")
+            out.append(Publish(proofs.TOPIC_PROOFS, proof.raw))
+            if self.on_proof is not None:
+                out += self.on_proof(proof.raw, now)
+        return out
 
     def _fetch(self, j: RequesterJob, worker: str, now: int) -> list[Effect]:
         j.state = "fetching"
@@ -1100,6 +1168,7 @@ def to_doc(j: RequesterJob) -> dict[str, Any]:
         "auto": j.auto,
         "max_replicas": j.max_replicas,
         "spot_check": j.spot_check,
+        "hidden": j.hidden,
         "fetched": sorted(j.fetched),
         "compared": list(j.compared),
         "groups": j.groups,
@@ -1127,6 +1196,7 @@ def from_doc(doc: dict[str, Any], requester_id: str, now: int) -> RequesterJob:
         verdict_raw=bytes.fromhex(doc.get("verdict", "")),
         auto=doc.get("auto", False),
         max_replicas=doc.get("max_replicas", 2 * doc["k"] + 1),
+        hidden=doc.get("hidden", False),
         spot_check=doc.get("spot_check", False),
         fetched=set(doc.get("fetched", [])),
         compared=tuple(doc.get("compared", [])),

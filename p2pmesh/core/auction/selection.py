@@ -8,7 +8,7 @@ hyperbolically. Ties break on sha256(job_id ‖ peer_id), which neither side can
 job. Winners are the best ``k`` distinct bidders whose prices fit in the remaining budget, and,
 when ``prefix`` is given, at most one per network prefix (admission.py, PROTOCOL.md §8.6).
 
-With ``newcomers`` (newcomers.py, PROTOCOL.md §8.7) only *established* bidders are ranked so;
+With ``newcomers`` (newcomers.py, PROTOCOL.md §8.9) only *established* bidders are ranked so;
 *newcomers* take at most one slot per decision, with probability ``newcomers.share``, drawn by
 lottery per prefix and not by price, and fill whatever the established bidders leave empty.
 """

@@ -25,6 +25,7 @@ from p2pmesh.core.auction.newcomers import (
     draw,
     is_established,
     lottery,
+    progress,
 )
 from p2pmesh.core.auction.selection import choose_winners
 from p2pmesh.core.node import NodeConfig
@@ -240,10 +241,10 @@ def test_newcomers_fill_what_established_bidders_leave() -> None:
         assert len(got) == 3 and "e1" in got
 
 
-def test_empty_slots_go_to_the_newcomers_furthest_on_the_ramp_first() -> None:
+def test_empty_slots_go_to_the_newcomers_best_scored_here_first() -> None:
     # Without that, a requester whose bidders are all new would spread its awards so thinly
     # that nobody ever passed enough checks with it to become established.
-    ramp = {"two": 2, "one": 1}
+    ramp = {"two": 0.3, "one": 0.2}
     bids = [_bid("two"), _bid("one")] + [_bid(f"n{i}") for i in range(20)]
     for d in range(50):
         nc = Newcomers(
@@ -251,7 +252,7 @@ def test_empty_slots_go_to_the_newcomers_furthest_on_the_ramp_first() -> None:
             group=lambda p: p,
             share=0.0,
             seed=bytes([d]),
-            progress=lambda p: ramp.get(p, 0),
+            standing=lambda p: ramp.get(p, 0.1),
         )
         assert _choose(bids, nc, k=3)[:2] == ["two", "one"]
     # The admitted slot beside established bidders treats every newcomer alike.
@@ -264,7 +265,7 @@ def test_empty_slots_go_to_the_newcomers_furthest_on_the_ramp_first() -> None:
             group=lambda p: p,
             share=1.0,
             seed=bytes([d % 256, d // 256]),
-            progress=lambda p: ramp.get(p, 0),
+            standing=lambda p: ramp.get(p, 0.1),
         )
         won |= {p for p in _choose(more, nc, k=2) if p not in est}
     assert len(won) > 10
@@ -275,9 +276,10 @@ def test_progress_reads_the_book_and_a_failure_resets_it() -> None:
     book.record("w", "agreed", T, job_id="a")
     book.record("w", "agreed", T, job_id="b")
     nc = NewcomerRule().for_decision(book, T, "ab" * 16, 0, 0)
-    assert nc is not None and nc.progress("w") == 2 and nc.progress("x") == 0
+    assert nc is not None and nc.standing("w") == book.score("w", T) > nc.standing("x") == 0.1
+    assert progress(book.evidence["w"], T) == 2 and progress(None, T) == 0
     book.record("w", "dissented", T, job_id="c")
-    assert nc.progress("w") == 0
+    assert progress(book.evidence["w"], T) == 0
 
 
 def test_an_all_new_mesh_fills_every_slot_with_diverse_prefixes() -> None:

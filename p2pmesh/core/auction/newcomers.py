@@ -8,9 +8,11 @@ checks for it and no failed one; every other bidder is a *newcomer*. Established
 ranked as before (score, prefix diversity). Newcomers get, per award decision, at most one slot
 and only with probability ``share``, unless there are too few established bidders to fill the
 slots, in which case newcomers fill the rest (so a mesh where everyone is new works as before):
-those with the most passed checks here first, so that a requester keeps awarding the workers
-on their way to being established and its established pool grows (a pure lottery would spread
-its awards so thin that no worker ever passed three checks with it).
+those this requester already scores best first (its reputation score: evidence, not price), so
+that it keeps awarding the workers on their way to being established and its established pool
+grows (a pure lottery spreads its awards so thin that no worker ever passes three checks with
+it, and a swarm then wins as often as in a mesh of strangers); among equals (typically: no
+evidence at all), by lottery.
 
 Newcomer slots are drawn by lottery, never by price (price only has to fit ``max_price`` and
 the budget): first a *prefix* uniformly among the prefixes the newcomer bidders were observed
@@ -91,8 +93,9 @@ class Newcomers:
     group: Callable[[str], str]  # peer ID -> the prefix it was observed from (its lottery urn)
     share: float  # probability that one slot goes to a newcomer when enough are established
     seed: bytes  # decision_seed(...)
-    # peer ID -> whole passed checks here (0 after a failed one): who fills empty slots first
-    progress: Callable[[str], int] = lambda p: 0
+    # peer ID -> this requester's reputation score of it (evidence only, no price): among
+    # newcomers, who fills the slots established bidders leave empty first
+    standing: Callable[[str], float] = lambda p: 0.0
 
     def admits_newcomer(self) -> bool:
         return draw(self.seed, "share") < self.share
@@ -124,7 +127,7 @@ class NewcomerRule:
             group=self.group or (lambda p: f"peer:{p}"),
             share=self.share,
             seed=decision_seed(job_id, round_, awarded),
-            progress=lambda p: progress(evidence.get(p), now),
+            standing=lambda p: book.score(p, now),
         )
 
 

@@ -62,7 +62,7 @@ def choose_winners(
     if quota and len(pick.winners) < k:
         # The admitted slot: every newcomer alike, so that the truly new get in at all.
         _draw(pick, new, newcomers, 0, ramp=False)
-    # Slots the established bidders leave empty: newcomers, the furthest on the ramp first.
+    # Slots the established bidders leave empty: newcomers, the best scored here first.
     draw_no = 1
     while len(pick.winners) < k and _draw(pick, new, newcomers, draw_no, ramp=True):
         draw_no += 1
@@ -76,14 +76,16 @@ def _draw(pick: _Picker, new: list[Bid], newcomers: Newcomers, draw_no: int, *, 
     fit = [b for b in new if pick.fits(b)]
     if not fit:
         return False
-    # Idle first: a newcomer that says it is busy would often have filled up by the time the
-    # award reaches it and decline. A swarm that always claims to be idle gains no ticket by
-    # it: the draw is still one per prefix.
+    if ramp:
+        # Evidence first, as the score ranks (§7.3): a requester keeps awarding the workers
+        # that did right by it, and they become established.
+        top = max(newcomers.standing(b.bidder) for b in fit)
+        fit = [b for b in fit if newcomers.standing(b.bidder) >= top]
+    # Then idle first: a newcomer that says it is busy would often have filled up by the time
+    # the award reaches it and decline. A swarm that always claims to be idle gains no ticket
+    # by it: the draw is still one per prefix.
     soonest = min(b.eta_s for b in fit)
     fit = [b for b in fit if b.eta_s <= soonest]
-    if ramp:
-        top = max(newcomers.progress(b.bidder) for b in fit)
-        fit = [b for b in fit if newcomers.progress(b.bidder) == top]
     b = lottery(
         fit,
         group=newcomers.group,

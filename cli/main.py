@@ -139,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow --http on a non-loopback address (config: http_public)",
     )
     up.add_argument(
+        "--swarm-key",
+        metavar="FILE",
+        help="join only the private mesh of this pre-shared key (/key/swarm/psk/1.0.0/ "
+        "file; config: swarm_key)",
+    )
+    up.add_argument(
         "--record-ttl",
         type=int,
         metavar="S",
@@ -174,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     from p2pmesh.simulations.cli import add_parser as add_sim_parser
 
     add_sim_parser(sub)
+
+    sk = sub.add_parser("swarm-key", help="make or inspect a private mesh's swarm key file")
+    sk_sub = sk.add_subparsers(dest="swarm_key_command", metavar="ACTION", required=True)
+    sk_new = sk_sub.add_parser("new", help="write a fresh random key to FILE (mode 0600)")
+    sk_new.add_argument("file", metavar="FILE")
+    sk_show = sk_sub.add_parser("show", help="check FILE and print its fingerprint (not the key)")
+    sk_show.add_argument("file", metavar="FILE")
+    sk_show.add_argument("--json", action="store_true")
 
     status = sub.add_parser("status", help="this node's state, peers and recent events")
     _add_home(status)
@@ -358,6 +372,34 @@ def _standing(doc: Any) -> str:
     return f"new {doc.get('progress', 0)}/{doc.get('checks_needed', '?')}"
 
 
+def cmd_swarm_key(args: argparse.Namespace) -> int:
+    from p2pmesh.core.swarmkey import fingerprint, format_swarm_key
+    from p2pmesh.daemon.settings import read_swarm_key
+
+    path = Path(args.file).expanduser()
+    if args.swarm_key_command == "new":
+        key = os.urandom(32)
+        try:
+            # O_EXCL: never overwrite a key (a mesh's members would be locked out); 0600 from
+            # the first byte, not chmod after writing.
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            raise ConfigError(f"{path} exists; not overwriting a swarm key") from None
+        except OSError as exc:
+            raise ConfigError(f"{path}: {exc.strerror or exc}") from None
+        with os.fdopen(fd, "wb") as f:
+            f.write(format_swarm_key(key))
+        print(f"wrote {path} (mode 0600), swarm key fingerprint {fingerprint(key)}")
+        print("copy it to each member's node and start them with `p2pmesh up --swarm-key FILE`")
+        return 0
+    key = read_swarm_key(path)
+    if getattr(args, "json", False):
+        _print_json({"file": str(path), "swarm_key_fingerprint": fingerprint(key)})
+    else:
+        print(f"{path}: a valid swarm key, fingerprint {fingerprint(key)}")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "reputation": cmd_reputation,
     "sim": lambda a: _sim(a),
@@ -367,6 +409,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "id": cmd_id,
     "peers": cmd_peers,
     "status": cmd_status,
+    "swarm-key": cmd_swarm_key,
     "offer": lambda a: jobs_cli.cmd_offer(a, _home(a)),
     "jobs": lambda a: jobs_cli.cmd_jobs(a, _home(a)),
     "job": lambda a: jobs_cli.cmd_job(a, _home(a)),

@@ -13,23 +13,27 @@ import trio
 from p2pmesh.adapters import hardware
 from p2pmesh.cli import views
 from p2pmesh.cli.console import make_console
+from p2pmesh.core.swarmkey import fingerprint
 from p2pmesh.daemon.home import ensure_home
 from p2pmesh.daemon.settings import build_settings
 
 TUI_REFRESH_S = 1.0
 
 
-def run_check(home: Path, work: bool) -> int:
+def run_check(home: Path, work: bool, swarm_psk: bytes | None = None) -> int:
     ensure_home(home)
     prof = hardware.profile(home, check_docker=work)
     problems = hardware.readiness(prof, work_enabled=work)
+    fp = fingerprint(swarm_psk) if swarm_psk is not None else None
     if sys.stdout.isatty():
-        make_console().print(views.profile_table(hardware.profile_to_dict(prof), problems))
+        make_console().print(views.profile_table(hardware.profile_to_dict(prof), problems, fp))
     else:
         doc = {
             "profile": hardware.profile_to_dict(prof),
             "problems": problems,
             "ready": not problems,
+            "private": fp is not None,
+            "swarm_key_fingerprint": fp,
         }
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     return 1 if problems else 0
@@ -59,11 +63,12 @@ def run_up(args: argparse.Namespace, home: Path) -> int:
         "newcomer_checks": args.newcomer_checks,
         "http": args.http,
         "http_public": args.http_public,
+        "swarm_key": args.swarm_key,
     }
     ensure_home(home)
     settings = build_settings(home, flags)
     if args.check:
-        return run_check(home, settings.work)
+        return run_check(home, settings.work, settings.swarm_psk)
 
     # Import late: libp2p costs ~0.7 s of CPU to import, which `p2pmesh peers` need not pay.
     from p2pmesh.daemon.runner import Daemon, EventLog, quiet_libp2p_logging, run_until_signal

@@ -337,6 +337,7 @@ def node_panel(node: dict, now: float) -> Panel:
     work = n.get("work")
     seq = _int(n.get("record_seq"))
     shed = _shed_summary(_map(n.get("net")).get("shed"))
+    refused = _int(_map(n.get("net")).get("psk_refused"))
     rows = [
         ("Peer ID", _text(n.get("peer_id"), THEME["peer_id"], 200)),
         ("Addresses", Text("\n".join(addrs)) if addrs else _text(None)),
@@ -346,7 +347,10 @@ def node_panel(node: dict, now: float) -> Panel:
         ("Work", Text("on" if work is True else "off" if work is False else NONE)),
         ("Record seq", Text(NONE if seq is None else str(seq))),
         ("HTTP", _text(n.get("http") or "off", limit=200)),
+        ("Private", Text(private_summary(n.get("private"), n.get("swarm_key_fingerprint")))),
     ]
+    if refused:
+        rows.append(("Refused", Text(f"{refused} connection(s) without the swarm key")))
     if shed:
         # Network input dropped under flood (the node's own events never are).
         rows.append(("Shed", Text(shed, style=THEME["warning"])))
@@ -357,6 +361,14 @@ def node_panel(node: dict, now: float) -> Panel:
         title_align="left",
         border_style=THEME["border"],
     )
+
+
+def private_summary(private: Any, fingerprint: Any) -> str:
+    """``yes (swarm key fingerprint …)`` / ``no``: the fingerprint, never the key."""
+    if private is True:
+        fp = _safe(fingerprint, 64) if isinstance(fingerprint, str) else NONE
+        return f"yes (swarm key fingerprint {fp})"
+    return "no" if private is False else NONE
 
 
 def _shed_summary(shed: Any) -> str:
@@ -657,12 +669,16 @@ def _mb(value: Any) -> str:
     return NONE if n is None else f"{n / 1024:.1f} GB"
 
 
-def profile_table(profile_dict: dict, problems: list[str]) -> Group:
-    """``p2pmesh up --check``: the hardware profile, then either "ready" or what is missing.
+def profile_table(
+    profile_dict: dict, problems: list[str], swarm_key_fingerprint: str | None = None
+) -> Group:
+    """``p2pmesh up --check``: the hardware profile, whether the node is private, then either
+    "ready" or what is missing.
 
     Args:
         profile_dict: ``adapters.hardware.profile_to_dict()`` output.
         problems: ``adapters.hardware.readiness()`` output; empty means ready.
+        swarm_key_fingerprint: the private mesh's key fingerprint; None: an open mesh.
     """
     p = _map(profile_dict)
     logical, physical = _int(p.get("cpus_logical")), _int(p.get("cpus_physical"))
@@ -706,6 +722,14 @@ def profile_table(profile_dict: dict, problems: list[str]) -> Group:
         ("GPUs", gpus),
         ("Executors", exec_text),
         ("Platform", Text(f"{platform}, Python {_safe(p.get('python') or '?')}")),
+        (
+            "Private",
+            Text(
+                private_summary(swarm_key_fingerprint is not None, swarm_key_fingerprint)
+                if swarm_key_fingerprint is not None
+                else "no (an open mesh: anyone who can reach this node may join)"
+            ),
+        ),
     ]:
         table.add_row(Text(label), value)
     lines = [_safe(x, _MAX_MESSAGE) for x in _list(problems)]

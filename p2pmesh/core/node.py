@@ -113,6 +113,9 @@ class NodeConfig:
     # Wrong-result proofs (§8.8) excluding a worker once their weights (our trust in the
     # signers vouching for the right output, per requester) add up to this.
     proof_exclusion: float = 0.5
+    # The private mesh's swarm key fingerprint (core/swarmkey.py), shown by `status`; None:
+    # an open mesh. The key itself never reaches the core: the transport enforces it.
+    swarm_key_fingerprint: str | None = None
 
     def validate(self) -> None:
         if not 10 <= self.record_ttl_s <= capability.MAX_TTL_S:
@@ -692,6 +695,8 @@ class Node:
             "peers_known": len(self.peers),
             "work": self.caps.work,
             "record_seq": own.seq if own else 0,
+            "private": self.config.swarm_key_fingerprint is not None,
+            "swarm_key_fingerprint": self.config.swarm_key_fingerprint,
             "stats": self.membership.stats_json(),
         }
 

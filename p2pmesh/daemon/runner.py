@@ -26,6 +26,7 @@ import trio
 from p2pmesh import __version__
 from p2pmesh.adapters import hardware
 from p2pmesh.adapters.libp2p.net import MeshNet
+from p2pmesh.adapters.libp2p.pnet import Refusal
 from p2pmesh.adapters.sqlite.store import Store, TrioStore, move_aside
 from p2pmesh.bootstrap.peers import shipped_bootstrap
 from p2pmesh.core.capability import Capabilities, Gpu
@@ -58,6 +59,7 @@ from p2pmesh.core.events import (
     Ticked,
 )
 from p2pmesh.core.node import Node, NodeConfig, verify_ledger
+from p2pmesh.core.swarmkey import fingerprint
 from p2pmesh.core.topics import TOPICS, event_of
 from p2pmesh.daemon import metrics as metrics_mod
 from p2pmesh.daemon.control import open_control_listener, serve_control
@@ -147,6 +149,9 @@ class Daemon:
                 fault_fork_ledger=settings.fault == "fork-ledger",
                 connection_grace_s=settings.connection_grace_s,
                 recover_window_s=settings.recover_window_s,
+                swarm_key_fingerprint=(
+                    fingerprint(settings.swarm_psk) if settings.swarm_psk is not None else None
+                ),
             ),
             self.signer,
             caps_from_profile(self.profile, [], settings),
@@ -166,6 +171,8 @@ class Daemon:
             self.events_send,
             local_records=self.node.records,
             metrics=self.http_addr is not None,
+            psk=settings.swarm_psk,
+            on_refused=self._psk_refused,
         )
         self.http = HttpServer(self.http_routes(), self.log)
         self.libp2p_metrics = metrics_mod.libp2p_metrics() if self.http_addr else None
@@ -174,6 +181,16 @@ class Daemon:
         self._net_limiter = trio.CapacityLimiter(64)
         self.nursery: trio.Nursery | None = None
         self.jobs: JobRunner | None = None
+
+    def _psk_refused(self, refusal: Refusal, count: int) -> None:
+        self.log(
+            "warning",
+            "refused a connection: not a member of this private mesh",
+            direction="inbound" if refusal.inbound else "outbound",
+            remote=refusal.remote or "unknown",
+            reason=refusal.reason,
+            refused=count,  # from this address since the last such line
+        )
 
     def _open_store(self) -> tuple[Store, dict[str, Any]]:
         """Open the database and read all it holds, before any task starts: damage is one
@@ -653,6 +670,14 @@ class Daemon:
 
         return {"/": page, "/metrics": metrics, "/api": api, "/api/": api}
 
+    def _announce_private(self) -> None:
+        assert self.settings.swarm_psk is not None
+        self.log(
+            "info",
+            "private mesh: only peers holding this swarm key can connect",
+            swarm_key_fingerprint=fingerprint(self.settings.swarm_psk),
+        )
+
     def write_node_json(self) -> None:
         doc = {
             "peer_id": self.node.peer_id,
@@ -715,6 +740,8 @@ class Daemon:
                             f"HTTP endpoint on {self.settings.http} (--http-public): anyone who "
                             "can reach it can read this node's status, peers, jobs and ledger",
                         )
+                if self.settings.swarm_key is not None:
+                    self._announce_private()
                 self.log(
                     "info",
                     "node listening",

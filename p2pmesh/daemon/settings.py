@@ -22,6 +22,7 @@ Config keys (all optional) mirror the flags of ``p2pmesh up``::
     recover_window_s = 30  # `up --recover`: sign nothing until our chain came back this long
     http = "127.0.0.1:8484"  # /metrics, the status page, /api/…; "off" disables; port 0: any
     http_public = false    # allow a non-loopback http address (read-only, but unauthenticated)
+    swarm_key = "swarm.key"  # a private mesh's pre-shared key file (relative: to the home)
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2pmesh.core.swarmkey import MAX_FILE_BYTES, SwarmKeyError, parse_swarm_key
 from p2pmesh.daemon.home import CONFIG_FILE
 from p2pmesh.daemon.http import DEFAULT_HTTP, is_loopback, parse_http_addr
 from p2pmesh.errors import ConfigError
@@ -64,6 +66,8 @@ class Settings:
     proof_exclusion: float = 0.5
     http: str = DEFAULT_HTTP  # HOST:PORT or "off"
     http_public: bool = False
+    swarm_key: Path | None = None  # the private mesh's key file; None: an open mesh
+    swarm_psk: bytes | None = field(default=None, repr=False)  # its 32 bytes, read at start
     fault: str | None = None  # deliberate misbehaviour for tests and demos (see below)
     fault_after: int = 0  # P2PMESH_FAULT_AFTER: behave for this many jobs first
     fault_slow_s: float = 200.0  # P2PMESH_FAULT_SLOW_S: how late "slow" answers
@@ -92,6 +96,7 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "proof_exclusion": (float, int),
     "http": str,
     "http_public": bool,
+    "swarm_key": str,
 }
 
 
@@ -152,6 +157,45 @@ def read_bench_executor(env: dict[str, str]) -> str | None:
     )
 
 
+def read_swarm_key(path: Path) -> bytes:
+    """The key in a swarm key file, or one ``ConfigError`` line naming the file and the
+    problem (never the key's bytes). The file must be a regular file only we may read."""
+    try:
+        st = path.stat()
+        if not path.is_file():
+            raise ConfigError(f"swarm key {path}: not a regular file")
+        if st.st_mode & 0o077:
+            # As with the node's own key (home.py): a secret others can read is not one.
+            raise ConfigError(
+                f"swarm key {path} is accessible by other users (mode {st.st_mode & 0o777:o})",
+                hint=f"run: chmod 600 {path}",
+            )
+        if st.st_size > MAX_FILE_BYTES:
+            raise ConfigError(
+                f"swarm key {path}: the file is over {MAX_FILE_BYTES} bytes: not a swarm key"
+            )
+        with path.open("rb") as f:
+            data = f.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"swarm key {path}: {exc.strerror or exc}") from None
+    try:
+        return parse_swarm_key(data)
+    except SwarmKeyError as exc:
+        raise ConfigError(
+            f"swarm key {path}: {exc}",
+            hint="make one with `p2pmesh swarm-key new FILE`",
+        ) from None
+
+
+def _swarm_key_path(home: Path, flags: dict[str, Any], cfg: dict[str, Any]) -> Path | None:
+    if flags.get("swarm_key"):
+        return Path(flags["swarm_key"]).expanduser()
+    if cfg.get("swarm_key"):
+        given = Path(cfg["swarm_key"]).expanduser()
+        return given if given.is_absolute() else home / given
+    return None
+
+
 def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
     """``flags`` holds only what was given on the command line (None/empty = not given)."""
     cfg = read_config(home)
@@ -188,6 +232,8 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
         proof_exclusion=float(pick("proof_exclusion", "proof_exclusion", 0.5)),
         http=str(pick("http", "http", DEFAULT_HTTP)),
         http_public=bool(cfg.get("http_public", False)) or bool(flags.get("http_public", False)),
+        swarm_key=(key_path := _swarm_key_path(home, flags, cfg)),
+        swarm_psk=read_swarm_key(key_path) if key_path is not None else None,
         fault=read_fault(dict(os.environ)),
         fault_after=int(os.environ.get("P2PMESH_FAULT_AFTER", "0") or 0),
         fault_slow_s=float(os.environ.get("P2PMESH_FAULT_SLOW_S", "200") or 200),
@@ -228,4 +274,15 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
     for a in s.bootstrap:
         if "/p2p/" not in a:
             raise ConfigError(f"bootstrap address must end in /p2p/<peer id>: {a!r}")
+    if s.swarm_psk is None and os.environ.get("LIBP2P_FORCE_PNET") == "1":
+        # The pnet spec's safeguard against a private node that would join the open network.
+        raise ConfigError(
+            "LIBP2P_FORCE_PNET=1 but no swarm key: refusing to start an open node",
+            hint="give --swarm-key FILE or swarm_key in config.toml",
+        )
+    if s.swarm_psk is not None:
+        for a in s.listen:
+            if "/quic" in a or "/udp/" in a:
+                # QUIC encrypts below us: there is no raw byte stream for the PSK layer.
+                raise ConfigError(f"a private mesh (swarm_key) listens on TCP only, not {a!r}")
     return s

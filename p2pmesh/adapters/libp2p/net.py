@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.records.validator import Validator
 from libp2p.tools.anyio_service import background_trio_service
 
-from p2pmesh.adapters.libp2p import patches
+from p2pmesh.adapters.libp2p import patches, pnet
 from p2pmesh.adapters.libp2p.streams import read_frame, write_frame
 from p2pmesh.core import capability, codec
 from p2pmesh.core.events import (
@@ -141,6 +142,15 @@ class NetStats:
     def count(self, table: dict[str, int], key: str) -> None:
         table[key] = table.get(key, 0) + 1
 
+    # Connections the swarm-key layer refused (a peer without this private mesh's key).
+    psk_refused: int = 0
+
+
+# A refused connection is logged at most this often per remote IP, direction and reason (every
+# one is counted): a stranger redialling in a loop must not flood the log.
+REFUSAL_LOG_EVERY_S = 30.0
+REFUSAL_IPS_KEPT = 1024
+
 
 class MeshNet:
     def __init__(
@@ -150,15 +160,33 @@ class MeshNet:
         *,
         local_records: Callable[[], list[bytes]],
         metrics: bool = False,
+        psk: bytes | None = None,
+        on_refused: Callable[[pnet.Refusal, int], None] | None = None,
     ) -> None:
+        """``psk``: the private mesh's swarm key; every connection then goes through the PSK
+        layer (pnet.py). ``on_refused(refusal, count)`` is told of refused connections, at
+        most once per remote IP, direction and reason per ``REFUSAL_LOG_EVERY_S`` (count:
+        refusals since the last call)."""
         patches.apply()
+        if psk is not None and not patches.pnet_patched:
+            raise TransportError(
+                "private meshes need py-libp2p " + patches.PATCHED_VERSION + " (patches.py item 7)"
+            )
         self._events = events
         self._local_records = local_records
         self.key_pair = create_new_key_pair(seed)
         # metrics: the host sends swarm/gossipsub/DHT events for libp2p.metrics on a channel
         # (``metrics_events``) that someone must drain while the host runs (daemon/metrics.py).
-        self.host = new_host(key_pair=self.key_pair, enable_metrics=metrics)
+        self.private = psk is not None
+        self._psk = psk
+        self.host = new_host(
+            key_pair=self.key_pair,
+            enable_metrics=metrics,
+            psk=psk.hex() if psk is not None else None,
+        )
         self.metrics_events = self.host.get_metrics_recv_channel() if metrics else None
+        self._on_refused = on_refused
+        self._refused_at: dict[tuple[str, bool, str], tuple[float, int]] = {}
         self.peer_id = self.host.get_id().pretty()
         self.gossipsub = GossipSub(
             protocols=[GOSSIPSUB_ID],
@@ -234,6 +262,32 @@ class MeshNet:
     @contextlib.asynccontextmanager
     async def running(self, listen: list[str], *, mdns: bool) -> AsyncIterator[MeshNet]:
         maddrs = [multiaddr.Multiaddr(a) for a in listen]
+        entry = (self._psk, self._refused) if self._psk is not None else None
+        if entry is not None:
+            pnet.refusal_listeners.append(entry)
+        try:
+            async with self._running(maddrs, mdns=mdns):
+                yield self
+        finally:
+            if entry is not None:
+                pnet.refusal_listeners.remove(entry)
+
+    def _refused(self, refusal: pnet.Refusal) -> None:
+        self.stats.psk_refused += 1
+        key = (refusal.remote.rsplit(":", 1)[0], refusal.inbound, refusal.reason)
+        now = time.monotonic()
+        last, since = self._refused_at.get(key, (-math.inf, 0))
+        if now - last < REFUSAL_LOG_EVERY_S:
+            self._refused_at[key] = (last, since + 1)
+            return
+        if len(self._refused_at) >= REFUSAL_IPS_KEPT:
+            self._refused_at.clear()
+        self._refused_at[key] = (now, 0)
+        if self._on_refused is not None:
+            self._on_refused(refusal, since + 1)
+
+    @contextlib.asynccontextmanager
+    async def _running(self, maddrs: list[Any], *, mdns: bool) -> AsyncIterator[MeshNet]:
         async with self.host.run(maddrs):
             self.host.get_network().register_notifee(_Notifee(self.emit))
             self.host.set_stream_handler(PEX_PROTOCOL, self._serve_pex)

@@ -40,6 +40,18 @@
    library's window growth (``_grow_to_delta``, ``_apply_autotune_epoch``). Flow control
    cannot stall: while less than half is owed, the sender still holds more than half a window
    of credit. Upstream would need the two early-release branches removed (or off by default).
+7. The swarm wraps every raw connection in ``libp2p.security.pnet`` when it holds a swarm key
+   (``new_host(psk=…)``), but that module speaks Salsa20 with an 8-byte nonce, which no other
+   libp2p speaks (the pnet spec, go-libp2p and js-libp2p: XSalsa20, 24-byte nonce), fails on a
+   short first read, and returns a connection without ``is_initiator`` /
+   ``get_connection_type`` / ``get_transport_addresses``, which the swarm reads. We rebind the
+   swarm's ``new_protected_conn`` to ``pnet.protect`` (adapters/libp2p/pnet.py). The swarm
+   also wraps only on its own dial path and in ``upgrade_inbound_raw_conn``: a connection
+   handed to ``upgrade_outbound_raw_conn`` from elsewhere (circuit relay v2's outbound side)
+   went out unwrapped while the other end, inbound, wrapped it, so it could never work. We
+   wrap there too (``protect`` is idempotent, so the dial path's connection is not wrapped
+   twice), as go-libp2p's upgrader does for every transport. A private node refuses to start
+   where this patch is off (``pnet_patched``), rather than speak something else on the wire.
 """
 
 from __future__ import annotations
@@ -57,12 +69,15 @@ import libp2p.kad_dht.kad_dht as _kad
 import libp2p.kad_dht.peer_routing as _kad_routing
 import libp2p.kad_dht.provider_store as _kad_providers
 import libp2p.kad_dht.value_store as _kad_values
+import libp2p.network.swarm as _swarm
 import libp2p.pubsub.floodsub as _floodsub
 import libp2p.pubsub.gossipsub as _gossipsub
 import libp2p.pubsub.pubsub as _pubsub
 import libp2p.pubsub.rpc_queue as _rpc_queue
 import libp2p.stream_muxer.yamux.yamux as _yamux
 from libp2p.custom_types import TProtocol
+
+from p2pmesh.adapters.libp2p import pnet
 
 SUBSCRIPTION_QUEUE = 1024
 OUTBOUND_RPC_QUEUE = 1024
@@ -71,6 +86,7 @@ PATCHED_VERSION = "0.8.1"  # the py-libp2p these patches were written and tested
 SENDER_RECORD_REFRESH_S = 60.0
 SENDER_RECORD_PEERS = 4096  # peers remembered (LRU); one entry is ~1 KiB
 _applied = False
+pnet_patched = False  # item 7: only then may a node run with a swarm key
 _log = logging.getLogger("p2pmesh.net")
 
 
@@ -184,6 +200,22 @@ def _batch_yamux_credit() -> None:
     _yamux.YamuxStream._auto_tune_and_send_window_update = _credit_when_half_owed  # type: ignore[method-assign]
 
 
+def _protect_with_xsalsa20() -> None:
+    global pnet_patched
+    _swarm.new_protected_conn = pnet.protect  # type: ignore[attr-defined]
+    original = _swarm.Swarm.upgrade_outbound_raw_conn
+
+    async def upgrade_outbound_raw_conn(
+        self: _swarm.Swarm, raw_conn: Any, peer_id: Any, pre_scope: Any = None
+    ) -> Any:
+        if self.psk is not None:
+            raw_conn = pnet.protect(raw_conn, self.psk)
+        return await original(self, raw_conn, peer_id, pre_scope)
+
+    _swarm.Swarm.upgrade_outbound_raw_conn = upgrade_outbound_raw_conn  # type: ignore[method-assign]
+    pnet_patched = True
+
+
 def apply() -> None:
     global _applied
     if _applied:
@@ -203,11 +235,12 @@ def apply() -> None:
     if installed == PATCHED_VERSION:
         _memo_sender_records()
         _batch_yamux_credit()
+        _protect_with_xsalsa20()
     else:
-        # Items 1-4 fail safe (a constant or a wrapper the new code ignores); items 5 and 6
+        # Items 1-4 fail safe (a constant or a wrapper the new code ignores); items 5-7
         # replace functions whose contracts may have changed, so they stay off elsewhere.
         _log.warning(
-            "py-libp2p %s is not %s: patches.py items 5 and 6 are off",
+            "py-libp2p %s is not %s: patches.py items 5, 6 and 7 are off (no private meshes)",
             installed,
             PATCHED_VERSION,
         )

@@ -2,8 +2,8 @@
 
     p2pmesh sim SCENARIO [--peers N] [--jobs M] [--seed S] [--fraction F] [--json] [--plot FILE.png]
                          [--redundancy K|auto] [--target-error E] [--offer-fanout N]
-                         [--head-fanout N] [--sybil-prefixes N] [--newcomer-share F]
-                         [--newcomer-checks N]
+                         [--head-fanout N] [--sybil-prefixes N] [--sybil-price N]
+                         [--newcomer-share F] [--newcomer-checks N]
     p2pmesh sim all ...      every scenario in turn, one table row each
 
 A progress bar goes to stderr; the summary table (or, with ``--json``, one JSON document with
@@ -29,6 +29,7 @@ import sys
 from typing import Any
 
 from p2pmesh.core.node import NodeConfig
+from p2pmesh.simulations.behaviours import HONEST_PRICE
 from p2pmesh.simulations.metrics import METRIC_KEYS, Report
 from p2pmesh.simulations.network import NetConfig
 from p2pmesh.simulations.scenarios import SCENARIOS, SYBIL_PREFIXES, run
@@ -123,6 +124,13 @@ def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=SYBIL_PREFIXES,
         metavar="N",
         help=f"network prefixes the sybil swarm comes from (default {SYBIL_PREFIXES})",
+    )
+    p.add_argument(
+        "--sybil-price",
+        type=_non_negative,
+        default=HONEST_PRICE,
+        metavar="N",
+        help=f"what the sybil swarm bids (default {HONEST_PRICE}, the honest price)",
     )
     p.add_argument(
         "--newcomer-share",
@@ -221,6 +229,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
         "target_error": args.target_error,
         "net": net,
         "sybil_prefixes": args.sybil_prefixes,
+        "sybil_price": args.sybil_price,
         "newcomer_share": args.newcomer_share,
         "newcomer_checks": args.newcomer_checks,
     }

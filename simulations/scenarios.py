@@ -83,6 +83,7 @@ def build_plan(
     rate: float | None = None,
     utilisation: float = 0.3,
     sybil_prefixes: int = SYBIL_PREFIXES,
+    sybil_price: int = bh.HONEST_PRICE,
     newcomer_share: float | None = None,
     newcomer_checks: int | None = None,
     **overrides: Any,
@@ -92,8 +93,9 @@ def build_plan(
     ``rate`` (jobs per second) or, when None, ``utilisation`` (share of worker slots busy)
     sets the arrival rate; the Sybil join time and the partition are placed within the span
     of the arrivals, so they happen at any scale. ``sybil_prefixes``: how many /24s the
-    ``sybil`` swarm comes from. ``newcomer_share`` / ``newcomer_checks``: every node's
-    ``NodeConfig`` values (None: its defaults; checks 0 turns the newcomer rule off).
+    ``sybil`` swarm comes from, ``sybil_price`` what it bids. ``newcomer_share`` /
+    ``newcomer_checks``: every node's ``NodeConfig`` values (None: its defaults; checks 0
+    turns the newcomer rule off).
     """
     if name not in SCENARIOS:
         raise ValueError(f"unknown scenario {name!r}; one of: {', '.join(SCENARIOS)}")
@@ -133,8 +135,8 @@ def build_plan(
         count = round(f * peers)
         fresh = max(1, round(NEWCOMER_FRACTION * peers))
         join = span / 3
-        # The honest price: among strangers a swarm need not undercut anyone to win.
-        behaviours += [bh.sybil(ring, join_at=join, price=bh.HONEST_PRICE) for _ in range(count)]
+        # The honest price by default: among strangers a swarm need not undercut anyone to win.
+        behaviours += [bh.sybil(ring, join_at=join, price=sybil_price) for _ in range(count)]
         behaviours += [bh.newcomer(join_at=join) for _ in range(fresh)]
         churn += [None] * (count + fresh)
         # Honest peers each in a prefix of their own, the

@@ -24,6 +24,7 @@ from p2pmesh.jobfile import load_job_file
 
 FINAL = ("done", "failed", "timeout", "cancelled", "no-bids", "inconclusive")
 POLL_S = 0.25
+PAYING_WAIT_S = 10.0  # ``offer --wait`` shows a done job's payments being agreed, this long
 STATE_STYLE = {
     "done": "green",
     "failed": "red",
@@ -53,6 +54,30 @@ def _local_refs(paths: dict[str, Path]) -> dict[str, InputRef]:
     return refs
 
 
+def phase_text(job: dict[str, Any]) -> str:
+    """What the job waits for, as the daemon put it (``running 12 s of 60 s timeout``,
+    ``no bids yet: 7 peers known, 0 fit (…)``); the state for an older daemon."""
+    phase = job.get("phase")
+    if isinstance(phase, dict) and isinstance(phase.get("text"), str):
+        return phase["text"]
+    return str(job.get("state", "?"))
+
+
+def _phase_name(job: dict[str, Any]) -> str:
+    phase = job.get("phase")
+    return str(phase.get("name")) if isinstance(phase, dict) else str(job.get("state"))
+
+
+def phase_key(job: dict[str, Any]) -> str:
+    """What must change for ``offer --wait`` without a terminal to print a new line: the
+    phase, or its words, except for the clocks that tick in them."""
+    phase = job.get("phase")
+    name = phase.get("name") if isinstance(phase, dict) else None
+    if name in ("running", "bidding"):
+        return f"{name} {len([w for w in job.get('workers', []) if w.get('state') == 'reported'])}"
+    return phase_text(job)
+
+
 def progress_view(job: dict[str, Any], started: float) -> Group:
     state = job.get("state", "?")
     head = Text.assemble(
@@ -72,9 +97,12 @@ def progress_view(job: dict[str, Any], started: float) -> Group:
     for w in job.get("workers", []):
         res = w.get("result") or {}
         run = f"{res['run_s']:.2f}s" if res.get("run_s") is not None else ""
-        t.add_row("…" + w["peer_id"][-8:], str(w["price"]), w["state"], run)
+        t.add_row("…" + w["peer_id"][-8:], str(w["price"]), w.get("phase") or w["state"], run)
     info = Text(f"bids received: {job.get('bids_received', 0)}   round: {job.get('round', 0)}")
-    parts: list[Any] = [head, info]
+    parts: list[Any] = [head]
+    if state not in FINAL or _phase_name(job) == "paying":
+        parts.append(Text(phase_text(job), style=STATE_STYLE.get(state, "")))
+    parts.append(info)
     if job.get("workers"):
         parts.append(t)
     if job.get("error"):
@@ -117,15 +145,24 @@ def cmd_offer(args: argparse.Namespace, home: Path) -> int:
     try:
         if live:
             live.start()
-        last_state = None
-        while job["state"] not in FINAL:
+        last_key = None
+        paying_until = float("inf")
+        while True:
+            if not live and not args.json and phase_key(job) != last_key:
+                # Without a terminal: one line each time the phase (or why it waits) changes.
+                print(f"{job_id[:12]} {phase_text(job)}", file=sys.stderr, flush=True)
+                last_key = phase_key(job)
+            if job["state"] in FINAL and (
+                _phase_name(job) != "paying" or time.monotonic() > paying_until
+            ):
+                break
+            if job["state"] in FINAL and paying_until == float("inf"):
+                # Done: its payments are usually agreed within a second; say so, briefly.
+                paying_until = time.monotonic() + PAYING_WAIT_S
             time.sleep(POLL_S)
             job = client.request(home, "job", {"job_id": job_id})
             if live:
                 live.update(progress_view(job, started))
-            elif job["state"] != last_state and not args.json:
-                print(f"{job_id[:12]} {job['state']}", file=sys.stderr)
-            last_state = job["state"]
     except KeyboardInterrupt:
         print(
             f"stopped waiting; the job goes on. Follow it with: p2pmesh job {job_id}",
@@ -171,7 +208,7 @@ def cmd_jobs(args: argparse.Namespace, home: Path) -> int:
         sys.stdout.write(json.dumps(jobs, indent=2, sort_keys=True) + "\n")
         return 0
     t = Table(title=f"Jobs ({len(jobs)})")
-    for col in ("job", "role", "name", "image", "state", "workers / requester", "price"):
+    for col in ("job", "role", "name", "image", "state", "phase", "workers / requester", "price"):
         t.add_column(col)
     for j in jobs:
         if j["role"] == "requester":
@@ -180,12 +217,15 @@ def cmd_jobs(args: argparse.Namespace, home: Path) -> int:
         else:
             who = "…" + j["requester"][-8:]
             price = str(j.get("price", ""))
+        # What an open job of ours waits for (``job ID`` says why); nothing once it ended.
+        name = _phase_name(j) if j["role"] == "requester" else ""
         t.add_row(
             j["job_id"][:12],
             j["role"],
             Text(j["name"]),
             Text(j["image"]),
             Text(j["state"], style=STATE_STYLE.get(j["state"], "")),
+            Text(name if name != j["state"] else ""),
             who,
             price,
         )
@@ -217,8 +257,10 @@ def cmd_job(args: argparse.Namespace, home: Path) -> int:
         sys.stdout.write(json.dumps(job, indent=2, sort_keys=True) + "\n")
         return 0
     console = make_console()
+    # The head's clock: since the job was offered (the daemon's clock is this machine's).
+    offered_ago = max(0.0, time.time() - float(job.get("created_at") or time.time()))
     console.print(
-        progress_view(job, time.monotonic())
+        progress_view(job, time.monotonic() - offered_ago)
         if job["role"] == "requester"
         else Text(json.dumps(job, indent=2))
     )

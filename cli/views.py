@@ -354,6 +354,9 @@ def node_panel(node: dict, now: float) -> Panel:
     if shed:
         # Network input dropped under flood (the node's own events never are).
         rows.append(("Shed", Text(shed, style=THEME["warning"])))
+    declines = declines_summary(n.get("declines"))
+    if declines:
+        rows.append(("Not bidding", Text(declines)))
     grid = _kv_grid(rows)
     return Panel(
         grid,
@@ -361,6 +364,15 @@ def node_panel(node: dict, now: float) -> Panel:
         title_align="left",
         border_style=THEME["border"],
     )
+
+
+def declines_summary(declines: Any) -> str:
+    """Offers this worker did not bid on, by reason, most first: ``3 image not allowed, 1
+    busy``."""
+    counts = [(_safe(k, 60), _int(v) or 0) for k, v in _map(declines).items()]
+    counts = [kv for kv in counts if kv[1] > 0]
+    counts.sort(key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{v} {k}" for k, v in counts)
 
 
 def private_summary(private: Any, fingerprint: Any) -> str:

@@ -15,7 +15,9 @@ seconds: records cross machines, so they carry wall-clock time, passed in as ``n
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any
 
 from p2pmesh.core import schema
@@ -254,3 +256,133 @@ def select_newest(values: list[bytes]) -> int:
         if best_rank is None or rank >= best_rank:
             best, best_rank = i, rank
     return best
+
+
+# -- does a node with these capabilities fit a job? --------------------------------------------
+# Written once, for the worker's bid policy (on its own capabilities, where it knows whether it
+# allows networked jobs) and for the requester (on peers' records, which do not say, so
+# ``network_allowed`` is None and that test is not held against the peer).
+@dataclass(frozen=True, slots=True)
+class Misfit:
+    """Why a node does not fit a job: the first failing rule.
+
+    ``kind`` is a stable key (counted in ``p2pmesh status`` and the requester's no-bid
+    summary); ``reason`` is the worker's own words (PROTOCOL.md §7.2); ``one`` and ``many``
+    finish "1 peer …" and "N peers …" in the requester's summary.
+    """
+
+    kind: str
+    reason: str
+    one: str
+    many: str
+
+    def phrase(self, n: int) -> str:
+        return f"{n} {self.one if n == 1 else self.many}"
+
+
+FitRule = Callable[[Capabilities, Any, "bool | None"], "Misfit | None"]
+
+
+def fit_work(caps: Capabilities, spec: Any, net: bool | None) -> Misfit | None:
+    if caps.work:
+        return None
+    return Misfit("work", "work is disabled on this node", "does not take work", "do not take work")
+
+
+def fit_executor(caps: Capabilities, spec: Any, net: bool | None) -> Misfit | None:
+    if "docker" in caps.executors:
+        return None
+    return Misfit("executor", "no working executor (Docker)", "has no Docker", "have no Docker")
+
+
+def fit_image(caps: Capabilities, spec: Any, net: bool | None) -> Misfit | None:
+    image = spec.image
+    if any(fnmatchcase(image, pattern) for pattern in caps.allow_images):
+        return None
+    reason = f"image not allowed: {image}"
+    if not caps.allow_images:
+        reason += " (no --allow-image given)"
+    return Misfit("image", reason, f"does not allow image {image}", f"do not allow image {image}")
+
+
+def fit_network(caps: Capabilities, spec: Any, net: bool | None) -> Misfit | None:
+    if spec.network != "none" and net is False:
+        return Misfit(
+            "network",
+            "job asks for network access, not allowed here",
+            "does not allow network access",
+            "do not allow network access",
+        )
+    return None
+
+
+def fit_resources(caps: Capabilities, spec: Any, net: bool | None) -> Misfit | None:
+    r = spec.resources
+    if r.millicpus > caps.cpus * 1000:
+        return Misfit(
+            "cpus",
+            f"needs {r.millicpus / 1000:g} CPUs, have {caps.cpus}",
+            f"has fewer than {r.millicpus / 1000:g} CPUs",
+            f"have fewer than {r.millicpus / 1000:g} CPUs",
+        )
+    if r.ram_mib > caps.ram_mb:
+        return Misfit(
+            "ram",
+            f"needs {r.ram_mib} MiB RAM, have {caps.ram_mb}",
+            f"has less than {r.ram_mib} MiB RAM",
+            f"have less than {r.ram_mib} MiB RAM",
+        )
+    if r.disk_mib > caps.disk_free_mb:
+        return Misfit(
+            "disk",
+            f"needs {r.disk_mib} MiB disk, have {caps.disk_free_mb} free",
+            f"has less than {r.disk_mib} MiB disk free",
+            f"have less than {r.disk_mib} MiB disk free",
+        )
+    if r.gpus > len(caps.gpus):
+        lack = "a GPU" if r.gpus == 1 else f"{r.gpus} GPUs"
+        return Misfit(
+            "gpu", f"needs {r.gpus} GPUs, have {len(caps.gpus)}", f"lacks {lack}", f"lack {lack}"
+        )
+    if r.gpus and sum(1 for g in caps.gpus if g.memory_mb >= r.gpu_memory_mib) < r.gpus:
+        return Misfit(
+            "gpu_memory",
+            f"needs {r.gpus} GPUs with {r.gpu_memory_mib} MiB each",
+            f"has too little GPU memory ({r.gpu_memory_mib} MiB needed)",
+            f"have too little GPU memory ({r.gpu_memory_mib} MiB needed)",
+        )
+    return None
+
+
+def fit_price(caps: Capabilities, spec: Any, net: bool | None) -> Misfit | None:
+    if caps.price > spec.max_price:
+        return Misfit(
+            "price",
+            f"price {caps.price} above max_price {spec.max_price}",
+            f"asks more than max_price {spec.max_price}",
+            f"ask more than max_price {spec.max_price}",
+        )
+    return None
+
+
+FIT_RULES: tuple[FitRule, ...] = (
+    fit_work,
+    fit_executor,
+    fit_image,
+    fit_network,
+    fit_resources,
+    fit_price,
+)
+
+
+def misfit(spec: Any, caps: Capabilities, *, network_allowed: bool | None = None) -> Misfit | None:
+    """Does a node with ``caps`` fit job ``spec``? None if so, else the first rule it fails.
+
+    ``network_allowed`` is the node's own setting when it is known (the worker), None when it
+    is not (a peer's record does not say).
+    """
+    for rule in FIT_RULES:
+        why = rule(caps, spec, network_allowed)
+        if why is not None:
+            return why
+    return None

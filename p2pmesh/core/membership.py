@@ -274,6 +274,19 @@ class Membership:
             if job_fits(e.record.caps, spec, network_allowed=None) is None
         )
 
+    def fit_summary(self, spec: Any, tried: Any = ()) -> dict[str, Any]:
+        """Why known peers may not bid on ``spec``: the requester's "no bids yet" line.
+
+        ``known`` counts the peers whose records we hold, ``fit`` those that fit and were not
+        already tried for the job; ``reasons`` maps each phrase ("lack a GPU") to how many
+        peers it holds for, from the first rule each fails (``capability.misfit``), most first.
+        """
+        return summarize_fit(
+            [e.record.caps for e in self.peers.entries()],
+            spec,
+            tried=[e.record.peer_id in tried for e in self.peers.entries()],
+        )
+
     # -- read-only views ---------------------------------------------------------------------------
     def records(self) -> list[bytes]:
         # Our own first: peer exchange sends a bounded prefix of this list.
@@ -314,11 +327,48 @@ class Membership:
         }
 
 
+def summarize_fit(
+    caps: list[Capabilities], spec: Any, *, tried: list[bool] | None = None
+) -> dict[str, Any]:
+    """``fit_summary`` over plain capability lists (``tried[i]``: peer i was already tried)."""
+    counts: dict[str, list[Any]] = {}
+    fit = 0
+    for i, c in enumerate(caps):
+        why = capability.misfit(spec, c)
+        if why is None and tried is not None and tried[i]:
+            key, one, many = "tried", "was already tried", "were already tried"
+        elif why is None:
+            fit += 1
+            continue
+        else:
+            key, one, many = why.kind, why.one, why.many
+        slot = counts.setdefault(key, [0, one, many])
+        slot[0] += 1
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1][0], kv[0]))
+    return {
+        "known": len(caps),
+        "fit": fit,
+        "reasons": {(one if n == 1 else many): n for _, (n, one, many) in ranked},
+    }
+
+
+def no_bids_text(summary: dict[str, Any]) -> str:
+    """``no bids yet: 7 peers known, 0 fit (5 lack a GPU, 2 do not allow image python:3.12)``"""
+    known, fit = summary["known"], summary["fit"]
+    text = f"no bids yet: {known} peer{'' if known == 1 else 's'} known, {fit} fit"
+    reasons = summary.get("reasons") or {}
+    if reasons:
+        text += " (" + ", ".join(f"{n} {phrase}" for phrase, n in reasons.items()) + ")"
+    return text
+
+
 __all__ = [
     "TOPIC_CAPABILITIES",
     "Membership",
     "Stats",
     "full_addrs",
     "material",
+    "no_bids_text",
     "peer_id_of_addr",
+    "summarize_fit",
 ]

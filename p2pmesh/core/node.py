@@ -59,6 +59,7 @@ from p2pmesh.core.membership import (
     TOPIC_CAPABILITIES,
     Membership,
     full_addrs,
+    no_bids_text,
     peer_id_of_addr,
 )
 from p2pmesh.core.peers import PeerTable
@@ -463,28 +464,64 @@ class Node:
         return out
 
     # -- jobs ----------------------------------------------------------------------------------
-    def job(self, job_id: str, *, prefix: bool = False) -> dict[str, Any] | None:
+    def job(
+        self, job_id: str, *, prefix: bool = False, now: float | None = None
+    ) -> dict[str, Any] | None:
         """The job document (``role`` "requester" or "worker"), or None. ``prefix``: a unique
-        prefix of a requester job's ID is enough (what the CLI accepts)."""
+        prefix of a requester job's ID is enough (what the CLI accepts). ``now``: the clock
+        for elapsed times (default: the last event's)."""
         j = self.requester.jobs.get(job_id)
+        if j is None and prefix and job_id:
+            matches = [k for k in self.requester.jobs if k.startswith(job_id)]
+            if len(matches) == 1 and job_id not in self.provider.jobs:
+                j = self.requester.jobs[matches[0]]
         if j is not None:
-            return {**requester_mod.job_view(j), "role": "requester"}
+            return self._requested_view(j, now)
         w = self.provider.jobs.get(job_id)
         if w is not None:
             return {**provider_mod.worker_view(w), "role": "worker"}
-        if prefix and job_id:
-            matches = [k for k in self.requester.jobs if k.startswith(job_id)]
-            if len(matches) == 1:
-                return {
-                    **requester_mod.job_view(self.requester.jobs[matches[0]]),
-                    "role": "requester",
-                }
         return None
 
-    def jobs(self) -> list[dict[str, Any]]:
-        """Every job we requested, and every one we were awarded, oldest first."""
+    def _unpaid(self) -> dict[str, int]:
+        """Payments proposed and not yet agreed, by job."""
+        out: dict[str, int] = {}
+        for p in self.ledger.pending.values():
+            out[p.job_id] = out.get(p.job_id, 0) + 1
+        return out
+
+    def _requested_view(
+        self,
+        j: Any,
+        now: float | None,
+        *,
+        why: bool = True,
+        unpaid: dict[str, int] | None = None,
+    ) -> dict[str, Any]:
+        """A job of ours with its phase: while no bid has come, why not, from our peer table
+        (``why``: one pass over the table, so not for every job of a list); once done,
+        ``paying`` until every payment for it is agreed."""
+        t = int(self._now if now is None else now)
+        doc = {**requester_mod.job_view(j, t), "role": "requester"}
+        phase = doc["phase"]
+        if phase["name"] == "offered" and why:
+            summary = self.membership.fit_summary(j.spec, j.tried)
+            doc["waiting"] = {**summary, "text": no_bids_text(summary)}
+            # With results in already, say that first (``2 result(s) in; offering replica 3``).
+            lead = f"{phase['text']}; " if j.active() else ""
+            phase["text"] = lead + doc["waiting"]["text"]
+        elif j.state == "done":
+            n = (self._unpaid() if unpaid is None else unpaid).get(j.job_id, 0)
+            if n:
+                phase.update(name="paying", text=f"paying: {n} payment(s) not yet agreed")
+        return doc
+
+    def jobs(self, now: float | None = None) -> list[dict[str, Any]]:
+        """Every job we requested, and every one we were awarded, oldest first (why a job
+        waits for bids is in ``job`` only)."""
+        unpaid = self._unpaid()
         out = [
-            {**requester_mod.job_view(j), "role": "requester"} for j in self.requester.jobs.values()
+            self._requested_view(j, now, why=False, unpaid=unpaid)
+            for j in self.requester.jobs.values()
         ]
         out += [
             {**provider_mod.worker_view(w), "role": "worker"}
@@ -698,6 +735,7 @@ class Node:
             "private": self.config.swarm_key_fingerprint is not None,
             "swarm_key_fingerprint": self.config.swarm_key_fingerprint,
             "stats": self.membership.stats_json(),
+            "declines": dict(sorted(self.provider.declines.items(), key=lambda kv: -kv[1])),
         }
 
 

@@ -6,8 +6,8 @@ nothing, and answers one of three (PROTOCOL.md §4.5):
 * ``ACCEPT``: deliver and forward;
 * ``IGNORE``: well-formed and honestly signed, but of no use now: a stale or replayed record
   (older or equal ``seq``), one that expired or is not yet valid at our clock, an offer past its
-  deadline, a fraud proof against an author we already excluded, a wrong-result proof we
-  hold already. Dropped, not forwarded, and not held against whoever forwarded it: an honest
+  deadline, a fraud proof against an author we already excluded, a wrong-result proof
+  dated in the future. Dropped, not forwarded, and not held against whoever forwarded it: an honest
   peer relays such copies all the time;
 * ``REJECT``: invalid whatever the time or the sender: undecodable, oversize, off-schema, a bad
   signature. Dropped and not forwarded; the forwarder misbehaved.
@@ -103,8 +103,10 @@ def check_proof(node: Node, data: bytes, now: float) -> Validation:
         proof = parse_proof(data)
     except _BAD:
         return REJECT
-    # Known already (the same fact by another path), or dated in the future.
-    if node.proofs.holds(proof) or proof.at > now + capability.MAX_CLOCK_SKEW_S:
+    # A proof we hold is still ACCEPTed: GossipSub validates our own publications too, and the
+    # requester holds its proof before publishing it. Copies are deduplicated by message ID,
+    # and handling one twice changes nothing (ProofBook keys by job and worker).
+    if proof.at > now + capability.MAX_CLOCK_SKEW_S:
         return IGNORE
     return ACCEPT
 

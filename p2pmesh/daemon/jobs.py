@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import secrets
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -68,6 +70,9 @@ class JobRunner:
         bench_executor: str | None = None,
     ) -> None:
         self.fault = fault
+        self.ring = (
+            Ring(fault[len("collude:") :]) if fault and fault.startswith("collude:") else None
+        )
         self.bench_executor = bench_executor
         self.fault_after = fault_after
         self.jobs_done = 0
@@ -220,6 +225,8 @@ class JobRunner:
         out_dir = job_dir / "out"
         log_path = job_dir / "log.txt"
         self._running[eff.job_id] = time.monotonic()
+        if self.ring is not None:
+            self.ring.holds(eff.job_id, self.node.peer_id, eff.job.spec.redundancy)
         try:
             spec = self._container_spec(eff.job_id, eff.job)
             assert spec.name == f"p2pmesh-{eff.job_id[:16]}-{self.short_id}"
@@ -285,6 +292,8 @@ class JobRunner:
         error: str = "",
     ) -> None:
         def pack() -> tuple[str, int, str, int]:
+            if self.ring is not None and out_dir.exists() and self.ring.cheats(job_id):
+                falsify_outputs(out_dir)
             if self.fault == "wrong-result" and out_dir.exists():
                 # P2PMESH_FAULT_AFTER=N: honest for the first N jobs, to earn credibility first.
                 self.jobs_done += 1
@@ -470,6 +479,58 @@ class JobRunner:
             if self.blobs.has(digest):
                 return self.blobs.path(digest).read_text(errors="replace")
         return None
+
+
+class Ring:
+    """FAULT collude:RING: one owner's colluding nodes, as the simulator's ring behaves.
+
+    Members tell each other which jobs they hold through files in one folder, the owner's out of
+    band channel (``P2PMESH_RING_DIR``, else a folder under the temporary directory named after
+    the ring). A member cheats, with the same wrong output as every other member
+    (``falsify_outputs`` is deterministic), exactly when the ring holds a strict majority of the
+    replicas it knows of: its members among the job's holders, against the job's public
+    ``redundancy`` (awards name only their recipient, so nobody else is known).
+    """
+
+    def __init__(self, name: str) -> None:
+        base = os.environ.get("P2PMESH_RING_DIR") or os.path.join(
+            tempfile.gettempdir(), f"p2pmesh-ring-{name}"
+        )
+        self.dir = Path(base)
+        self.redundancy: dict[str, int] = {}
+
+    def holds(self, job_id: str, peer_id: str, redundancy: Any) -> None:
+        self.redundancy[job_id] = redundancy if isinstance(redundancy, int) else 1
+        folder = self.dir / job_id
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / peer_id).touch()
+
+    def cheats(self, job_id: str) -> bool:
+        """Decided once per job for the whole ring (the first member to finish writes the
+        decision, the others follow it): a member that finished first waits up to
+        ``RING_WAIT_S`` for the others' awards to show up, as an owner who sees every award."""
+        folder = self.dir / job_id
+        k = self.redundancy.pop(job_id, 1)
+        deadline = time.monotonic() + RING_WAIT_S
+        while True:
+            try:
+                ours = sum(1 for p in folder.iterdir() if not p.name.startswith("."))
+            except OSError:
+                return False
+            cheat = 2 * ours > max(ours, k)
+            if cheat or time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+        try:
+            fd = os.open(folder / ".decision", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return (folder / ".decision").read_text() == "cheat"
+        with os.fdopen(fd, "w") as f:
+            f.write("cheat" if cheat else "honest")
+        return cheat
+
+
+RING_WAIT_S = 3.0
 
 
 def falsify_outputs(out_dir: Path) -> None:

@@ -519,11 +519,11 @@ class Daemon:
             return await self.jobs.submit(path, max(1, min(window, 600)))
 
         async def jobs(args: dict[str, Any]) -> Any:
-            return self.node.jobs()
+            return self.node.jobs(time.time())
 
         async def job(args: dict[str, Any]) -> Any:
             job_id = str(args.get("job_id", ""))
-            doc = self.node.job(job_id, prefix=True)
+            doc = self.node.job(job_id, prefix=True, now=time.time())
             if doc is None:
                 raise ValueError(f"no job {job_id!r} on this node")
             return doc

@@ -28,6 +28,7 @@ Config keys (all optional) mirror the flags of ``p2pmesh up``::
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,9 +137,28 @@ def _opt_in(env: dict[str, str], var: str, allowed: tuple[str, ...], hint: str) 
     return value
 
 
+RING_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
 def read_fault(env: dict[str, str]) -> str | None:
-    """``P2PMESH_FAULT``: deliberate misbehaviour for tests and demos."""
-    return _opt_in(env, "P2PMESH_FAULT", FAULTS, "faults are for tests and demos only")
+    """``P2PMESH_FAULT``: deliberate misbehaviour for tests and demos.
+
+    ``collude:RING`` makes this node one of a ring of colluders named ``RING``, which share
+    their awards out of band (files in ``P2PMESH_RING_DIR``) and return the same wrong output
+    whenever the ring holds a strict majority of the replicas it knows of (daemon/jobs.py), the
+    simulator's ring rule (simulations/behaviours.py).
+    """
+    value = env.get("P2PMESH_FAULT", "")
+    kind, sep, ring = value.partition(":")
+    if kind == "collude" and sep:
+        if not RING_KEY.match(ring):
+            raise ConfigError("P2PMESH_FAULT=collude:RING: RING must be 1..64 of A-Z a-z 0-9 _ -")
+        _opt_in({**env, "P2PMESH_FAULT": "collude"}, "P2PMESH_FAULT", ("collude",), _FAULT_HINT)
+        return value
+    return _opt_in(env, "P2PMESH_FAULT", FAULTS, _FAULT_HINT)
+
+
+_FAULT_HINT = "faults are for tests and demos only"
 
 
 BENCH_EXECUTORS = ("instant",)

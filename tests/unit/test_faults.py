@@ -62,3 +62,32 @@ def test_instant_executor_writes_the_same_output_everywhere(tmp_path) -> None:
         outs.append(sorted(p.name for p in out.iterdir()))
         assert (out / OUTPUT_NAME).read_bytes() == OUTPUT
     assert outs[0] == outs[1] == [OUTPUT_NAME]
+
+
+def test_collude_names_its_ring_and_needs_allow_faults() -> None:
+    ok = {"P2PMESH_FAULT": "collude:ring-1", "P2PMESH_ALLOW_FAULTS": "1"}
+    assert read_fault(ok) == "collude:ring-1"
+    with pytest.raises(ConfigError, match="P2PMESH_ALLOW_FAULTS=1"):
+        read_fault({"P2PMESH_FAULT": "collude:ring-1"})
+    for bad in ("collude:", "collude:a/b", "collude:" + "x" * 65, "collude"):
+        with pytest.raises(ConfigError):
+            read_fault({"P2PMESH_FAULT": bad, "P2PMESH_ALLOW_FAULTS": "1"})
+
+
+def test_a_ring_cheats_exactly_when_it_holds_a_strict_majority_it_knows_of(
+    tmp_path, monkeypatch
+) -> None:
+    from p2pmesh.daemon.jobs import Ring
+
+    monkeypatch.setenv("P2PMESH_RING_DIR", str(tmp_path))
+    a, b = Ring("r"), Ring("r")
+    a.holds("j1", "A", 2)
+    assert not a.cheats("j1")  # one of two: the other replica may be honest
+    a.holds("j2", "A", 2)
+    b.holds("j2", "B", 2)
+    assert a.cheats("j2") and b.cheats("j2")  # both replicas it can see are the ring's
+    a.holds("j3", "A", "auto")
+    assert a.cheats("j3")  # "auto": maybe alone, and alone is a majority
+    a.holds("j4", "A", 3)
+    b.holds("j4", "B", 3)
+    assert a.cheats("j4")  # two of three

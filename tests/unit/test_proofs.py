@@ -128,6 +128,7 @@ def test_a_proof_weighs_what_we_trust_its_vouching_signers() -> None:
     p = good_proof()
     assert proofs.proof_weight(p, lambda peer: 0.0, "x") == 0.0
     assert proofs.proof_weight(p, lambda peer: 0.0, REQ.peer_id) == 1.0  # our own
+    assert proofs.proof_weight(p, lambda peer: 0.0, W[2].peer_id) == 1.0  # we agreed
     trusted = {W[1].peer_id: 0.5, W[2].peer_id: 0.5}
     w = proofs.proof_weight(p, lambda peer: trusted.get(peer, 0.0), "x")
     assert w == pytest.approx(0.75)  # at least one of two half-trusted signers honest
@@ -204,7 +205,10 @@ def test_a_stranger_weighs_the_proof_by_its_trust_in_the_signers() -> None:
     # F has no evidence about A, C, D or E: the proof weighs nothing there.
     f.handle(MessageReceived("wrong-result", raw, mesh.ids["A"]), now)
     assert not f.excluded(mesh.ids["B"])
-    assert f.validate_gossip(proofs.TOPIC_PROOFS, raw, now) == topics.IGNORE  # held already
+    # Held already, still accepted (the publisher holds its own before the router checks it),
+    # and a second copy changes nothing.
+    assert f.validate_gossip(proofs.TOPIC_PROOFS, raw, now) == topics.ACCEPT
+    assert [e for e in f.handle(MessageReceived("wrong-result", raw, mesh.ids["A"]), now)] == []
     # G has verified C's work many times: the same proof excludes B there.
     g = Mesh(prices=(3, 1, 2, 3, 4, 9, 9)).node("G")
     for i in range(30):

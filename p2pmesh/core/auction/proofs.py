@@ -142,8 +142,9 @@ def _same_job(r: Any, v: Any) -> None:
 def proof_weight(proof: WrongResultProof, trust: Callable[[str], float], self_id: str) -> float:
     """How much we believe ``proof``: the chance that at least one of its signers who vouch
     for the accepted output (requester and agreeing workers) is honest, from our trust in each
-    (0..1). Our own proofs weigh 1: we decided them."""
-    if proof.requester == self_id:
+    (0..1). Our own proofs weigh 1: we decided them; so does a proof whose agreeing results
+    include ours: we computed the accepted output ourselves."""
+    if proof.requester == self_id or self_id in proof.agreeing:
         return 1.0
     doubt = 1.0
     for signer in (proof.requester, *proof.agreeing):

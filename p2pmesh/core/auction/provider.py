@@ -74,6 +74,9 @@ class Provider:
         self._open: dict[str, None] = {}  # insertion-ordered: ticks act in a fixed order
         self._working: set[str] = set()  # awarded jobs not yet settled (``is_idle``)
         self.last_decision: dict[str, str] = {}  # job_id -> why we did or did not bid
+        # Offers we did not bid on (and awards we declined), by reason: ``p2pmesh status``.
+        # Our own offers are not counted: every node sees them, and they say nothing.
+        self.declines: dict[str, int] = {}
         # Plugged in by the node: may we work for this requester at this price (ledger)?
         self.requester_allowed: Any = lambda requester, amount: True
         self.local_images: frozenset[str] | None = None  # what the engine holds (bid check)
@@ -107,11 +110,16 @@ class Provider:
             local_images=self.local_images,
         )
         decision = decide_bid(offer, ctx)
+        again = self.last_decision.get(offer.job_id) == decision.reason
         self._remember(offer.job_id, decision.reason)
         if not decision.bid:
-            # Lacking an image is the one decline an operator can fix (build or load it).
-            level = "info" if decision.reason.startswith("image not present") else "debug"
-            return [Log(level, "not bidding", {"job": offer.job_id, "reason": decision.reason})]
+            if again or decision.kind == "own job":
+                # The same offer published again, or our own: said once already, or never.
+                return [
+                    Log("debug", "not bidding", {"job": offer.job_id, "reason": decision.reason})
+                ]
+            self._count_decline(decision.kind or decision.reason[:60])
+            return [Log("info", "not bidding", {"job": offer.job_id, "reason": decision.reason})]
         bid = m.build_bid(
             self.signer,
             offer,
@@ -126,6 +134,11 @@ class Provider:
             SendMessage(offer.requester, "bid", bid.raw, offer.job_id, offer.addrs),
             Log("info", "bid sent", {"job": offer.job_id, "price": bid.price}),
         ]
+
+    def _count_decline(self, kind: str) -> None:
+        if kind not in self.declines and len(self.declines) >= 64:
+            kind = "other"  # labels are a fixed set; this bounds a surprise all the same
+        self.declines[kind] = self.declines.get(kind, 0) + 1
 
     def _remember(self, job_id: str, reason: str) -> None:
         self.last_decision[job_id] = reason
@@ -160,7 +173,12 @@ class Provider:
         if self.active_count() >= caps.max_jobs or not caps.work:
             j.state = "expired"
             j.detail = "no free slot"
-            return [*self._status(j, "declined", now, "no free slot"), self._persist(j, now)]
+            self._count_decline("award declined: no free slot")
+            return [
+                Log("info", "award declined", {"job": j.job_id, "reason": "no free slot"}),
+                *self._status(j, "declined", now, "no free slot"),
+                self._persist(j, now),
+            ]
         j.state = "fetching"
         self._working.add(j.job_id)
         refs = tuple(

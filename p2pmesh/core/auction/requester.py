@@ -93,6 +93,7 @@ class Replica:
     lost_reason: str = ""
     addrs: tuple[str, ...] = ()
     gone_at: int = 0  # our last connection to the worker closed then (0: connected or unknown)
+    running_at: int = 0  # its first ``running`` status arrived then (0: not yet)
 
 
 @dataclass(slots=True)
@@ -233,7 +234,7 @@ class Requester:
         elif bid.price > j.spec.max_price:
             why = "price above max_price"
         elif self.excluded(bid.bidder):
-            why = "bidder excluded by a fraud proof"
+            why = "bidder excluded by a fraud or wrong-result proof"
         elif self.book.credibility(bid.bidder, now) == 0.0:
             # Caught returning a wrong result: no work until that evidence has decayed.
             why = "bidder was caught dissenting"
@@ -280,6 +281,8 @@ class Requester:
             # silence allowance anyway (from_doc), so there is nothing worth a write.
             return []
         rep.state = st.state
+        if st.state == "running" and not rep.running_at:
+            rep.running_at = now
         out: list[Effect] = []
         if st.state == "running" and j.state == "awarded":
             j.state = "running"
@@ -1096,13 +1099,110 @@ def _failure_state(r: m.Result) -> str:
     return "timeout" if r.status == "timeout" else "failed"
 
 
-def job_view(j: RequesterJob) -> dict[str, Any]:
+# -- phases: what a job is waiting for ----------------------------------------------------------
+# Derived from the states the protocol already carries (§7.7): a replica's statuses say
+# accepted (it fetches its inputs at once), fetching, running; its result, and our fetch of its
+# outputs, say the rest. Nothing new goes on the wire.
+PHASES = (
+    "offered",
+    "bidding",
+    "awarded",
+    "fetching inputs",
+    "running",
+    "sending outputs",
+    "validating",
+    "paying",
+)
+_REPLICA_RANK = {"awarded": 0, "accepted": 1, "fetching": 1, "running": 2}
+
+
+def replica_phase(j: RequesterJob, r: Replica) -> str:
+    """One worker's phase: awarded, fetching inputs, running, sending outputs, reported, lost."""
+    if r.state == "lost":
+        return "lost"
+    if r.state == "reported":
+        return "sending outputs" if r.worker in j.fetching else "reported"
+    if r.state in ("accepted", "fetching"):
+        return "fetching inputs"
+    return r.state  # awarded, running
+
+
+def job_phase(j: RequesterJob, now: int | None = None) -> dict[str, Any]:
+    """The phase of a job and a line that says it, e.g. ``running 12 s of 60 s timeout``.
+
+    ``name`` is one of ``PHASES`` or a final state. ``offered`` means no bid has come this
+    round; the node adds the reasons from its peer table (``membership.fit_summary``).
+    Without ``now`` (a stored document) no elapsed time is given.
+    """
+    out: dict[str, Any] = {"name": j.state, "text": j.state, "since": None}
+    if j.state in FINAL:
+        out["since"] = j.finished_at or None
+        if j.error:
+            out["text"] = f"{j.state}: {j.error}"
+        return out
+    active = j.active()
+    waiting = [r for r in active if r.state in _REPLICA_RANK]
+    if j.state == "bidding" and not active:
+        if j.bids:
+            left = "" if now is None else f", awarding in {max(0, j.window_ends - now)} s"
+            out.update(name="bidding", text=f"bidding: {len(j.bids)} bid(s){left}")
+        else:
+            out.update(name="offered", text=f"offered (round {j.round}), no bids yet")
+        return out
+    if j.state == "fetching" or (j.state == "validating" and j.fetching):
+        served = len([w for w in j.fetched if w in j.replicas])
+        want = served + len(j.fetching)
+        text = "sending outputs"
+        if j.error:
+            text += " (for the user: the job failed)"
+        elif want:
+            text += f" ({served} of {want} served)"
+        out.update(name="sending outputs", text=text)
+        return out
+    if j.state == "validating":
+        out.update(name="validating", text=f"validating {len(j.compared)} results")
+        return out
+    if not waiting:
+        reported = sum(1 for r in active if r.state == "reported")
+        if len(active) < j.k:
+            # The results so far did not decide: one more replica is being looked for.
+            name = "bidding" if j.bids else "offered"
+            text = f"{reported} result(s) in; offering replica {len(active) + 1} of {j.k}"
+            out.update(name=name, text=text)
+            return out
+        # Every replica in play reported; the decision is a tick away.
+        out.update(name="validating", text=f"validating {reported} result(s)")
+        return out
+    top = max(_REPLICA_RANK[r.state] for r in waiting)
+    lead = [r for r in waiting if _REPLICA_RANK[r.state] == top]
+    reported = sum(1 for r in active if r.state == "reported")
+    tail = f"; {reported} of {len(active)} reported" if reported else ""
+    if top == 2:
+        since = min(r.running_at or r.awarded_at for r in lead)
+        timeout = j.spec.timeout_s
+        out.update(name="running", since=since, timeout_s=timeout)
+        if now is not None:
+            out["elapsed_s"] = max(0, now - since)
+            out["text"] = f"running {out['elapsed_s']} s of {timeout} s timeout{tail}"
+        else:
+            out["text"] = f"running ({timeout} s timeout){tail}"
+        return out
+    if top == 1:
+        out.update(name="fetching inputs", text=f"fetching inputs{tail}")
+        return out
+    since = min(r.awarded_at for r in lead)
+    out.update(name="awarded", since=since, text=f"awarded, waiting for the worker{tail}")
+    return out
+
+
+def job_view(j: RequesterJob, now: int | None = None) -> dict[str, Any]:
     """The job document shown by ``p2pmesh job ID --json`` and written to result.json."""
     return {
         "job_id": j.job_id,
         "name": j.spec.name,
         "image": j.spec.image,
         "state": j.state,
+        "phase": job_phase(j, now),
         "error": j.error,
         "redundancy": j.k,
         "round": j.round,
@@ -1117,6 +1217,7 @@ def job_view(j: RequesterJob) -> dict[str, Any]:
                 "peer_id": r.worker,
                 "price": r.price,
                 "state": r.state,
+                "phase": replica_phase(j, r),
                 "lost_reason": r.lost_reason or None,
                 "result": r.result.to_json() if r.result else None,
             }
@@ -1153,6 +1254,7 @@ def to_doc(j: RequesterJob) -> dict[str, Any]:
                 "last_heard": r.last_heard,
                 "result": r.result.raw.hex() if r.result else None,
                 "lost_reason": r.lost_reason,
+                "running_at": r.running_at,
             }
             for r in j.replicas.values()
         ],
@@ -1222,5 +1324,6 @@ def from_doc(doc: dict[str, Any], requester_id: str, now: int) -> RequesterJob:
             last_heard=max(r["last_heard"], now),
             result=m.parse_result(bytes.fromhex(r["result"])) if r["result"] else None,
             lost_reason=r["lost_reason"],
+            running_at=r.get("running_at", 0),
         )
     return j

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 from typing import Any
 
+from p2pmesh.core import capability as cap
 from p2pmesh.core.auction.messages import Offer
-from p2pmesh.core.capability import Capabilities
+from p2pmesh.core.capability import Capabilities, misfit
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,74 +30,29 @@ class BidContext:
 class BidDecision:
     bid: bool
     reason: str
+    kind: str = ""  # for a "no": a stable label, counted by reason in ``p2pmesh status``
 
 
 Check = Callable[[Offer, BidContext], str | None]
 
 
-# -- does a node with these capabilities fit this job? (caps, job spec, network allowed) -------
-# The same tests serve the bid policy (on our own capabilities) and the requester's count of
-# peers that could bid (on their records, where ``network_allowed`` is None: a record does not
-# say, so it is not held against the peer).
-def fit_work(caps: Capabilities, spec: Any, net: bool | None) -> str | None:
-    return None if caps.work else "work is disabled on this node"
-
-
-def fit_executor(caps: Capabilities, spec: Any, net: bool | None) -> str | None:
-    return None if "docker" in caps.executors else "no working executor (Docker)"
-
-
-def fit_image(caps: Capabilities, spec: Any, net: bool | None) -> str | None:
-    image = spec.image
-    if any(fnmatchcase(image, pattern) for pattern in caps.allow_images):
-        return None
-    if not caps.allow_images:
-        return f"image not allowed: {image} (no --allow-image given)"
-    return f"image not allowed: {image}"
-
-
-def fit_network(caps: Capabilities, spec: Any, net: bool | None) -> str | None:
-    if spec.network != "none" and net is False:
-        return "job asks for network access, not allowed here"
-    return None
-
-
-def fit_resources(caps: Capabilities, spec: Any, net: bool | None) -> str | None:
-    r = spec.resources
-    if r.millicpus > caps.cpus * 1000:
-        return f"needs {r.millicpus / 1000:g} CPUs, have {caps.cpus}"
-    if r.ram_mib > caps.ram_mb:
-        return f"needs {r.ram_mib} MiB RAM, have {caps.ram_mb}"
-    if r.disk_mib > caps.disk_free_mb:
-        return f"needs {r.disk_mib} MiB disk, have {caps.disk_free_mb} free"
-    if r.gpus > len(caps.gpus):
-        return f"needs {r.gpus} GPUs, have {len(caps.gpus)}"
-    if r.gpus and sum(1 for g in caps.gpus if g.memory_mb >= r.gpu_memory_mib) < r.gpus:
-        return f"needs {r.gpus} GPUs with {r.gpu_memory_mib} MiB each"
-    return None
-
-
-def fit_price(caps: Capabilities, spec: Any, net: bool | None) -> str | None:
-    if caps.price > spec.max_price:
-        return f"price {caps.price} above max_price {spec.max_price}"
-    return None
-
-
-FIT = (fit_work, fit_executor, fit_image, fit_network, fit_resources, fit_price)
-
-
+# -- does a node with these capabilities fit this job? ------------------------------------------
+# The rules live in ``capability`` (``misfit``), shared with the requester's count of peers
+# that could bid; the bid chain below runs them one by one, in its own order.
 def job_fits(caps: Capabilities, spec: Any, *, network_allowed: bool | None) -> str | None:
     """Does a node with ``caps`` fit job ``spec``? None if so, else the first reason why not."""
-    for check in FIT:
-        reason = check(caps, spec, network_allowed)
-        if reason is not None:
-            return reason
-    return None
+    why = misfit(spec, caps, network_allowed=network_allowed)
+    return None if why is None else why.reason
+
+
+def _rule(rule: Any, o: Offer, c: BidContext) -> str | None:
+    why = rule(c.caps, o.job.spec, c.allow_network)
+    return None if why is None else why.reason
 
 
 # -- the bid chain -----------------------------------------------------------------------------
 def _work_enabled(o: Offer, c: BidContext) -> str | None:
-    return fit_work(c.caps, o.job.spec, c.allow_network)
+    return _rule(cap.fit_work, o, c)
 
 
 def _not_own(o: Offer, c: BidContext) -> str | None:
@@ -113,11 +68,11 @@ def _still_open(o: Offer, c: BidContext) -> str | None:
 
 
 def _executor(o: Offer, c: BidContext) -> str | None:
-    return fit_executor(c.caps, o.job.spec, c.allow_network)
+    return _rule(cap.fit_executor, o, c)
 
 
 def _image_allowed(o: Offer, c: BidContext) -> str | None:
-    return fit_image(c.caps, o.job.spec, c.allow_network)
+    return _rule(cap.fit_image, o, c)
 
 
 def image_reference(image: str) -> str:
@@ -137,11 +92,11 @@ def _image_present(o: Offer, c: BidContext) -> str | None:
 
 
 def _network(o: Offer, c: BidContext) -> str | None:
-    return fit_network(c.caps, o.job.spec, c.allow_network)
+    return _rule(cap.fit_network, o, c)
 
 
 def _resources(o: Offer, c: BidContext) -> str | None:
-    return fit_resources(c.caps, o.job.spec, c.allow_network)
+    return _rule(cap.fit_resources, o, c)
 
 
 def _capacity(o: Offer, c: BidContext) -> str | None:
@@ -151,7 +106,7 @@ def _capacity(o: Offer, c: BidContext) -> str | None:
 
 
 def _price(o: Offer, c: BidContext) -> str | None:
-    return fit_price(c.caps, o.job.spec, c.allow_network)
+    return _rule(cap.fit_price, o, c)
 
 
 def _requester(o: Offer, c: BidContext) -> str | None:
@@ -174,11 +129,38 @@ CHAIN: tuple[Check, ...] = (
 )
 
 
+# The label each check's "no" is counted under (resources say which one, from ``misfit``).
+DECLINE_KINDS = {
+    _work_enabled: "work disabled",
+    _not_own: "own job",
+    _not_excluded: "excluded by the requester",
+    _still_open: "offer past its deadline",
+    _executor: "no executor",
+    _image_allowed: "image not allowed",
+    _image_present: "image not present",
+    _network: "network not allowed",
+    _capacity: "busy",
+    _price: "price above max_price",
+    _requester: "requester past its credit limit",
+}
+RESOURCE_KINDS = {
+    "cpus": "too few CPUs",
+    "ram": "too little RAM",
+    "disk": "too little disk",
+    "gpu": "too few GPUs",
+    "gpu_memory": "too little GPU memory",
+}
+
+
 def decide_bid(offer: Offer, ctx: BidContext) -> BidDecision:
     for check in CHAIN:
         reason = check(offer, ctx)
         if reason is not None:
-            return BidDecision(False, reason)
+            kind = DECLINE_KINDS.get(check, "")
+            if check is _resources:
+                why = cap.fit_resources(ctx.caps, offer.job.spec, ctx.allow_network)
+                kind = RESOURCE_KINDS.get(why.kind, why.kind) if why else "resources"
+            return BidDecision(False, reason, kind)
     return BidDecision(True, f"fits; bidding {ctx.caps.price}")
 
 

@@ -76,6 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="let replicas of one job share a network prefix (config: prefix_diversity)",
     )
     up.add_argument(
+        "--newcomer-share",
+        type=float,
+        metavar="F",
+        help="chance that one slot of an award goes to a bidder new here, by lottery per "
+        "prefix (config: newcomer_share)",
+    )
+    up.add_argument(
+        "--newcomer-checks",
+        type=int,
+        metavar="N",
+        help="passed checks here before a bidder is established; 0 turns the newcomer rule off "
+        "(config: newcomer_checks)",
+    )
+    up.add_argument(
         "--hidden-replicas",
         type=float,
         metavar="F",
@@ -313,7 +327,17 @@ def cmd_reputation(args: argparse.Namespace) -> int:
     console = make_console()
     rows = result if isinstance(result, list) else [result]
     t = Table(title="Reputation (Beta prior 1:9, 7-day half-life)")
-    for col in ("peer", "reputation", "credibility", "good", "bad", "checks ok", "checks failed"):
+    cols = (
+        "peer",
+        "reputation",
+        "credibility",
+        "good",
+        "bad",
+        "checks ok",
+        "checks failed",
+        "here",
+    )
+    for col in cols:
         t.add_column(col, justify="left" if col == "peer" else "right")
     for r in rows:
         t.add_row(
@@ -324,6 +348,7 @@ def cmd_reputation(args: argparse.Namespace) -> int:
             f"{r['bad']:.1f}",
             f"{r['checks_passed']:.1f}",
             f"{r['checks_failed']:.1f}",
+            _standing(r.get("newcomer")),
         )
     console.print(t)
     if not isinstance(result, list):
@@ -336,6 +361,15 @@ def cmd_reputation(args: argparse.Namespace) -> int:
                 )
             )
     return 0
+
+
+def _standing(doc: Any) -> str:
+    """Established (ranked by score) or newcomer (drawn by lottery) at this node (§8.9)."""
+    if not isinstance(doc, dict) or doc.get("rule") != "on":
+        return "–"
+    if doc.get("established"):
+        return "established"
+    return f"new {doc.get('progress', 0)}/{doc.get('checks_needed', '?')}"
 
 
 def cmd_swarm_key(args: argparse.Namespace) -> int:

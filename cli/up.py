@@ -59,6 +59,8 @@ def run_up(args: argparse.Namespace, home: Path) -> int:
         "recover_window": args.recover_window,
         "recover": args.recover,
         "no_prefix_diversity": args.no_prefix_diversity,
+        "newcomer_share": args.newcomer_share,
+        "newcomer_checks": args.newcomer_checks,
         "http": args.http,
         "http_public": args.http_public,
         "swarm_key": args.swarm_key,

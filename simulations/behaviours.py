@@ -21,8 +21,10 @@ digests). Kinds of bad behaviour:
   dissents and never loses reputation. Against ``"auto"`` a member alone cannot tell a solo run
   from a spot check, cheats, and is caught by the spot checks. ``"always"``: cheat with
   probability ``p``.
-* ``Sybil``: one owner's swarm of fresh identities, joining late, bidding the lowest price,
-  colluding as one ring.
+* ``Sybil``: one owner's swarm of fresh identities, joining late, colluding as one ring; it
+  bids the lowest price (``mixed``) or the honest peers' (``sybil``, where price does not help).
+* ``newcomer``: an honest peer that joins late (with a Sybil swarm, to see what the swarm costs
+  honest newcomers); it works and does not ask for work.
 * ``FreeRider``: never works (``work=False``), asks for work ``requester_weight`` times as often
   as an honest peer and so tries to spend beyond its credit limit.
 * ``Forker``: honest worker whose node signs two ledger blocks at one height
@@ -158,6 +160,11 @@ def sybil(ring: Ring, *, join_at: float, price: int = 1) -> Behaviour:
     return Colluder(
         name="sybil", bad=True, ring=ring, price=price, join_at=join_at, requester_weight=0.0
     )
+
+
+def newcomer(*, join_at: float) -> Behaviour:
+    # Joins to work: its own demand before it joins would only be arrivals lost offline.
+    return Behaviour(name="newcomer", join_at=join_at, requester_weight=0.0)
 
 
 def free_rider(weight: float = 20.0) -> Behaviour:

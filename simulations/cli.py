@@ -2,7 +2,8 @@
 
     p2pmesh sim SCENARIO [--peers N] [--jobs M] [--seed S] [--fraction F] [--json] [--plot FILE.png]
                          [--redundancy K|auto] [--target-error E] [--offer-fanout N]
-                         [--head-fanout N]
+                         [--head-fanout N] [--sybil-prefixes N] [--sybil-price N]
+                         [--newcomer-share F] [--newcomer-checks N]
     p2pmesh sim all ...      every scenario in turn, one table row each
 
 A progress bar goes to stderr; the summary table (or, with ``--json``, one JSON document with
@@ -27,9 +28,11 @@ import json
 import sys
 from typing import Any
 
+from p2pmesh.core.node import NodeConfig
+from p2pmesh.simulations.behaviours import HONEST_PRICE
 from p2pmesh.simulations.metrics import METRIC_KEYS, Report
 from p2pmesh.simulations.network import NetConfig
-from p2pmesh.simulations.scenarios import SCENARIOS, run
+from p2pmesh.simulations.scenarios import SCENARIOS, SYBIL_PREFIXES, run
 
 _NET = NetConfig()  # defaults shown in --help
 ALL = "all"
@@ -116,6 +119,35 @@ def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         help=f"peers each ledger head reaches (default {_NET.head_fanout})",
     )
     p.add_argument(
+        "--sybil-prefixes",
+        type=_positive,
+        default=SYBIL_PREFIXES,
+        metavar="N",
+        help=f"network prefixes the sybil swarm comes from (default {SYBIL_PREFIXES})",
+    )
+    p.add_argument(
+        "--sybil-price",
+        type=_non_negative,
+        default=HONEST_PRICE,
+        metavar="N",
+        help=f"what the sybil swarm bids (default {HONEST_PRICE}, the honest price)",
+    )
+    p.add_argument(
+        "--newcomer-share",
+        type=_fraction,
+        default=None,
+        metavar="F",
+        help=f"every node's newcomer_share (default {NodeConfig().newcomer_share})",
+    )
+    p.add_argument(
+        "--newcomer-checks",
+        type=_non_negative,
+        default=None,
+        metavar="N",
+        help=f"every node's newcomer_checks; 0 turns the newcomer rule off "
+        f"(default {NodeConfig().newcomer_checks})",
+    )
+    p.add_argument(
         "--node-set",
         type=_node_setting,
         action="append",
@@ -196,6 +228,10 @@ def cmd_sim(args: argparse.Namespace) -> int:
         "redundancy": args.redundancy,
         "target_error": args.target_error,
         "net": net,
+        "sybil_prefixes": args.sybil_prefixes,
+        "sybil_price": args.sybil_price,
+        "newcomer_share": args.newcomer_share,
+        "newcomer_checks": args.newcomer_checks,
     }
     if args.node_set:
         kwargs["node"] = dict(args.node_set)
@@ -266,6 +302,7 @@ ALL_COLUMNS = (
     ("gini_honest_earnings", "Gini"),
     ("reputation_auc", "AUC"),
     ("sybil_share", "Sybil"),
+    ("honest_newcomer_first_award_p50_s", "new 1st s"),
     ("ledger_zero_sum", "ledger 0"),
     ("wall_s", "wall s"),
 )

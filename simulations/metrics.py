@@ -21,6 +21,10 @@ Definitions (docs/SIMULATIONS.md, "Metrics"):
   when the run has no bad workers.
 * ``sybil_share``: share of awards in the Sybil window (the first simulated hour after the
   swarm joins) that went to Sybil identities; None without Sybils.
+* ``honest_newcomer_first_award_p50_s``: median, over the honest newcomers that join with a
+  Sybil swarm, of the virtual seconds from joining to the first award; one never awarded counts
+  as the whole run's virtual length plus one second (longer than any wait it could have had),
+  never as null. None when the run has no honest newcomers.
 * ``ledger_zero_sum``: the auditor's balances sum to zero, and so do those of every sampled
   peer's own books.
 * ``wall_s``, ``events_per_s``: real seconds of the run, engine callbacks per real second.
@@ -56,6 +60,7 @@ METRIC_KEYS = (
     "gini_honest_earnings",
     "reputation_auc",
     "sybil_share",
+    "honest_newcomer_first_award_p50_s",
     "ledger_zero_sum",
     "wall_s",
     "events_per_s",
@@ -80,6 +85,7 @@ class Report:
     gini_honest_earnings: float
     reputation_auc: float | None
     sybil_share: float | None
+    honest_newcomer_first_award_p50_s: float | None
     ledger_zero_sum: bool
     wall_s: float
     events_per_s: float
@@ -174,6 +180,7 @@ def report(sim: Simulation) -> Report:
     audit = _audit(sim)
     rep_auc = _reputation_auc(sim, now)
     sybil = _sybil_share(sim)
+    first_award = _newcomer_first_awards(sim, now - sim.engine.start)
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
     details: dict[str, Any] = {
@@ -201,6 +208,7 @@ def report(sim: Simulation) -> Report:
         "core_errors": dict(sorted(sim.core_errors.items())),
         "warnings": dict(sorted(sim.logs.items(), key=lambda kv: -kv[1])[:12]),
         **audit["details"],
+        **first_award["details"],
         "peak_rss_mb": round(peak_mb, 1),
         "cpu_s": round(sim.cpu_s, 3),
     }
@@ -223,6 +231,7 @@ def report(sim: Simulation) -> Report:
         gini_honest_earnings=_round(audit["gini"]),
         reputation_auc=_round(rep_auc),
         sybil_share=_round(sybil),
+        honest_newcomer_first_award_p50_s=_round(first_award["p50"], 3),
         ledger_zero_sum=audit["zero_sum"],
         wall_s=round(sim.wall_s, 3),
         events_per_s=round(sim.engine.events / sim.wall_s, 1) if sim.wall_s > 0 else 0.0,
@@ -313,6 +322,32 @@ def _sybil_share(sim: Simulation) -> float | None:
     if not inside:
         return 0.0
     return sum(1 for i in inside if sim.peers[i].behaviour.name == "sybil") / len(inside)
+
+
+def _newcomer_first_awards(sim: Simulation, run_s: float) -> dict[str, Any]:
+    """Join-to-first-award waits of the honest newcomers (behaviour ``newcomer``)."""
+    fresh = [p.idx for p in sim.peers if p.behaviour.name == "newcomer"]
+    if not fresh:
+        return {"p50": None, "details": {}}
+    first: dict[int, float] = {}
+    wanted = set(fresh)
+    for t, i in sim.awards:  # in time order
+        if i in wanted and i not in first:
+            first[i] = t
+    never = run_s + 1.0  # longer than any newcomer can have waited: "never", as a number
+    waits = sorted(
+        first[i] - sim.peers[i].behaviour.join_at if i in first else never for i in fresh
+    )
+    sybils = [i for t, i in sim.awards if sim.peers[i].behaviour.name == "sybil"]
+    return {
+        "p50": percentile(waits, 0.5),
+        "details": {
+            "honest_newcomers": len(fresh),
+            "honest_newcomers_awarded": len(first),
+            "honest_newcomer_first_award_p95_s": _round(percentile(waits, 0.95), 3),
+            "sybil_awards_whole_run": len(sybils),
+        },
+    }
 
 
 class _Rng:

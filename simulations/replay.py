@@ -90,8 +90,8 @@ def script_plan(
     net: NetConfig | None = None,
     node: dict[str, Any] | None = None,
 ) -> Plan:
-    """A plan that runs exactly ``script`` on peers ``behaviours`` (no churn, no hooks);
-    ``node``: NodeConfig settings of every node, as a daemon's flags would set them."""
+    """A plan that runs exactly ``script`` on peers ``behaviours`` (no churn, no hooks).
+    ``node``: ``NodeConfig`` fields every node gets, as the daemons' flags would."""
     if not script:
         raise ValueError("a script needs at least one job")
     for job in script:

@@ -10,8 +10,10 @@ honest         everyone honest, equal machines, equal prices
 saboteurs      ``fraction`` lazy saboteurs: each job, with p = 0.5, the same cheap wrong answer
 colluders      ``fraction`` colluders in one ring, cheating whenever the ring holds the majority
                of a job's winners (behaviours.py)
-sybil          ``peers`` honest peers, then ``fraction × peers`` fresh identities of one owner
-               join a third into the arrivals, bid price 1 and collude; measured for an hour
+sybil          ``peers`` honest peers, then ``fraction × peers`` fresh identities of one owner in
+               ``sybil_prefixes`` network prefixes join a third into the arrivals, bid the
+               honest price and collude; 2 % honest newcomers (own prefixes) join with them;
+               measured for an hour
 churn          ``fraction`` of the peers come and go (Pareto sessions, log-normal gaps)
 free-riders    ``fraction`` never work and ask for work 20× as often as an honest peer
 partition      the mesh splits in two (``fraction`` on one side) for the middle third of the
@@ -29,7 +31,7 @@ from typing import Any
 
 from p2pmesh.simulations import behaviours as bh
 from p2pmesh.simulations.network import NetConfig
-from p2pmesh.simulations.sim import Plan, Simulation
+from p2pmesh.simulations.sim import Plan, Simulation, own_prefix
 from p2pmesh.simulations.workloads import TEMPLATES, WorkloadConfig, arrival_rate
 
 SCENARIOS = (
@@ -55,6 +57,8 @@ DEFAULT_FRACTION = {
     "mixed": 0.2,
 }
 SYBIL_WINDOW_S = 3600.0  # the swarm's first simulated hour
+SYBIL_PREFIXES = 8  # one owner's machines: a few /24s (1000 and more: a botnet)
+NEWCOMER_FRACTION = 0.02  # honest newcomers joining with the swarm, per honest peer
 SABOTEUR_P = 0.5
 
 
@@ -78,13 +82,20 @@ def build_plan(
     net: NetConfig | None = None,
     rate: float | None = None,
     utilisation: float = 0.3,
+    sybil_prefixes: int = SYBIL_PREFIXES,
+    sybil_price: int = bh.HONEST_PRICE,
+    newcomer_share: float | None = None,
+    newcomer_checks: int | None = None,
     **overrides: Any,
 ) -> Plan:
     """The plan of scenario ``name``. ``overrides`` set ``Plan`` fields directly.
 
     ``rate`` (jobs per second) or, when None, ``utilisation`` (share of worker slots busy)
     sets the arrival rate; the Sybil join time and the partition are placed within the span
-    of the arrivals, so they happen at any scale.
+    of the arrivals, so they happen at any scale. ``sybil_prefixes``: how many /24s the
+    ``sybil`` swarm comes from, ``sybil_price`` what it bids. ``newcomer_share`` /
+    ``newcomer_checks``: every node's ``NodeConfig`` values (None: its defaults; checks 0
+    turns the newcomer rule off).
     """
     if name not in SCENARIOS:
         raise ValueError(f"unknown scenario {name!r}; one of: {', '.join(SCENARIOS)}")
@@ -93,6 +104,14 @@ def build_plan(
     f = DEFAULT_FRACTION[name] if fraction is None else fraction
     if not 0.0 <= f <= 1.0:
         raise ValueError("fraction must be in [0, 1]")
+    if not 1 <= sybil_prefixes <= 1 << 16:
+        raise ValueError("sybil_prefixes must be in [1, 65536]")
+    node: dict[str, Any] = dict(overrides.pop("node", None) or {})
+    if newcomer_share is not None:
+        node["newcomer_share"] = float(newcomer_share)
+    if newcomer_checks is not None:
+        node["newcomer_checks"] = int(newcomer_checks)
+    prefixes: list[int] = []
     workload = WorkloadConfig(redundancy=redundancy, target_error=target_error)
     behaviours: list[bh.Behaviour] = [bh.honest() for _ in range(peers)]
     churn: list[bh.Churn | None] = [None] * peers
@@ -114,9 +133,18 @@ def build_plan(
     elif name == "sybil":
         ring = bh.Ring("sybil")
         count = round(f * peers)
-        behaviours += [bh.sybil(ring, join_at=span / 3) for _ in range(count)]
-        churn += [None] * count
-        sybil_window = (span / 3, span / 3 + SYBIL_WINDOW_S)
+        fresh = max(1, round(NEWCOMER_FRACTION * peers))
+        join = span / 3
+        # The honest price by default: among strangers a swarm need not undercut anyone to win.
+        behaviours += [bh.sybil(ring, join_at=join, price=sybil_price) for _ in range(count)]
+        behaviours += [bh.newcomer(join_at=join) for _ in range(fresh)]
+        churn += [None] * (count + fresh)
+        # Honest peers each in a prefix of their own, the
+        # swarm spread round-robin over its few prefixes (numbers below any own prefix), the
+        # honest newcomers after the list: their own prefixes again.
+        prefixes = [own_prefix(i) for i in range(peers)]
+        prefixes += [j % sybil_prefixes for j in range(count)]
+        sybil_window = (join, join + SYBIL_WINDOW_S)
     elif name == "churn":
         for i in _spread(peers, round(f * peers)):
             churn[i] = bh.Churn()
@@ -167,6 +195,8 @@ def build_plan(
         fraction=f,
         rate=rate,
         utilisation=utilisation,
+        prefixes=prefixes,
+        node=node,
     )
     return dataclasses.replace(plan, **overrides) if overrides else plan
 

@@ -40,6 +40,12 @@ T0 = 1_700_000_000.0
 WARMUP_S = 5.0  # let every node publish its record and settle before the first job
 
 
+def own_prefix(idx: int) -> int:
+    """The prefix number of peer ``idx`` when it shares its prefix with nobody: above any
+    number a plan uses for shared prefixes."""
+    return (1 << 20) + idx
+
+
 @dataclass(slots=True)
 class Plan:
     """Everything that defines a run. ``scenarios.py`` builds these.
@@ -125,7 +131,7 @@ class Simulation:
         """The IPv4 address peer ``idx`` connects from: public-looking /24 prefixes from
         20.0.0.0 up (private ranges would make every peer its own prefix, admission.py)."""
         pre = self.plan.prefixes
-        p = pre[idx] if idx < len(pre) else (1 << 20) + idx  # own prefixes above any plan's
+        p = pre[idx] if idx < len(pre) else own_prefix(idx)  # above any plan's
         return f"{20 + (p >> 16)}.{(p >> 8) & 255}.{p & 255}.{1 + idx % 254}"
 
     # -- running ------------------------------------------------------------------------------

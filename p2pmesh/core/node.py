@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2pmesh.core import capability, reputation, topics
-from p2pmesh.core.auction import admission
+from p2pmesh.core.auction import admission, newcomers
 from p2pmesh.core.auction import proofs as proofs_mod
 from p2pmesh.core.auction import provider as provider_mod
 from p2pmesh.core.auction import requester as requester_mod
@@ -67,6 +67,7 @@ from p2pmesh.errors import DecodeError, ValidationError
 
 # Restoring a stored job document can fail in as many ways as the document can be damaged.
 _DOC_ERRORS = (DecodeError, ValidationError, KeyError, TypeError, ValueError, AttributeError)
+MAX_NEWCOMER_CHECKS = 1000  # credibility for "auto" needs ~920; more would keep everyone new
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +103,11 @@ class NodeConfig:
     # At most one replica of a job per observed network prefix (/24, /48; §8.6): one owner's
     # machines must not outvote the rest. Loopback peers are each their own prefix.
     prefix_diversity: bool = True
+    # Newcomers (fewer than newcomer_checks passed checks here, or a failed one) get at most
+    # one slot per award decision, with this probability, by lottery per prefix (§8.9), and
+    # fill the slots established bidders leave empty. newcomer_checks = 0: the rule is off.
+    newcomer_share: float = newcomers.DEFAULT_SHARE
+    newcomer_checks: int = newcomers.DEFAULT_CHECKS
     # Share of checked jobs (2+ replicas) given one replica more than their redundancy says,
     # which no worker can see (§8.7): a ring holding every replica it knows of may not hold all.
     hidden_replicas: float = 0.10
@@ -125,6 +131,10 @@ class NodeConfig:
             raise ValueError("connection_grace_s and recover_window_s must be >= 1")
         if self.target_connections < 1:
             raise ValueError("target_connections must be >= 1")
+        if not 0.0 <= self.newcomer_share <= 1.0:
+            raise ValueError("newcomer_share must be in [0, 1]")
+        if not 0 <= self.newcomer_checks <= MAX_NEWCOMER_CHECKS:
+            raise ValueError(f"newcomer_checks must be in [0, {MAX_NEWCOMER_CHECKS}]")
 
 
 class Node:
@@ -168,6 +178,12 @@ class Node:
             fault_fork=config.fault_fork_ledger,
         )
         self.requester.pay = self.ledger.pay
+        self.requester.excluded = self.ledger.ledger.excluded
+        # The lottery groups newcomers by observed prefix even when replica diversity is off:
+        # a swarm's many identities in few prefixes must not buy it more tickets.
+        self.requester.newcomer_rule = newcomers.NewcomerRule(
+            share=config.newcomer_share, checks=config.newcomer_checks, group=self.prefixes.of
+        )
         self.proofs = proofs_mod.ProofBook(self.peer_id, exclude_at=config.proof_exclusion)
         self.requester.excluded = self.excluded
         self.requester.on_proof = self._wrong_result
@@ -592,7 +608,20 @@ class Node:
             if self.config.prefix_diversity
             else "off",
         }
+        doc["newcomer"] = self._newcomer_doc(peer_id, now)
         return doc
+
+    def _newcomer_doc(self, peer_id: str, now: float) -> dict[str, Any]:
+        """Established (ranked by score when it bids here) or a newcomer (by lottery, §8.9)."""
+        e = self.book.evidence.get(peer_id)
+        checks = self.config.newcomer_checks
+        return {
+            "established": newcomers.is_established(e, now, checks),
+            "checks_needed": checks,
+            "progress": newcomers.progress(e, now),
+            "share": self.config.newcomer_share,
+            "rule": "on" if checks > 0 else "off",
+        }
 
     def reputation(self, peer: str | None, now: float) -> Any:
         """``p2pmesh reputation [PEER]``: one peer's explanation (``peer`` may be a unique

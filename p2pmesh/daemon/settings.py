@@ -13,6 +13,8 @@ Config keys (all optional) mirror the flags of ``p2pmesh up``::
     credit_base = 100      # credits anyone may owe before earning (mutual credit)
     spot_check = 0.1       # share of "auto" jobs run alone by a credible worker that are re-checked
     prefix_diversity = true  # at most one replica of a job per observed /24 (IPv4) or /48 (IPv6)
+    newcomer_share = 0.1   # chance that one slot of an award goes to a newcomer (by lottery)
+    newcomer_checks = 3    # passed checks here before a bidder is established; 0: rule off
     hidden_replicas = 0.1  # share of checked jobs given one replica more, unseen by the workers
     proof_exclusion = 0.5  # wrong-result proofs' total weight that excludes a worker
     use_shipped_bootstrap = true
@@ -59,6 +61,8 @@ class Settings:
     recover_window_s: int = 30
     recover: bool = False  # `up --recover`: set a damaged database aside, rebuild from the mesh
     prefix_diversity: bool = True
+    newcomer_share: float = 0.1
+    newcomer_checks: int = 3
     hidden_replicas: float = 0.10
     proof_exclusion: float = 0.5
     http: str = DEFAULT_HTTP  # HOST:PORT or "off"
@@ -87,6 +91,8 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "connection_grace_s": int,
     "recover_window_s": int,
     "prefix_diversity": bool,
+    "newcomer_share": (float, int),
+    "newcomer_checks": int,
     "hidden_replicas": (float, int),
     "proof_exclusion": (float, int),
     "http": str,
@@ -240,6 +246,8 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
         recover=bool(flags.get("recover", False)),
         prefix_diversity=bool(cfg.get("prefix_diversity", True))
         and not flags.get("no_prefix_diversity", False),
+        newcomer_share=float(pick("newcomer_share", "newcomer_share", 0.1)),
+        newcomer_checks=int(pick("newcomer_checks", "newcomer_checks", 3)),
         hidden_replicas=float(pick("hidden_replicas", "hidden_replicas", 0.10)),
         proof_exclusion=float(pick("proof_exclusion", "proof_exclusion", 0.5)),
         http=str(pick("http", "http", DEFAULT_HTTP)),
@@ -263,6 +271,10 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
         raise ConfigError("recover_window_s must be in [5, 3600]")
     if not 0.0 <= s.spot_check <= 1.0:
         raise ConfigError("spot_check must be between 0 and 1")
+    if not 0.0 <= s.newcomer_share <= 1.0:
+        raise ConfigError("newcomer_share must be between 0 and 1")
+    if not 0 <= s.newcomer_checks <= 1000:
+        raise ConfigError("newcomer_checks must be in [0, 1000]")
     if not 0.0 <= s.hidden_replicas <= 1.0:
         raise ConfigError("hidden_replicas must be between 0 and 1")
     if not 0.0 < s.proof_exclusion <= 100.0:

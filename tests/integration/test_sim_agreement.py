@@ -232,7 +232,11 @@ def run_simulator(cases: list[JobCase]) -> Outcome:
         scripted_job(c.path, at=i * SPACING_S, requester=REQUESTER, run_s=RUN_S)
         for i, c in enumerate(cases)
     ]
-    replay: Replay = run_script("agreement", behaviours(), script, seed=SEED, node=NODE)
+    # As the daemons (trustmesh.start_mesh): the newcomer lottery off, price picks strangers;
+    # and no hidden replica.
+    replay: Replay = run_script(
+        "agreement", behaviours(), script, seed=SEED, node={**NODE, "newcomer_checks": 0}
+    )
     ids = [replay.peer_id(i) for i in range(len(replay.sim.peers))]
     docs = [replay.job(n) for n in range(len(cases))]
     rows = [

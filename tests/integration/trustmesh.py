@@ -78,6 +78,7 @@ def start_mesh(
     allow: Mapping[int, Sequence[str]] | None = None,
     max_jobs: int = 20,
     discovery_timeout: float = 45.0,
+    newcomer_checks: int = 0,
 ) -> Mesh:
     """Start ``n`` daemons and wait until each lists all the others.
 
@@ -85,6 +86,9 @@ def start_mesh(
     default ``max_jobs`` is high on purpose: a worker awarded more jobs than it has slots
     declines, and a decline excludes it from that job for good (see the trust tests' module
     docstring), which in a 4-node mesh can leave a job with nobody to run it.
+    ``newcomer_checks`` is 0 (the newcomer lottery off, PROTOCOL.md §8.9) by default: these
+    tests pick which stranger wins by its price (a cheater bidding 0 is awarded first), and
+    with the rule on every node here is a newcomer, drawn by lottery instead.
     The caller closes the mesh (``mesh.close()``).
     """
     allow = dict(allow or {})
@@ -94,7 +98,11 @@ def start_mesh(
         args[i] = [a for p in patterns for a in ("--allow-image", p)]
         args[i] += list((node_args or {}).get(i, ()))
     mesh = Mesh(
-        base, n, extra_args=["--max-jobs", str(max_jobs)], node_env=node_env, node_args=args
+        base,
+        n,
+        extra_args=["--max-jobs", str(max_jobs), "--newcomer-checks", str(newcomer_checks)],
+        node_env=node_env,
+        node_args=args,
     )
     mesh.start()
     try:

@@ -174,6 +174,31 @@ def test_scenario_runs_small(name: str) -> None:
         assert r.reputation_auc is not None
 
 
+def test_sybil_swarm_comes_from_few_prefixes_beside_honest_newcomers() -> None:
+    plan = build_plan("sybil", peers=100, jobs=10, fraction=0.5, sybil_prefixes=3)
+    names = [b.name for b in plan.behaviours]
+    assert names.count("honest") == 100 and names.count("sybil") == 50
+    assert names.count("newcomer") == 2  # 2 % of the honest peers, each in its own prefix
+    sim = make_simulation(plan)
+    hosts = [sim.host_of(i).rsplit(".", 1)[0] for i in range(len(plan.behaviours))]
+    sybil = {h for h, n in zip(hosts, names, strict=True) if n == "sybil"}
+    others = [h for h, n in zip(hosts, names, strict=True) if n != "sybil"]
+    assert len(sybil) == 3 and len(set(others)) == len(others) and not sybil & set(others)
+    assert all(b.price == bh.HONEST_PRICE for b in plan.behaviours)  # price buys nothing
+    joined = {b.join_at for b in plan.behaviours if b.name in ("sybil", "newcomer")}
+    assert len(joined) == 1 and joined.pop() > 0
+    off = build_plan("sybil", peers=10, jobs=5, newcomer_checks=0, newcomer_share=0.5)
+    assert off.node == {"newcomer_checks": 0, "newcomer_share": 0.5}
+
+
+def test_newcomer_wait_is_a_number_even_when_never_awarded() -> None:
+    r = run("sybil", seed=3, **SMALL)
+    wait = r.honest_newcomer_first_award_p50_s
+    assert isinstance(wait, float) and 0 <= wait <= r.details["virtual_s"] + 1.0
+    assert r.details["honest_newcomers"] == 1
+    assert run("honest", seed=3, **SMALL).honest_newcomer_first_award_p50_s is None
+
+
 def test_forkers_are_excluded_by_everyone_who_hears_the_proof() -> None:
     # This simulator found that a forker holding a fraud proof against itself made the core
     # raise when it was paid (Ledger.append_own); the core now refuses to pay instead.

@@ -143,9 +143,14 @@ def caps_for(i: int, **over: Any) -> Capabilities:
 
 @dataclass
 class Mesh:
-    """Nodes A, B, C, … and the router between them. ``prices`` sets each node's price."""
+    """Nodes A, B, C, … and the router between them. ``prices`` sets each node's price.
+
+    ``config``: every node's. By default the newcomer lottery is off (PROTOCOL.md §8.9): these
+    tests steer which worker wins by its price, as among established bidders; every node here
+    is new, so with the rule on the winners would be drawn by lottery (test_newcomers.py)."""
 
     prices: tuple[int, ...] = (3, 3, 3)
+    config: NodeConfig = field(default_factory=lambda: NodeConfig(newcomer_checks=0))
     now: int = T0
     nodes: dict[str, Node] = field(default_factory=dict)
     ids: dict[str, str] = field(default_factory=dict)  # name -> peer id
@@ -167,7 +172,7 @@ class Mesh:
             self.ids[name] = signer.peer_id
             self.names[signer.peer_id] = name
             self.nodes[name] = Node(
-                NodeConfig(), signer, caps_for(i, price=price), started_at=float(T0)
+                self.config, signer, caps_for(i, price=price), started_at=float(T0)
             )
             self.db[name] = {}
 
@@ -310,7 +315,7 @@ class Mesh:
         old = self.nodes[name]
         self.timers = [t for t in self.timers if t[1] != name]  # its containers died with it
         self.queue = deque(q for q in self.queue if q[0] != name)
-        node = Node(NodeConfig(), old.signer, old.caps, started_at=float(self.now))
+        node = Node(self.config, old.signer, old.caps, started_at=float(self.now))
         self.nodes[name] = node
         before = _job_states(old)
         # Every job document it persisted, restored the way the daemon restores them.

@@ -178,6 +178,7 @@ class Requester:
         # Plugged in by the node: the ledger's payment hook and its exclusion list.
         self.pay: Any = None  # callable(job_id=, payee=, amount=, accepted_digest=, verdict=, now=)
         self.excluded: Any = lambda peer: False
+        self.newcomer_rule: Any = None  # newcomers.NewcomerRule; None: rank everyone by score
         self.on_proof: Any = None  # callable(raw, now) -> effects: our own proofs, as received
         self.jobs: dict[str, RequesterJob] = {}
         self._open: set[str] = set()  # jobs that may not be final yet (``is_idle``)
@@ -645,6 +646,7 @@ class Requester:
             exclude=set(j.tried),
             prefix=self.prefix,
             taken=self._taken_prefixes(j),
+            newcomers=self._newcomers(j, now),
         )
         out: list[Effect] = []
         if not winners:
@@ -698,6 +700,12 @@ class Requester:
             and all(r.state == "reported" for r in active)
         )
 
+    def _newcomers(self, j: RequesterJob, now: int) -> Any:
+        """The newcomer rule bound to this award decision (§8.9), or None when it is off."""
+        if self.newcomer_rule is None:
+            return None
+        return self.newcomer_rule.for_decision(self.book, now, j.job_id, j.round, len(j.replicas))
+
     def _hide_one(self, j: RequesterJob, now: int) -> int:
         """Maybe one replica more than the job says, decided once, at the first award.
 
@@ -731,6 +739,7 @@ class Requester:
             max_price=j.spec.max_price,
             reputation=self.reputation,
             exclude=set(j.tried),
+            newcomers=self._newcomers(j, now),
         )
         target = j.spec.validation.target_error
         if best and self.book.credibility(best[0].bidder, now) >= 1.0 - target:

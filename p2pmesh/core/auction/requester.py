@@ -77,7 +77,7 @@ DEFAULT_HIDDEN_RATE = 0.10
 
 def max_replicas_for(k: int) -> int:
     """Replicas a job may grow to when its results disagree. With a hidden replica k is one
-    more, which leaves room for an honest side to lead a ring of two by the margin (5 of 7)."""
+    more, which leaves room for an honest side to outvote a ring of two by the margin (4 to 2)."""
     return 2 * k + 1
 
 

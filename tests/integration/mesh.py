@@ -179,6 +179,10 @@ class MeshNode:
             # The HTTP endpoint is on by default (127.0.0.1:8484 or the next free port): tests
             # that do not ask for it must not take ports outside their own ranges.
             args += ["--http", "off"]
+        if "--hidden-replicas" not in self.extra_args:
+            # A hidden replica goes to one job in ten by chance (PROTOCOL.md §8.7): tests that
+            # count replicas, containers or credits must not depend on that draw.
+            args += ["--hidden-replicas", "0"]
         return [*p2pmesh_cmd(), *args, *self.extra_args]
 
     # -- life cycle ------------------------------------------------------------------------

@@ -782,7 +782,8 @@ def test_results_that_disagree_are_never_accepted() -> None:
     mesh.run(121)
     j = mesh.job()
     assert j.state in ("timeout", "failed", "inconclusive")
-    assert j.state != "done" and not _verdicts(mesh)
+    assert j.state != "done"
+    assert all(v.outcome == "inconclusive" for v in _verdicts(mesh))
     assert any("results disagree" in text for _, text in j.history)
 
 
@@ -804,6 +805,19 @@ def test_a_small_mesh_out_of_workers_decides_by_a_plain_majority() -> None:
     a = mesh.node("A")
     assert not a.excluded(mesh.ids["B"]) and a.book.credibility(mesh.ids["B"], mesh.now) == 0.0
     assert not [e for e in mesh.effects(Publish, "A") if e.topic == "p2pmesh/proofs/1"]
+
+
+def test_a_small_mesh_out_of_workers_ends_inconclusive_when_nothing_agrees() -> None:
+    # Three workers, three answers: the fourth replica's round finds nobody, and no plain
+    # majority exists either, so the job ends inconclusive instead of waiting for its deadline.
+    mesh = Mesh(prices=(3, 1, 2, 3))
+    mesh.scripts = {w: Script(output_digest=_digest(w.encode())) for w in "BCD"}
+    mesh.submit("A", make_job(deadline_s=280))
+    mesh.run_job()
+    j = mesh.job()
+    assert j.state == "inconclusive", j.history
+    assert j.error == "no majority after 3 replicas (groups: 1, 1, 1)"
+    assert mesh.now < 1_700_000_000 + 60
 
 
 def test_results_that_never_agree_end_inconclusive() -> None:

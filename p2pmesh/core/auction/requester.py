@@ -811,7 +811,8 @@ class Requester:
         # redundancy of 1 (the user opted out of checking), or "auto" on a credible worker.
         rule = majority.Rule(
             lone_ok=(j.auto and j.k == 1) or j.spec.redundancy == 1,
-            max_replicas=j.max_replicas,
+            # Starved (nobody left to add, §8.1): what is in play is all there will be.
+            max_replicas=min(j.max_replicas, len(j.active())) if j.starved else j.max_replicas,
             numeric=j.spec.validation.mode == "numeric",
             compared=j.compared,
             groups=None if j.groups is None else tuple(tuple(g) for g in j.groups),

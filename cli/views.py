@@ -93,6 +93,14 @@ def _text(value: Any, style: str = "", limit: int = _MAX_FIELD) -> Text:
     return Text(_safe(value, limit), style=style)
 
 
+def _peer_cell(p: dict[str, Any]) -> Text:
+    """A peer's short ID with its connection mark, as both peer tables show it."""
+    is_on = p.get("connected") is True
+    peer = Text("● " if is_on else "○ ", style=THEME["connected" if is_on else "disconnected"])
+    peer.append(short_id(p.get("peer_id")), style=THEME["peer_id"])
+    return peer
+
+
 def _map(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
@@ -298,9 +306,7 @@ def peers_table(peers: list[dict], now: float) -> Table:
         return table
     for p in rows:
         caps = _map(p.get("capabilities"))
-        is_on = p.get("connected") is True
-        peer = Text("● " if is_on else "○ ", style=THEME["connected" if is_on else "disconnected"])
-        peer.append(short_id(p.get("peer_id")), style=THEME["peer_id"])
+        peer = _peer_cell(p)
         cpus = _int(caps.get("cpus"))
         table.add_row(
             peer,
@@ -588,9 +594,7 @@ def _compact_peers(peers: Any, now: float, limit: int) -> Table:
     table.add_column("Seen", justify="right", no_wrap=True)
     for p in shown:
         caps = _map(p.get("capabilities"))
-        is_on = p.get("connected") is True
-        peer = Text("● " if is_on else "○ ", style=THEME["connected" if is_on else "disconnected"])
-        peer.append(short_id(p.get("peer_id")), style=THEME["peer_id"])
+        peer = _peer_cell(p)
         cpus = _int(caps.get("cpus"))
         table.add_row(
             peer,

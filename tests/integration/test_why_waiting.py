@@ -86,16 +86,16 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 def test_a_job_no_peer_fits_says_why_in_job_and_offer_wait(mesh: Mesh, tmp_path: Path) -> None:
     requester, strict, any_image = (mesh.nodes[i] for i in (REQUESTER, STRICT, ANY_IMAGE))
-    if any(p["capabilities"]["gpus"] for p in request(requester, "peers")):
-        pytest.skip("a worker here has a GPU: the job would fit it")
-    # node1 does not allow the image; node2 allows any image (and holds this one), no GPU.
+    # node1 does not allow the image; node2 allows any image (and holds this one) but has
+    # fewer than 16 GPUs: so the job fits nobody, on a machine with a GPU too (a record holds
+    # at most 16, and no machine here has that many).
     doc = job_doc(name="needs-gpu", image=BUSYBOX)
-    doc["resources"] = {**doc["resources"], "gpus": 1, "gpu_memory_gb": 8}
+    doc["resources"] = {**doc["resources"], "gpus": 16, "gpu_memory_gb": 8}
     job = write_job(tmp_path, doc=doc)
     proc = _offer_wait(requester, job, "--bid-window", "1")
     try:
         jid = wait_until(lambda: _job_id(requester, "needs-gpu"), 30, message="no job submitted")
-        reasons = f"1 lacks a GPU, 1 does not allow image {BUSYBOX}"
+        reasons = f"1 lacks 16 GPUs, 1 does not allow image {BUSYBOX}"
         want = f"no bids yet: 2 peers known, 0 fit ({reasons})"
 
         def shown() -> str | None:
@@ -109,7 +109,7 @@ def test_a_job_no_peer_fits_says_why_in_job_and_offer_wait(mesh: Mesh, tmp_path:
         assert doc_json["waiting"] == {
             "known": 2,
             "fit": 0,
-            "reasons": {"lacks a GPU": 1, f"does not allow image {BUSYBOX}": 1},
+            "reasons": {"lacks 16 GPUs": 1, f"does not allow image {BUSYBOX}": 1},
             "text": want,
         }
         # Each worker says why it did not bid, in its log and in its status counters.
@@ -121,7 +121,8 @@ def test_a_job_no_peer_fits_says_why_in_job_and_offer_wait(mesh: Mesh, tmp_path:
         [s] = _declines(strict.log_text(), jid)
         [a] = _declines(any_image.log_text(), jid)
         assert s["level"] == "info" and s["reason"] == f"image not allowed: {BUSYBOX}"
-        assert a["level"] == "info" and a["reason"] == "needs 1 GPUs, have 0"
+        have = len(any_image.status()["node"]["capabilities"]["gpus"])
+        assert a["level"] == "info" and a["reason"] == f"needs 16 GPUs, have {have}"
         assert strict.status()["node"]["declines"].get("image not allowed", 0) >= 1
         assert any_image.status()["node"]["declines"].get("too few GPUs", 0) >= 1
         status_text = flat(any_image.cli("status").stdout)

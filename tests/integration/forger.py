@@ -217,6 +217,10 @@ class Forger:
         return [r for r in value["records"] if isinstance(r, bytes)]
 
     async def _publish(self, name: str, data: bytes) -> None:
+        # After a reconnection the old subscription can linger for a moment while the new
+        # stream is not open yet; a message published then reaches nobody, and the test
+        # counts on the target validating every one it was sent.
+        await self._wait_target_subscribed()
         try:
             await self.pubsub.publish(TOPIC_CAPABILITIES, data)
             self.report["gossip_published"].append(name)
@@ -294,9 +298,17 @@ class Forger:
             except Exception as exc:
                 self.report["errors"].append(f"{name} garbage: {type(exc).__name__}: {exc}"[:200])
 
+    def _target_reachable(self) -> bool:
+        """True once a publish would reach the target: it announced the topic to us *and* our
+        own pubsub stream to it is open (GossipSub skips a subscriber without one, silently)."""
+        pid = self.target.peer_id
+        return pid in self.pubsub.peer_topics.get(TOPIC_CAPABILITIES, ()) and (
+            pid in self.pubsub.peers
+        )
+
     async def _wait_target_subscribed(self) -> None:
         with trio.move_on_after(10):
-            while self.target.peer_id not in self.pubsub.peer_topics.get(TOPIC_CAPABILITIES, ()):
+            while not self._target_reachable():
                 await trio.sleep(0.05)
             return
         self.report["errors"].append("target never announced its subscription")

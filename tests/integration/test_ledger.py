@@ -73,6 +73,7 @@ from trustmesh import (
 )
 
 from p2pmesh.core.ledger.block import parse_block
+from p2pmesh.core.ledger.payments import TOPIC_FRAUD
 from p2pmesh.daemon.home import DB_FILE
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
@@ -271,6 +272,13 @@ def test_a_forking_node_is_excluded_by_all(forked: dict[str, Any]) -> None:
     for n in honest:
         rc, report = verify_cli(n)
         assert rc == 0 and report["ok"] and report["fraud_proofs"] >= 1, (n.name, report)
+    # The proofs travelled: every honest node took at least one from gossip (its own
+    # publication counts too). The topic validator once IGNOREd a proof about an author the
+    # node had already excluded, so each publisher dropped its own proof and none ever left.
+    fraud_in = {
+        n.name: n.status()["node"]["net"]["gossip_in"].get(TOPIC_FRAUD, 0) for n in honest
+    }
+    assert all(v >= 1 for v in fraud_in.values()), fraud_in
     took = forked["excluded_after_s"]
     print(f"\nfork-ledger requester excluded by all 4 honest nodes {took:.1f} s after its job")
 

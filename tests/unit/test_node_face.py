@@ -177,9 +177,17 @@ def test_head_and_fraud_validators() -> None:
     )
     proof = seal_fraud(c.signer, check_fraud(head.raw, twin.raw))
     assert c.validate_gossip(TOPIC_FRAUD, proof, mesh.now) is ACCEPT
-    c.handle(event_of(TOPIC_FRAUD, proof, mesh.ids["B"]), mesh.now)
+    eff = c.handle(event_of(TOPIC_FRAUD, proof, mesh.ids["B"]), mesh.now)
     assert c.excluded(a.peer_id)
-    assert c.validate_gossip(TOPIC_FRAUD, proof, mesh.now) is IGNORE  # nothing new to us
+    # C publishes its own sealed copy, and it must pass C's own validator: GossipSub validates
+    # a node's own publications, and C excluded A before publishing (an IGNORE here once
+    # dropped every fraud proof at its publisher).
+    own = [e.data for e in eff if isinstance(e, Publish) and e.topic == TOPIC_FRAUD]
+    assert len(own) == 1
+    assert c.validate_gossip(TOPIC_FRAUD, own[0], mesh.now) is ACCEPT
+    assert c.validate_gossip(TOPIC_FRAUD, proof, mesh.now) is ACCEPT  # forwarded, changes nothing
+    again = c.handle(event_of(TOPIC_FRAUD, proof, mesh.ids["B"]), mesh.now)
+    assert not [e for e in again if isinstance(e, Publish)]  # published once only
     assert c.validate_gossip(TOPIC_FRAUD, codec.encode({"x": 1}), mesh.now) is REJECT
     c.handle(Ticked(), mesh.now)
 

@@ -20,7 +20,9 @@ digests). Kinds of bad behaviour:
   job's public ``redundancy``; behave honestly otherwise. Against fixed ``k`` it never
   dissents and never loses reputation. Against ``"auto"`` a member alone cannot tell a solo run
   from a spot check, cheats, and is caught by the spot checks. ``"always"``: cheat with
-  probability ``p``.
+  probability ``p``. ``"adaptive"`` (a patient cheater): honest for its first ``warmup`` jobs,
+  then it cheats whenever every replica it can know of is the ring's (alone, or only with
+  ring members) and at least as many as the job's ``redundancy`` (1 for ``"auto"``).
 * ``Sybil``: one owner's swarm of fresh identities, joining late, colluding as one ring; it
   bids the lowest price (``mixed``) or the honest peers' (``sybil``, where price does not help).
 * ``newcomer``: an honest peer that joins late (with a Sybil swarm, to see what the swarm costs
@@ -101,10 +103,21 @@ class Ring:
 class Colluder(Behaviour):
     ring: Ring = field(default_factory=lambda: Ring("ring"))
     p: float = 1.0
-    strategy: str = "together"  # or "always"
+    strategy: str = "together"  # or "always", "adaptive"
+    warmup: int = 0  # "adaptive": jobs run honestly before it ever cheats
+    jobs_run: int = 0
 
     def output(self, peer_idx: int, job: JobSeen, rng: Any) -> str:
-        if self.strategy == "together":
+        self.jobs_run += 1
+        if self.strategy == "adaptive":
+            if self.jobs_run <= self.warmup:
+                return HONEST
+            members = self.ring.members
+            known = set(job.winners) | {h for h in job.holders if h in members}
+            k = job.redundancy if isinstance(job.redundancy, int) else 1
+            if not known <= members or len(known) < k:
+                return HONEST
+        elif self.strategy == "together":
             # What the ring can know: the winners named in its members' awards, its members
             # among the job's holders (shared out of band), and the job's public redundancy
             # ("auto": at least one replica, maybe this one alone).
@@ -153,6 +166,10 @@ def saboteur(p: float = 1.0, *, lazy: bool = False) -> Behaviour:
 
 def colluder(ring: Ring, *, p: float = 1.0, strategy: str = "together") -> Behaviour:
     return Colluder(name="colluder", bad=True, ring=ring, p=p, strategy=strategy)
+
+
+def adaptive(ring: Ring, *, warmup: int = 20) -> Behaviour:
+    return Colluder(name="adaptive", bad=True, ring=ring, strategy="adaptive", warmup=warmup)
 
 
 def sybil(ring: Ring, *, join_at: float, price: int = 1) -> Behaviour:

@@ -32,7 +32,7 @@ from p2pmesh.core.node import NodeConfig
 from p2pmesh.simulations.behaviours import HONEST_PRICE
 from p2pmesh.simulations.metrics import METRIC_KEYS, Report
 from p2pmesh.simulations.network import NetConfig
-from p2pmesh.simulations.scenarios import SCENARIOS, SYBIL_PREFIXES, run
+from p2pmesh.simulations.scenarios import RING_PLACEMENTS, SCENARIOS, SYBIL_PREFIXES, run
 
 _NET = NetConfig()  # defaults shown in --help
 ALL = "all"
@@ -124,6 +124,13 @@ def configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
         default=SYBIL_PREFIXES,
         metavar="N",
         help=f"network prefixes the sybil swarm comes from (default {SYBIL_PREFIXES})",
+    )
+    p.add_argument(
+        "--ring-placement",
+        choices=RING_PLACEMENTS,
+        default="spread",
+        help="colluders: each ring member in a prefix of its own (spread, the worst case and "
+        "the default) or the ring in --sybil-prefixes prefixes (concentrated)",
     )
     p.add_argument(
         "--sybil-price",
@@ -230,6 +237,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
         "net": net,
         "sybil_prefixes": args.sybil_prefixes,
         "sybil_price": args.sybil_price,
+        "ring_placement": args.ring_placement,
         "newcomer_share": args.newcomer_share,
         "newcomer_checks": args.newcomer_checks,
     }

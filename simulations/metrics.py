@@ -4,6 +4,13 @@ Definitions (docs/SIMULATIONS.md, "Metrics"):
 
 * ``accepted_wrong_rate``: jobs that ended ``done`` with an output of a wrong value class,
   over all jobs that ended ``done``.
+* ``accepted_wrong_rate_last_quarter``: the same over the jobs submitted in the last quarter of
+  the arrivals (by submission order), so a defence that learns shows how well it holds once it
+  has learnt.
+* ``caught_excluded_p95_s``: for each bad peer that some node excluded (a wrong-result proof or
+  a ledger fraud proof: "caught"), the virtual seconds from the first exclusion anywhere until
+  95 % of the honest peers exclude it (one that never gets there counts as the run's virtual
+  length plus one second); the median over the caught peers. None when nobody was caught.
 * ``inconclusive_rate``: jobs that ended ``inconclusive``, over all jobs that ended at all.
 * ``mean_redundancy``: replicas awarded per finished job (lost and replaced ones included).
 * ``latency_p50_s`` / ``p95`` / ``p99``: virtual seconds from submission to the final state,
@@ -49,6 +56,8 @@ BOOKS_SAMPLE = 50
 
 METRIC_KEYS = (
     "accepted_wrong_rate",
+    "accepted_wrong_rate_last_quarter",
+    "caught_excluded_p95_s",
     "inconclusive_rate",
     "mean_redundancy",
     "latency_p50_s",
@@ -74,6 +83,8 @@ class Report:
     jobs: int
     seed: int
     accepted_wrong_rate: float
+    accepted_wrong_rate_last_quarter: float
+    caught_excluded_p95_s: float | None
     inconclusive_rate: float
     mean_redundancy: float
     latency_p50_s: float
@@ -177,6 +188,12 @@ def report(sim: Simulation) -> Report:
             busy += p.busy_s + running
 
     n_jobs = max(1, sim.submitted)
+    by_submission = sorted(metas, key=lambda m: m.submitted_at)
+    last_done = [
+        m for m in by_submission[(3 * len(by_submission)) // 4 :] if m.final_state == "done"
+    ]
+    wrong_last = sum(1 for m in last_done if m.accepted_class == "wrong")
+    caught = _caught_excluded(sim, now - sim.engine.start)
     audit = _audit(sim)
     rep_auc = _reputation_auc(sim, now)
     sybil = _sybil_share(sim)
@@ -209,6 +226,7 @@ def report(sim: Simulation) -> Report:
         "warnings": dict(sorted(sim.logs.items(), key=lambda kv: -kv[1])[:12]),
         **audit["details"],
         **first_award["details"],
+        **caught["details"],
         "peak_rss_mb": round(peak_mb, 1),
         "cpu_s": round(sim.cpu_s, 3),
     }
@@ -218,6 +236,8 @@ def report(sim: Simulation) -> Report:
         jobs=sim.plan.jobs,
         seed=sim.plan.seed,
         accepted_wrong_rate=_round(wrong / len(done) if done else 0.0),
+        accepted_wrong_rate_last_quarter=_round(wrong_last / len(last_done) if last_done else 0.0),
+        caught_excluded_p95_s=_round(caught["p50"], 3),
         inconclusive_rate=_round(states.get("inconclusive", 0) / len(final) if final else 0.0),
         mean_redundancy=_round(sum(m.replicas for m in final) / len(final) if final else 0.0),
         latency_p50_s=_round(percentile(lat, 0.5), 3),
@@ -238,6 +258,31 @@ def report(sim: Simulation) -> Report:
         details=details,
         series={"latency_s": lat, "honest_earnings": sorted(audit["earned"])},
     )
+
+
+def _caught_excluded(sim: Simulation, run_s: float) -> dict[str, Any]:
+    """How fast the mesh follows a first exclusion of a bad peer (module doc)."""
+    honest = {p.idx for p in sim.peers if not p.behaviour.bad}
+    need = math.ceil(0.95 * len(honest))
+    spans: list[float] = []
+    reached = 0
+    for p in sim.peers:
+        seen = sim.exclusions.get(p.peer_id)
+        if not p.behaviour.bad or not seen:
+            continue
+        first = min(seen.values())
+        times = sorted(t for i, t in seen.items() if i in honest)
+        if need and len(times) >= need:
+            reached += 1
+            spans.append(times[need - 1] - first)
+        else:
+            spans.append(run_s + 1.0 - first)
+    spans.sort()
+    details: dict[str, Any] = {"caught_bad_peers": len(spans)}
+    if spans:
+        details["caught_reached_95pct"] = reached
+        details["caught_excluded_p95_s_max"] = round(spans[-1], 3)
+    return {"p50": percentile(spans, 0.5) if spans else None, "details": details}
 
 
 def _audit(sim: Simulation) -> dict[str, Any]:

@@ -509,9 +509,20 @@ class SimPeer:
     def _log(self, eff: Log) -> None:
         if eff.level in ("warning", "error"):
             self.sim.count_log(eff.msg)
+        # The core says when it excludes someone; the model only notes who and when.
+        who = EXCLUSION_LOGS.get(eff.msg)
+        if who is not None:
+            self.sim.exclusion_seen(self.idx, str(eff.fields.get(who, "")))
 
     def _ignored(self, eff: Any) -> None:
         self.sim.net.count_ignored(type(eff).__name__)
+
+
+# The core's log lines that say this node now excludes a peer, and the field naming it.
+EXCLUSION_LOGS = {
+    "worker excluded by wrong-result proofs": "worker",
+    "fork detected: author excluded": "author",
+}
 
 
 # One handler per effect type of ``core.effects.Effect`` (tests/unit/test_face.py checks it).

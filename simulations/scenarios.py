@@ -9,7 +9,11 @@ honest peer both works and asks for work.
 honest         everyone honest, equal machines, equal prices
 saboteurs      ``fraction`` lazy saboteurs: each job, with p = 0.5, the same cheap wrong answer
 colluders      ``fraction`` colluders in one ring, cheating whenever the ring holds the majority
-               of a job's winners (behaviours.py)
+               of a job's winners (behaviours.py); ``ring_placement`` ``spread`` (default,
+               the worst case: each member in a network prefix of its own) or
+               ``concentrated`` (the ring in ``sybil_prefixes`` prefixes: one owner's machines)
+adaptive       ``fraction`` patient cheaters in one ring: honest for their first 20 jobs, then
+               cheating whenever alone or only with the ring (run it with ``redundancy="auto"``)
 sybil          ``peers`` honest peers, then ``fraction × peers`` fresh identities of one owner in
                ``sybil_prefixes`` network prefixes join a third into the arrivals, bid the
                honest price and collude; 2 % honest newcomers (own prefixes) join with them;
@@ -38,6 +42,7 @@ SCENARIOS = (
     "honest",
     "saboteurs",
     "colluders",
+    "adaptive",
     "sybil",
     "churn",
     "free-riders",
@@ -49,6 +54,7 @@ DEFAULT_FRACTION = {
     "honest": 0.0,
     "saboteurs": 0.2,
     "colluders": 0.2,
+    "adaptive": 0.2,
     "sybil": 0.1,
     "churn": 0.5,
     "free-riders": 0.1,
@@ -60,6 +66,8 @@ SYBIL_WINDOW_S = 3600.0  # the swarm's first simulated hour
 SYBIL_PREFIXES = 8  # one owner's machines: a few /24s (1000 and more: a botnet)
 NEWCOMER_FRACTION = 0.02  # honest newcomers joining with the swarm, per honest peer
 SABOTEUR_P = 0.5
+ADAPTIVE_WARMUP = 20  # jobs an adaptive cheater runs honestly first
+RING_PLACEMENTS = ("spread", "concentrated")
 
 
 def _spread(n: int, count: int) -> set[int]:
@@ -86,6 +94,7 @@ def build_plan(
     sybil_price: int = bh.HONEST_PRICE,
     newcomer_share: float | None = None,
     newcomer_checks: int | None = None,
+    ring_placement: str = "spread",
     **overrides: Any,
 ) -> Plan:
     """The plan of scenario ``name``. ``overrides`` set ``Plan`` fields directly.
@@ -95,7 +104,9 @@ def build_plan(
     of the arrivals, so they happen at any scale. ``sybil_prefixes``: how many /24s the
     ``sybil`` swarm comes from, ``sybil_price`` what it bids. ``newcomer_share`` /
     ``newcomer_checks``: every node's ``NodeConfig`` values (None: its defaults; checks 0
-    turns the newcomer rule off).
+    turns the newcomer rule off). ``ring_placement``: where the ``colluders`` ring sits
+    (``spread``: a prefix of its own per member; ``concentrated``: ``sybil_prefixes``
+    prefixes for the whole ring).
     """
     if name not in SCENARIOS:
         raise ValueError(f"unknown scenario {name!r}; one of: {', '.join(SCENARIOS)}")
@@ -104,6 +115,8 @@ def build_plan(
     f = DEFAULT_FRACTION[name] if fraction is None else fraction
     if not 0.0 <= f <= 1.0:
         raise ValueError("fraction must be in [0, 1]")
+    if ring_placement not in RING_PLACEMENTS:
+        raise ValueError(f"ring_placement must be one of: {', '.join(RING_PLACEMENTS)}")
     if not 1 <= sybil_prefixes <= 1 << 16:
         raise ValueError("sybil_prefixes must be in [1, 65536]")
     node: dict[str, Any] = dict(overrides.pop("node", None) or {})
@@ -128,8 +141,19 @@ def build_plan(
             behaviours[i] = bh.saboteur(SABOTEUR_P, lazy=True)
     elif name == "colluders":
         ring = bh.Ring("ring")
-        for i in _spread(peers, round(f * peers)):
+        members = sorted(_spread(peers, round(f * peers)))
+        for i in members:
             behaviours[i] = bh.colluder(ring)
+        if ring_placement == "concentrated":
+            # Honest peers keep prefixes of their own; the ring shares a few, numbered below
+            # any own prefix (as the sybil swarm's are).
+            prefixes = [own_prefix(i) for i in range(peers)]
+            for n, i in enumerate(members):
+                prefixes[i] = n % sybil_prefixes
+    elif name == "adaptive":
+        ring = bh.Ring("adaptive")
+        for i in _spread(peers, round(f * peers)):
+            behaviours[i] = bh.adaptive(ring, warmup=ADAPTIVE_WARMUP)
     elif name == "sybil":
         ring = bh.Ring("sybil")
         count = round(f * peers)

@@ -99,6 +99,8 @@ class Simulation:
         self.not_submitted = 0  # arrivals whose requester was offline (the user waits)
         self.awards: list[tuple[float, int]] = []  # (time, worker index) of every award
         self.logs: dict[str, int] = {}
+        # Excluded peer ID → {observer index: virtual second it excluded that peer}.
+        self.exclusions: dict[str, dict[int, float]] = {}
         self.last_arrival = T0
         self.wall_s = 0.0
         self.running_now = 0  # containers running right now, mesh-wide
@@ -284,6 +286,10 @@ class Simulation:
 
     def count_log(self, msg: str) -> None:
         self.logs[msg] = self.logs.get(msg, 0) + 1
+
+    def exclusion_seen(self, observer: int, peer_id: str) -> None:
+        seen = self.exclusions.setdefault(peer_id, {})
+        seen.setdefault(observer, self.engine.now - T0)
 
     # -- scheduled scenario events --------------------------------------------------------------
     def split(self, groups: list[int]) -> None:

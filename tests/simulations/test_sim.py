@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from math import comb
 
 import pytest
@@ -213,6 +214,63 @@ def test_forkers_are_excluded_by_everyone_who_hears_the_proof() -> None:
     assert r.details["excluded_authors"] >= 1
     assert r.details["forkers_known_by_mean_peers"] > 0.5 * SMALL["peers"]
     assert r.reputation_auc == 1.0  # a fraud proof is evidence nobody else can outweigh
+
+
+def test_forker_exclusion_spreads_and_is_timed() -> None:
+    r = run("forkers", seed=1, **SMALL)
+    assert r.details["caught_bad_peers"] >= 1
+    wait = r.caught_excluded_p95_s
+    assert isinstance(wait, float) and 0.0 <= wait <= r.details["virtual_s"] + 1.0
+    assert 0 <= r.details["caught_reached_95pct"] <= r.details["caught_bad_peers"]
+    assert run("honest", seed=3, **SMALL).caught_excluded_p95_s is None
+
+
+def test_last_quarter_rate_counts_the_jobs_submitted_last() -> None:
+    sim = make_simulation(build_plan("saboteurs", seed=4, **SMALL))
+    r = sim.run()
+    metas = sorted(sim.jobs.values(), key=lambda m: m.submitted_at)
+    last = [m for m in metas[(3 * len(metas)) // 4 :] if m.final_state == "done"]
+    wrong = sum(1 for m in last if m.accepted_class == "wrong")
+    assert last and r.accepted_wrong_rate_last_quarter == round(wrong / len(last), 6)
+
+
+def _seen(winners: tuple[str, ...], holders: tuple[str, ...], k: int | str) -> bh.JobSeen:
+    return bh.JobSeen(winners=winners, holders=holders, redundancy=k)
+
+
+def test_adaptive_cheater_is_patient_then_cheats_only_where_the_ring_holds_every_replica() -> None:
+    ring = bh.Ring("r", members={"a", "b"})
+    cheat = bh.adaptive(ring, warmup=3)
+    rng = random.Random(1)
+    alone = _seen(("a",), ("a",), "auto")
+    # Honest for its first jobs, even alone.
+    assert [cheat.output(0, alone, rng) for _ in range(3)] == [bh.HONEST] * 3
+    assert cheat.output(0, alone, rng) == "wrong:r"  # alone under auto
+    assert cheat.output(0, _seen(("a",), ("a", "b"), 2), rng) == "wrong:r"  # only the ring
+    assert cheat.output(0, _seen(("a",), ("a", "h"), 2), rng) == bh.HONEST  # an honest holder?
+    assert cheat.output(0, _seen(("a", "h"), ("a",), 2), rng) == bh.HONEST  # a named honest
+    assert cheat.output(0, _seen(("a",), ("a",), 2), rng) == bh.HONEST  # k=2: not alone
+
+
+def test_ring_placement_spread_or_concentrated() -> None:
+    spread = make_simulation(build_plan("colluders", peers=50, jobs=5, fraction=0.2))
+    conc = make_simulation(
+        build_plan(
+            "colluders",
+            peers=50,
+            jobs=5,
+            fraction=0.2,
+            ring_placement="concentrated",
+            sybil_prefixes=2,
+        )
+    )
+    for sim, expected in ((spread, 10), (conc, 2)):
+        hosts = [sim.host_of(i).rsplit(".", 1)[0] for i in range(50)]
+        ring = {h for h, p in zip(hosts, sim.peers, strict=True) if p.behaviour.bad}
+        honest = [h for h, p in zip(hosts, sim.peers, strict=True) if not p.behaviour.bad]
+        assert len(ring) == expected and len(set(honest)) == 40 and not ring & set(honest)
+    with pytest.raises(ValueError, match="ring_placement"):
+        build_plan("colluders", peers=10, jobs=5, ring_placement="nowhere")
 
 
 # -- command line --------------------------------------------------------------------------------

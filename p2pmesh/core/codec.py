@@ -136,25 +136,40 @@ def decode(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
     return value
 
 
-_SCALARS = (str, bytes, int, bool, type(None))
+_SCALARS = frozenset((str, bytes, int, bool, type(None)))
 
 
 def _check_canonical(value: Any, depth: int) -> None:
-    if depth > MAX_DEPTH:
-        raise DecodeError(f"nesting deeper than {MAX_DEPTH}")
+    """Raise unless ``value`` (as msgpack decoded it) is in the canonical set (module doc).
+
+    Runs on every block and message a node takes in, so scalars are checked in their
+    container's loop rather than by a call each, and keys are compared as text: for valid
+    UTF-8 (which the decoder enforces), code-point order is byte order.
+    """
     kind = type(value)
     if kind is dict:
+        if value and depth >= MAX_DEPTH:
+            raise DecodeError(f"nesting deeper than {MAX_DEPTH}")
         prev = None
         for key, item in value.items():
             if type(key) is not str:
                 raise DecodeError("map keys must be text")
-            kb = key.encode("utf-8", "surrogatepass")
-            if prev is not None and kb <= prev:
+            if prev is not None and key <= prev:
                 raise DecodeError("not in canonical form")
-            prev = kb
-            _check_canonical(item, depth + 1)
+            prev = key
+            t = type(item)
+            if t is dict or t is list:
+                _check_canonical(item, depth + 1)
+            elif t not in _SCALARS:
+                raise DecodeError(f"type {t.__name__} has no canonical encoding")
     elif kind is list:
+        if value and depth >= MAX_DEPTH:
+            raise DecodeError(f"nesting deeper than {MAX_DEPTH}")
         for item in value:
-            _check_canonical(item, depth + 1)
+            t = type(item)
+            if t is dict or t is list:
+                _check_canonical(item, depth + 1)
+            elif t not in _SCALARS:
+                raise DecodeError(f"type {t.__name__} has no canonical encoding")
     elif kind not in _SCALARS:
         raise DecodeError(f"type {kind.__name__} has no canonical encoding")

@@ -367,6 +367,7 @@ def bench_throughput(
     profile: bool,
     timeout: float,
     rate: float = 0.0,
+    daemon_args: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     image = "p2pmesh/absent-on-purpose:1" if payload == "absent" else BUSYBOX
     env = (
@@ -396,7 +397,10 @@ def bench_throughput(
     )
     client = docker_client()
     with Mesh(
-        base / "mesh", nodes, extra_args=[*ALLOW_OURS, "--max-jobs", str(max_jobs)], env=env
+        base / "mesh",
+        nodes,
+        extra_args=[*ALLOW_OURS, "--max-jobs", str(max_jobs), *daemon_args],
+        env=env,
     ) as mesh:
         try:
             mesh.wait_all_listed(300)
@@ -626,6 +630,14 @@ def main(argv: list[str] | None = None) -> int:
         help="before each part, wait until the 1-min load average is ≤ this (0: no)",
     )
     ap.add_argument("--quiet-wait", type=float, default=600.0, help="…but at most this long, s")
+    ap.add_argument(
+        "--daemon-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="throughput: one more `p2pmesh up` argument for every daemon (repeatable), "
+        "e.g. --daemon-arg=--no-sortition",
+    )
     ap.add_argument("--out", required=True, help="JSON results file")
     ap.add_argument("--keep", action="store_true", help="keep the node homes (logs) afterwards")
     args = ap.parse_args(argv)
@@ -656,6 +668,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.profile,
                     args.timeout,
                     args.rate,
+                    tuple(args.daemon_arg),
                 )
                 res["loadavg_at_start"] = quiet["loadavg"]
                 print(f"throughput {payload}: {json.dumps(res)}", flush=True)

@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="credits any peer may owe before it has earned (config: credit_base)",
     )
     up.add_argument(
+        "--no-sortition",
+        action="store_true",
+        help="offer every job to every fitting peer, however many (config: sortition)",
+    )
+    up.add_argument(
         "--no-prefix-diversity",
         action="store_true",
         help="let replicas of one job share a network prefix (config: prefix_diversity)",

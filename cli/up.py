@@ -59,6 +59,7 @@ def run_up(args: argparse.Namespace, home: Path) -> int:
         "recover_window": args.recover_window,
         "recover": args.recover,
         "no_prefix_diversity": args.no_prefix_diversity,
+        "no_sortition": args.no_sortition,
         "newcomer_share": args.newcomer_share,
         "newcomer_checks": args.newcomer_checks,
         "http": args.http,

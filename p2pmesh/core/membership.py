@@ -261,8 +261,9 @@ class Membership:
         self.peers.set_connected(peer_id, False, now)
 
     # -- who could run a job ---------------------------------------------------------------
-    def count_fitting(self, spec: Any) -> int:
-        """How many known peers' records fit ``spec`` (the bid policy's own test, ``job_fits``).
+    def count_fitting(self, spec: Any, chosen: Any = None) -> int:
+        """How many known peers' records fit ``spec`` (the bid policy's own test, ``job_fits``),
+        of those for which ``chosen(peer_id)`` holds when it is given.
 
         A record does not say whether its peer allows jobs network access, so that test is left
         out here: counting a peer that will not bid only makes the requester wait out the bid
@@ -271,7 +272,8 @@ class Membership:
         return sum(
             1
             for e in self.peers.entries()
-            if job_fits(e.record.caps, spec, network_allowed=None) is None
+            if (chosen is None or chosen(e.record.peer_id))
+            and job_fits(e.record.caps, spec, network_allowed=None) is None
         )
 
     def fit_summary(self, spec: Any, tried: Any = ()) -> dict[str, Any]:

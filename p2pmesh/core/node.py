@@ -111,6 +111,8 @@ class NodeConfig:
     # Share of checked jobs (2+ replicas) given one replica more than their redundancy says,
     # which no worker can see (§8.7): a ring holding every replica it knows of may not hold all.
     hidden_replicas: float = 0.10
+    # Bidder sortition (§7.12): in a large mesh only about k + 2 drawn fitting peers bid.
+    sortition: bool = True
     # Wrong-result proofs (§8.8) excluding a worker once their weights (our trust in the
     # signers vouching for the right output, per requester) add up to this.
     proof_exclusion: float = 0.5
@@ -165,10 +167,11 @@ class Node:
             book=self.book,
             rng=rng,
             spot_check=config.spot_check,
-            eligible=lambda job: self.membership.count_fitting(job.spec),
+            eligible=lambda job, chosen=None: self.membership.count_fitting(job.spec, chosen),
             connection_grace_s=config.connection_grace_s,
             prefix=self.prefixes.of if config.prefix_diversity else None,
             hidden_rate=config.hidden_replicas,
+            sortition=config.sortition,
         )
         self.provider = Provider(signer, allow_network=config.allow_network)
         self.ledger = LedgerMachine(

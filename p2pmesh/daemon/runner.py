@@ -142,6 +142,7 @@ class Daemon:
                 spot_check=settings.spot_check,
                 credit_base=settings.credit_base,
                 prefix_diversity=settings.prefix_diversity,
+                sortition=settings.sortition,
                 newcomer_share=settings.newcomer_share,
                 newcomer_checks=settings.newcomer_checks,
                 hidden_replicas=settings.hidden_replicas,

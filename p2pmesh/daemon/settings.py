@@ -13,6 +13,7 @@ Config keys (all optional) mirror the flags of ``p2pmesh up``::
     credit_base = 100      # credits anyone may owe before earning (mutual credit)
     spot_check = 0.1       # share of "auto" jobs run alone by a credible worker that are re-checked
     prefix_diversity = true  # at most one replica of a job per observed /24 (IPv4) or /48 (IPv6)
+    sortition = true       # many fitting peers known: only about k + 2 drawn ones may bid
     newcomer_share = 0.1   # chance that one slot of an award goes to a newcomer (by lottery)
     newcomer_checks = 3    # passed checks here before a bidder is established; 0: rule off
     hidden_replicas = 0.1  # share of checked jobs given one replica more, unseen by the workers
@@ -61,6 +62,7 @@ class Settings:
     recover_window_s: int = 30
     recover: bool = False  # `up --recover`: set a damaged database aside, rebuild from the mesh
     prefix_diversity: bool = True
+    sortition: bool = True
     newcomer_share: float = 0.1
     newcomer_checks: int = 3
     hidden_replicas: float = 0.10
@@ -91,6 +93,7 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "connection_grace_s": int,
     "recover_window_s": int,
     "prefix_diversity": bool,
+    "sortition": bool,
     "newcomer_share": (float, int),
     "newcomer_checks": int,
     "hidden_replicas": (float, int),
@@ -246,6 +249,7 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
         recover=bool(flags.get("recover", False)),
         prefix_diversity=bool(cfg.get("prefix_diversity", True))
         and not flags.get("no_prefix_diversity", False),
+        sortition=bool(cfg.get("sortition", True)) and not flags.get("no_sortition", False),
         newcomer_share=float(pick("newcomer_share", "newcomer_share", 0.1)),
         newcomer_checks=int(pick("newcomer_checks", "newcomer_checks", 3)),
         hidden_replicas=float(pick("hidden_replicas", "hidden_replicas", 0.10)),

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from p2pmesh.core.auction import messages as m
+from p2pmesh.core.auction import sortition
 from p2pmesh.core.auction.selection import choose_winners, score
 from p2pmesh.core.auction.strategies import (
     CHAIN,
@@ -52,7 +53,13 @@ CAPS = Capabilities(
 )
 
 
-def _offer(*, deadline_at: int = T + 600, exclude: tuple[str, ...] = (), **job: Any) -> m.Offer:
+def _offer(
+    *,
+    deadline_at: int = T + 600,
+    exclude: tuple[str, ...] = (),
+    select: int | None = None,
+    **job: Any,
+) -> m.Offer:
     doc: dict[str, Any] = {
         "schema_version": 1,
         "name": "j",
@@ -73,10 +80,14 @@ def _offer(*, deadline_at: int = T + 600, exclude: tuple[str, ...] = (), **job: 
         round_=0,
         addrs=(),
         exclude=exclude,
+        select=select,
     )
 
 
 OFFER = _offer()
+# The lowest threshold that still leaves SELF out of the draw for JOB_ID.
+_NOT_DRAWN = sortition.ticket(JOB_ID, SELF)
+assert _NOT_DRAWN > 0
 
 
 def _ctx(*, active: int = 0, net: bool = False, allowed: bool = True, **caps: Any) -> BidContext:
@@ -192,6 +203,7 @@ _FAILURES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("_work_enabled", {}, {"work": False}),
     ("_not_own", {}, {"self_id": REQ.peer_id}),
     ("_not_excluded", {"exclude": (SELF,)}, {}),
+    ("_selected", {"select": _NOT_DRAWN}, {}),
     ("_still_open", {"deadline_at": T + 1}, {}),
     ("_executor", {}, {"executors": ()}),
     ("_image_allowed", {"image": "evil/x:1"}, {}),

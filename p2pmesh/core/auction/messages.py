@@ -83,6 +83,7 @@ class Offer:
     addrs: tuple[str, ...]
     exclude: tuple[str, ...]  # peers that must not bid (already awarded, lost or declined)
     raw: bytes
+    select: int | None = None  # bidder sortition threshold (sortition.py); None: anyone bids
 
 
 def build_offer(
@@ -96,8 +97,9 @@ def build_offer(
     round_: int,
     addrs: tuple[str, ...],
     exclude: tuple[str, ...] = (),
+    select: int | None = None,
 ) -> Offer:
-    body = {
+    body: dict[str, Any] = {
         "job_id": job_id,
         "job": job.wire(),
         "job_digest": job.digest,
@@ -108,6 +110,8 @@ def build_offer(
         "addrs": list(addrs),
         "exclude": sorted(exclude),
     }
+    if select is not None:
+        body["select"] = select
     return parse_offer(seal(signer, "offer", body))
 
 
@@ -128,6 +132,7 @@ def parse_offer(raw: bytes) -> Offer:
             "addrs",
             "exclude",
         },
+        {"select"},
     )
     try:
         job = job_from_wire(b.get("job"))
@@ -152,6 +157,8 @@ def parse_offer(raw: bytes) -> Offer:
         addrs=schema.text_list(b, "addrs", 16, 256),
         exclude=schema.text_list(b, "exclude", 64, 64),
         raw=raw,
+        # 1 .. 2^32 - 1: 0 would let nobody bid, and 2^32 or more is written by leaving it out.
+        select=schema.int_in(b, "select", 1, 2**32 - 1) if "select" in b else None,
     )
 
 

@@ -113,7 +113,11 @@ class Provider:
         again = self.last_decision.get(offer.job_id) == decision.reason
         self._remember(offer.job_id, decision.reason)
         if not decision.bid:
-            if again or decision.kind == "own job":
+            # Not drawn is the common answer in a large mesh (most peers, most offers): counted,
+            # logged at debug only.
+            if again or decision.kind in ("own job", "not selected"):
+                if decision.kind == "not selected" and not again:
+                    self._count_decline(decision.kind)
                 # The same offer published again, or our own: said once already, or never.
                 return [
                     Log("debug", "not bidding", {"job": offer.job_id, "reason": decision.reason})

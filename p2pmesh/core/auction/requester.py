@@ -46,7 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2pmesh.core import codec
-from p2pmesh.core.auction import majority, proofs
+from p2pmesh.core.auction import majority, proofs, sortition
 from p2pmesh.core.auction import messages as m
 from p2pmesh.core.auction.selection import choose_winners
 from p2pmesh.core.crypto import Signer
@@ -139,6 +139,11 @@ class RequesterJob:
     def spec(self) -> Any:
         return self.job.spec
 
+    @property
+    def select(self) -> int | None:
+        """The current round's bidder sortition threshold (§7.12), from the offer itself."""
+        return m.parse_offer(self.offer_raw).select if self.offer_raw else None
+
     def active(self) -> list[Replica]:
         return [r for r in self.replicas.values() if r.state != "lost"]
 
@@ -163,12 +168,15 @@ class Requester:
         connection_grace_s: int = 5,
         prefix: Any = None,
         hidden_rate: float = DEFAULT_HIDDEN_RATE,
+        sortition: bool = False,
     ) -> None:
         self.hidden_rate = hidden_rate
+        self.sortition = sortition  # draw the bidders when we know many fitting peers (§7.12)
         self.connection_grace_s = connection_grace_s
         # callable(peer_id) -> observed network prefix; None: no diversity rule (§8.6)
         self.prefix = prefix
-        self.eligible = eligible  # callable(WireJob) -> how many known peers could bid
+        # callable(WireJob, chosen=None) -> how many known peers could bid (of those ``chosen``)
+        self.eligible = eligible
         self.signer = signer
         self.self_id = signer.peer_id
         self.reputation = reputation  # callable(peer_id) -> float
@@ -232,6 +240,8 @@ class Requester:
             why = "bid relayed by another peer"
         elif bid.round != j.round or bid.job_digest != j.job.digest:
             why = "bid for another round or job version"
+        elif not sortition.selected(j.job_id, bid.bidder, j.select):
+            why = "bidder not selected for this round (sortition)"
         elif bid.price > j.spec.max_price:
             why = "price above max_price"
         elif self.excluded(bid.bidder):
@@ -253,7 +263,11 @@ class Requester:
         out: list[Effect] = [self._persist(j, now)]
         # Every known peer that could bid has bid: waiting longer cannot change the outcome.
         if j.state == "bidding" and self.eligible is not None:
-            could_bid = self.eligible(j.job) - len(j.tried)
+            select = j.select
+            could_bid = self.eligible(
+                j.job,
+                lambda pid: pid not in j.tried and sortition.selected(j.job_id, pid, select),
+            )
             if could_bid > 0 and len(j.bids) >= could_bid:
                 return out + self._award(j, now)
         # Late bids (after the window) can fill a replica that is still missing at once; one
@@ -590,7 +604,10 @@ class Requester:
 
     def _offer(self, j: RequesterJob, now: int) -> list[Effect]:
         exclude = tuple(sorted(j.tried))[:64]
-        if j.offer_raw and exclude == j.offered_exclude:
+        # A drawn round that closed short is asked again once (bids may be on their way on a
+        # busy mesh), then widens the draw in a new round rather than wait on the same few.
+        again = j.select is None or j.asked_again == 0
+        if j.offer_raw and exclude == j.offered_exclude and again:
             # Nobody new to exclude: ask again in the same round, so that bids still on their
             # way stay valid (on a busy mesh a new round makes every one of them stale), and
             # wait longer each time (1, 2, 4, 8 windows) so a busy mesh is not flooded.
@@ -607,6 +624,10 @@ class Requester:
             j.round += 1
         j.bids = {}
         j.state = "bidding" if not j.active() else j.state
+        select = None
+        if self.sortition and self.eligible is not None:
+            fitting = self.eligible(j.job, lambda pid: pid not in j.tried)
+            select = sortition.threshold(fitting, j.k, j.round)
         offer = m.build_offer(
             self.signer,
             job_id=j.job_id,
@@ -617,11 +638,13 @@ class Requester:
             round_=j.round,
             addrs=j.addrs,
             exclude=exclude,
+            select=select,
         )
         j.offer_raw = offer.raw
         j.offered_exclude = exclude
         j.window_ends = now + j.bid_window_s
-        j.note(now, f"offer round {j.round} published")
+        drawn = f", {select / sortition.ALL:.0%} of fitting peers drawn to bid" if select else ""
+        j.note(now, f"offer round {j.round} published{drawn}")
         return [
             Publish(m.TOPIC_OFFERS, offer.raw),
             Log("info", "offer published", {"job": j.job_id, "round": j.round}),
@@ -1231,6 +1254,8 @@ def job_view(j: RequesterJob, now: int | None = None) -> dict[str, Any]:
         "error": j.error,
         "redundancy": j.k,
         "round": j.round,
+        # The round's bidder sortition threshold (§7.12); null: every fitting peer may bid.
+        "select": j.select,
         "created_at": j.created_at,
         "deadline_at": j.deadline_at,
         "finished_at": j.finished_at or None,

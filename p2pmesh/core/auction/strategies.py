@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from p2pmesh.core import capability as cap
+from p2pmesh.core.auction import sortition
 from p2pmesh.core.auction.messages import Offer
 from p2pmesh.core.capability import Capabilities, misfit
 
@@ -61,6 +62,12 @@ def _not_own(o: Offer, c: BidContext) -> str | None:
 
 def _not_excluded(o: Offer, c: BidContext) -> str | None:
     return "excluded by the requester" if c.self_id in o.exclude else None
+
+
+def _selected(o: Offer, c: BidContext) -> str | None:
+    if sortition.selected(o.job_id, c.self_id, o.select):
+        return None
+    return "not selected to bid on this job (bidder sortition)"
 
 
 def _still_open(o: Offer, c: BidContext) -> str | None:
@@ -117,6 +124,7 @@ CHAIN: tuple[Check, ...] = (
     _work_enabled,
     _not_own,
     _not_excluded,
+    _selected,
     _still_open,
     _executor,
     _image_allowed,
@@ -134,6 +142,7 @@ DECLINE_KINDS = {
     _work_enabled: "work disabled",
     _not_own: "own job",
     _not_excluded: "excluded by the requester",
+    _selected: "not selected",
     _still_open: "offer past its deadline",
     _executor: "no executor",
     _image_allowed: "image not allowed",

@@ -1,0 +1,193 @@
+"""Bidder sortition (PROTOCOL.md §7.12): who may bid, how the draw widens, who refuses what."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+
+from p2pmesh.core.auction import messages as m
+from p2pmesh.core.auction import sortition
+from p2pmesh.core.auction.requester import Requester
+from p2pmesh.core.crypto import Ed25519Signer
+from p2pmesh.core.effects import Publish
+from p2pmesh.errors import ValidationError
+from tests.unit.test_auction_flow import JOB_ID, T0, make_job
+
+REQ = Ed25519Signer(b"\x07" * 32)
+WORKERS = [Ed25519Signer(bytes([i + 1]) * 32) for i in range(60)]
+
+
+def test_ticket_is_the_documented_hash() -> None:
+    peer = WORKERS[0].peer_id
+    h = hashlib.sha256(b"p2pmesh/select/1\x00" + JOB_ID.encode() + b"\x00" + peer.encode())
+    assert sortition.ticket(JOB_ID, peer) == int.from_bytes(h.digest()[:4], "big")
+    assert 0 <= sortition.ticket(JOB_ID, peer) < sortition.ALL
+    assert sortition.ticket(JOB_ID, peer) != sortition.ticket("0" * 32, peer)
+    assert sortition.selected(JOB_ID, peer, None)
+
+
+def test_threshold_draws_about_k_plus_two_and_doubles_each_round() -> None:
+    assert sortition.threshold(8, 2, 0) is None  # 8 <= 2 × (2 + 2): not worth a draw
+    assert sortition.threshold(0, 2, 0) is None
+    s0 = sortition.threshold(1000, 2, 0)
+    s1 = sortition.threshold(1000, 2, 1)
+    assert s0 is not None and s1 is not None
+    assert s0 == -(-sortition.ALL * 4 // 1000) and s1 == -(-sortition.ALL * 8 // 1000)
+    # Widening ends in "everyone" once the draw would keep half of the fitting peers.
+    rounds = [sortition.threshold(1000, 2, r) for r in range(10)]
+    assert rounds[:7] == sorted(rounds[:7]) and rounds[7] is None
+
+
+def test_the_draw_is_about_the_size_wanted_and_nested_across_rounds() -> None:
+    peers = [f"peer{i}" for i in range(1000)]
+    counts = []
+    for n in range(300):
+        job = f"{n:032x}"
+        s0, s1 = sortition.threshold(1000, 2, 0), sortition.threshold(1000, 2, 1)
+        r0 = {p for p in peers if sortition.selected(job, p, s0)}
+        r1 = {p for p in peers if sortition.selected(job, p, s1)}
+        assert r0 <= r1
+        counts.append(len(r0))
+    mean = sum(counts) / len(counts)
+    assert 3.5 < mean < 4.5, mean
+
+
+def test_offer_select_field_limits() -> None:
+    def offer(select: Any) -> bytes:
+        o = m.build_offer(
+            REQ,
+            job_id=JOB_ID,
+            job=make_job(),
+            created_at=T0,
+            deadline_at=T0 + 60,
+            bid_window_s=1,
+            round_=0,
+            addrs=(),
+        )
+        body = {
+            "job_id": o.job_id,
+            "job": o.job.wire(),
+            "job_digest": o.job_digest,
+            "created_at": o.created_at,
+            "deadline_at": o.deadline_at,
+            "bid_window_s": 1,
+            "round": 0,
+            "addrs": [],
+            "exclude": [],
+            "select": select,
+        }
+        from p2pmesh.core.envelope import seal
+
+        return seal(REQ, "offer", body)
+
+    assert m.parse_offer(offer(1)).select == 1
+    assert m.parse_offer(offer(2**32 - 1)).select == 2**32 - 1
+    for bad in (0, 2**32, -1, True, "7"):
+        with pytest.raises(ValidationError, match="select"):
+            m.parse_offer(offer(bad))
+    plain = m.build_offer(
+        REQ,
+        job_id=JOB_ID,
+        job=make_job(),
+        created_at=T0,
+        deadline_at=T0 + 60,
+        bid_window_s=1,
+        round_=0,
+        addrs=(),
+    )
+    assert plain.select is None and b"select" not in plain.raw
+
+
+def _requester(fitting: list[str], *, sortition_on: bool = True) -> Requester:
+    def eligible(job: Any, chosen: Any = None) -> int:
+        return sum(1 for p in fitting if chosen is None or chosen(p))
+
+    return Requester(REQ, lambda pid: 0.5, eligible=eligible, sortition=sortition_on, rng=None)
+
+
+def _offer_of(effects: list[Any]) -> m.Offer:
+    raws = [e.data for e in effects if isinstance(e, Publish) and e.topic == m.TOPIC_OFFERS]
+    assert len(raws) == 1
+    return m.parse_offer(raws[0])
+
+
+def _bid(worker: Ed25519Signer, offer: m.Offer, now: int) -> bytes:
+    return m.build_bid(worker, offer, price=3, eta_s=2, capacity=1, now=now).raw
+
+
+def test_requester_draws_refuses_the_undrawn_and_widens_a_short_round() -> None:
+    fitting = [w.peer_id for w in WORKERS]
+    req = _requester(fitting)
+    offer = _offer_of(req.submit(JOB_ID, make_job(), now=T0, bid_window_s=1, addrs=()))
+    assert offer.select == sortition.threshold(60, 2, 0)
+    drawn = [w for w in WORKERS if sortition.selected(JOB_ID, w.peer_id, offer.select)]
+    undrawn = [w for w in WORKERS if w not in drawn]
+    assert undrawn
+    req.on_bid(_bid(undrawn[0], offer, T0), undrawn[0].peer_id, T0)
+    assert req.jobs[JOB_ID].bids == {}  # refused: not drawn
+    # Nobody drawn bids: the same round is asked once more (bids may be on their way), then a
+    # wider round follows rather than the same few peers again and again.
+    again = _offer_of(req.tick(T0 + 2))
+    assert again.raw == offer.raw
+    wider = _offer_of(req.tick(T0 + 10))
+    assert wider.round == 1 and wider.select is not None and wider.select > offer.select
+    # Every drawn peer has bid: award at once, without waiting out the window.
+    drawn1 = [w for w in WORKERS if sortition.selected(JOB_ID, w.peer_id, wider.select)]
+    assert len(drawn1) >= 2
+    for w in drawn1:
+        req.on_bid(_bid(w, wider, T0 + 2), w.peer_id, T0 + 2)
+    assert req.jobs[JOB_ID].state == "awarded"
+    assert set(req.jobs[JOB_ID].replicas) <= {w.peer_id for w in drawn1}
+
+
+def test_small_mesh_or_sortition_off_offers_to_everyone() -> None:
+    for req in (
+        _requester([w.peer_id for w in WORKERS[:8]]),
+        _requester([w.peer_id for w in WORKERS], sortition_on=False),
+    ):
+        offer = _offer_of(req.submit(JOB_ID, make_job(), now=T0, bid_window_s=1, addrs=()))
+        assert offer.select is None
+
+
+def test_an_undrawn_worker_does_not_bid_and_counts_it_quietly() -> None:
+    from p2pmesh.core.auction.provider import Provider
+    from p2pmesh.core.effects import Log, SendMessage
+    from tests.unit.test_auction_flow import caps_for
+
+    select = sortition.threshold(60, 2, 0)
+    drawn = next(w for w in WORKERS if sortition.selected(JOB_ID, w.peer_id, select))
+    undrawn = next(w for w in WORKERS if not sortition.selected(JOB_ID, w.peer_id, select))
+    offer = m.build_offer(
+        REQ,
+        job_id=JOB_ID,
+        job=make_job(),
+        created_at=T0,
+        deadline_at=T0 + 60,
+        bid_window_s=1,
+        round_=0,
+        addrs=(),
+        select=select,
+    )
+    for worker, bids in ((drawn, True), (undrawn, False)):
+        p = Provider(worker, allow_network=False)
+        out = p.on_offer(offer.raw, caps_for(1), T0)
+        assert any(isinstance(e, SendMessage) and e.kind == "bid" for e in out) is bids
+        if not bids:
+            assert p.declines == {"not selected": 1}
+            assert all(e.level == "debug" for e in out if isinstance(e, Log))
+            p.on_offer(offer.raw, caps_for(1), T0)  # the same offer again: counted once
+            assert p.declines == {"not selected": 1}
+
+
+def test_protocol_md_vector() -> None:
+    # PROTOCOL.md §7.12, "Test vector".
+    job, peer = (
+        "00112233445566778899aabbccddeeff",
+        "12D3KooWQYhTNQdmr3ArTeUHRYzFg94BKyTkoWBDWez9kSCVe2Xo",
+    )
+    assert len(b"p2pmesh/select/1\x00" + job.encode() + b"\x00" + peer.encode()) == 102
+    assert sortition.ticket(job, peer) == 0x64536004 == 1_683_185_668
+    assert sortition.threshold(1000, 2, 0) == 17_179_870
+    assert sortition.threshold(1000, 2, 1) == 34_359_739

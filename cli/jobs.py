@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import sys
@@ -270,16 +271,66 @@ def cmd_job(args: argparse.Namespace, home: Path) -> int:
 
 
 def cmd_logs(args: argparse.Namespace, home: Path) -> int:
-    while True:
-        doc = client.request(home, "logs", {"job_id": args.job_id})
-        if doc["log"] is not None or not args.follow or doc["state"] in FINAL:
-            break
-        time.sleep(1.0)
+    if args.follow:
+        return _follow_logs(home, args.job_id)
+    doc = client.request(home, "logs", {"job_id": args.job_id})
     if doc["log"] is None:
         print(f"p2pmesh: no logs yet for job {args.job_id} (state {doc['state']})", file=sys.stderr)
         return 1
     sys.stdout.write(doc["log"])
     return 0
+
+
+class LogFollower:
+    """Pulls a job's log through the daemon (``log-tail``), from the offset it reached: the
+    daemon asks the worker, which holds each request up to a couple of seconds for new bytes,
+    so a line reaches the follower about when the container writes it."""
+
+    def __init__(self, home: Path, job_id: str) -> None:
+        self.home, self.job_id = home, job_id
+        self.offset = 0
+        self.worker: str | None = None
+        self.ended = False
+        self.note = ""
+        self.state = ""
+
+    def step(self) -> tuple[bytes, str]:
+        """The next bytes (maybe none) and a note for the user when it changed ("" if not)."""
+        args: dict[str, Any] = {"job_id": self.job_id, "offset": self.offset}
+        if self.worker:
+            args["worker"] = self.worker
+        doc = client.request(self.home, "log-tail", args)
+        self.job_id, self.state = doc["job_id"], doc["state"]
+        data = base64.b64decode(doc["data"])
+        note = doc.get("note") or ""
+        if doc.get("restart"):
+            note = f"worker …{str(self.worker)[-8:]} is out of play; now its replacement's log"
+        self.worker = doc.get("source") or self.worker
+        self.offset, self.ended = int(doc["next"]), bool(doc["ended"])
+        shown = note if note and note != self.note else ""
+        self.note = note
+        return data, shown
+
+
+def _follow_logs(home: Path, job_id: str) -> int:
+    follower = LogFollower(home, job_id)
+    out = sys.stdout.buffer
+    got_any = False
+    try:
+        while not follower.ended:
+            data, note = follower.step()
+            if note:
+                print(f"p2pmesh: {note}", file=sys.stderr, flush=True)
+            if data:
+                # Written and flushed chunk by chunk, also into a pipe.
+                out.write(data)
+                out.flush()
+                got_any = True
+            elif not follower.ended:
+                time.sleep(POLL_S if follower.note == "" else 1.0)
+    except KeyboardInterrupt:
+        return 130
+    return 0 if got_any or not follower.note else 1
 
 
 def cmd_cancel(args: argparse.Namespace, home: Path) -> int:
@@ -317,7 +368,9 @@ def add_parsers(sub: Any, add_home: Any) -> None:
     logs = sub.add_parser("logs", help="a job's container log (stdout and stderr)")
     add_home(logs)
     logs.add_argument("job_id")
-    logs.add_argument("--follow", action="store_true", help="wait until the log is available")
+    logs.add_argument(
+        "--follow", action="store_true", help="stream the log while the job runs, until it ends"
+    )
     cancel = sub.add_parser("cancel", help="cancel a job and stop its containers")
     add_home(cancel)
     cancel.add_argument("job_id")

@@ -126,9 +126,7 @@ def run(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Run:
     own = Follow.start(worker, job_id)
     live = None
     try:
-        wait_until(
-            lambda: own.lines or None, 40, message=lambda: f"{worker.log_tail(15)}"
-        )
+        wait_until(lambda: own.lines or None, 40, message=lambda: f"{worker.log_tail(15)}")
         live = request(worker, "logs", {"job_id": job_id})["log"]
         doc = wait_job(requester, job_id, timeout=120, mesh=mesh)
         req_out = follow.finish(60)

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from p2pmesh import packing
 from p2pmesh.cli import client
 from p2pmesh.cli.console import make_console
 from p2pmesh.core.jobspec import InputRef, job_digest, job_to_wire
-from p2pmesh.errors import JobSpecError
+from p2pmesh.errors import JobSpecError, MeshError
 from p2pmesh.jobfile import load_job_file
 
 FINAL = ("done", "failed", "timeout", "cancelled", "no-bids", "inconclusive")
@@ -79,7 +80,15 @@ def phase_key(job: dict[str, Any]) -> str:
     return phase_text(job)
 
 
-def progress_view(job: dict[str, Any], started: float) -> Group:
+TAIL_LINES = 8  # of the log under ``offer --wait --follow``'s progress view
+
+
+def log_tail(text: str, lines: int = TAIL_LINES) -> list[str]:
+    """The last ``lines`` lines of a log so far (a line still being written counts)."""
+    return text.splitlines()[-lines:]
+
+
+def progress_view(job: dict[str, Any], started: float, tail: list[str] | None = None) -> Group:
     state = job.get("state", "?")
     head = Text.assemble(
         ("job ", "bold"),
@@ -108,6 +117,10 @@ def progress_view(job: dict[str, Any], started: float) -> Group:
         parts.append(t)
     if job.get("error"):
         parts.append(Text(job["error"], style="red"))
+    if tail is not None:
+        parts.append(Text("log", style="bold"))
+        # Text, never markup: a log line is the job's to write.
+        parts.extend(Text(line, style="dim", no_wrap=True, overflow="ellipsis") for line in tail)
     return Group(*parts)
 
 
@@ -118,6 +131,9 @@ def cmd_offer(args: argparse.Namespace, home: Path) -> int:
     except JobSpecError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        return 2
+    if args.follow and not args.wait:
+        print("p2pmesh: --follow needs --wait (or use: p2pmesh logs ID --follow)", file=sys.stderr)
         return 2
     if args.dry_run:
         refs = _local_refs(paths)
@@ -138,8 +154,14 @@ def cmd_offer(args: argparse.Namespace, home: Path) -> int:
     started = time.monotonic()
     job = client.request(home, "job", {"job_id": job_id})
     show = console.is_terminal and not args.json
+    follow = _TailFollow(home, job_id) if args.follow else None
     live = (
-        Live(progress_view(job, started), console=console, refresh_per_second=8, transient=False)
+        Live(
+            progress_view(job, started, follow.tail if follow else None),
+            console=console,
+            refresh_per_second=8,
+            transient=False,
+        )
         if show
         else None
     )
@@ -153,6 +175,9 @@ def cmd_offer(args: argparse.Namespace, home: Path) -> int:
                 # Without a terminal: one line each time the phase (or why it waits) changes.
                 print(f"{job_id[:12]} {phase_text(job)}", file=sys.stderr, flush=True)
                 last_key = phase_key(job)
+            if follow is not None:
+                # Without a terminal the log goes to stderr as it comes, line by line.
+                follow.poll(None if live else sys.stderr)
             if job["state"] in FINAL and (
                 _phase_name(job) != "paying" or time.monotonic() > paying_until
             ):
@@ -163,7 +188,7 @@ def cmd_offer(args: argparse.Namespace, home: Path) -> int:
             time.sleep(POLL_S)
             job = client.request(home, "job", {"job_id": job_id})
             if live:
-                live.update(progress_view(job, started))
+                live.update(progress_view(job, started, follow.tail if follow else None))
     except KeyboardInterrupt:
         print(
             f"stopped waiting; the job goes on. Follow it with: p2pmesh job {job_id}",
@@ -171,6 +196,10 @@ def cmd_offer(args: argparse.Namespace, home: Path) -> int:
         )
         return 130
     finally:
+        if follow is not None:
+            follow.finish(None if live else sys.stderr)
+            if live:
+                live.update(progress_view(job, started, follow.tail))
         if live:
             live.stop()
     out_dir = Path(args.out) if args.out else Path("p2pmesh-results") / job_id
@@ -312,6 +341,52 @@ class LogFollower:
         return data, shown
 
 
+class _TailFollow:
+    """``offer --wait --follow``: a thread pulls the log (each pull may wait a moment for new
+    bytes at the worker) while the progress loop keeps its pace and shows the last lines."""
+
+    def __init__(self, home: Path, job_id: str) -> None:
+        self.follower = LogFollower(home, job_id)
+        self.lock = threading.Lock()
+        self.text = ""
+        self.pending = ""  # bytes not yet shown on a piped stderr
+        self.tail: list[str] = []
+        self.thread = threading.Thread(target=self._run, name="p2pmesh-log-tail", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.follower.ended:
+            try:
+                data, _ = self.follower.step()
+            except MeshError:
+                return  # an older daemon, or it went away: the progress view goes on without
+            if not data:
+                time.sleep(1.0 if self.follower.note else POLL_S)
+                continue
+            chunk = data.decode(errors="replace")
+            with self.lock:
+                self.text = (self.text + chunk)[-64 * 1024 :]
+                self.pending += chunk
+                self.tail = log_tail(self.text)
+
+    def poll(self, stream: Any, *, final: bool = False) -> None:
+        """Write the whole lines that came since (all that came, when ``final``)."""
+        if stream is None:
+            return
+        with self.lock:
+            done, _, rest = self.pending.rpartition("\n")
+            if final and rest:
+                done, rest = f"{done}\n{rest}" if done else rest, ""
+            self.pending = rest
+        if done:
+            stream.write("".join(f"log| {line}\n" for line in done.split("\n")))
+            stream.flush()
+
+    def finish(self, stream: Any, timeout: float = 5.0) -> None:
+        self.thread.join(timeout)  # the last bytes, usually already in hand
+        self.poll(stream, final=True)
+
+
 def _follow_logs(home: Path, job_id: str) -> int:
     follower = LogFollower(home, job_id)
     out = sys.stdout.buffer
@@ -351,6 +426,9 @@ def add_parsers(sub: Any, add_home: Any) -> None:
     offer.add_argument("--wait", action="store_true", help="follow the job and fetch outputs")
     offer.add_argument("--out", metavar="DIR", help="outputs folder (default ./p2pmesh-results/ID)")
     offer.add_argument("--json", action="store_true", help="print the final job document")
+    offer.add_argument(
+        "--follow", action="store_true", help="with --wait: show the job's log as it runs"
+    )
     offer.add_argument("--dry-run", action="store_true", help="validate and print the offer")
     offer.add_argument(
         "--bid-window", type=int, default=2, metavar="S", help="seconds to collect bids (default 2)"

@@ -191,3 +191,43 @@ def test_live_logs_non_requester_is_refused(mesh: Mesh, run: Run) -> None:
     assert "closed" in got["oversize"], got["oversize"]
     # None of it harmed the worker.
     assert worker.alive and worker.status()["node"]["peer_id"] == worker.peer_id
+
+
+def test_live_logs_offer_wait_follow_shows_the_log_as_it_runs(mesh: Mesh, tmp_path: Path) -> None:
+    """``offer --wait --follow`` without a terminal: each log line on stderr (``log| …``) as
+    it comes, among the phase lines, well before the job is done."""
+    requester = mesh.nodes[REQUESTER]
+    job = write_job(tmp_path, name="ten-lines-offer", command=["sh", "-c", LOOP], timeout_s=60)
+    cmd = [*p2pmesh_cmd(), "offer", "--home", str(requester.home), str(job), "--wait"]
+    proc = subprocess.Popen(
+        [*cmd, "--follow", "--bid-window", "1", "--out", str(tmp_path / "out")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    seen: list[tuple[float, str]] = []
+
+    def read() -> None:
+        assert proc.stderr is not None
+        for line in iter(proc.stderr.readline, b""):
+            seen.append((time.monotonic(), line.decode(errors="replace").rstrip("\n")))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    reader.join(10)
+    assert proc.stdout is not None
+    out = proc.stdout.read().decode()
+    text = "\n".join(line for _, line in seen)
+    print(f"\n`offer --wait --follow` (piped) said:\n{text}")
+    assert rc == 0, text
+    logged = [(t, line[len("log| ") :]) for t, line in seen if line.startswith("log| ")]
+    assert [line for _, line in logged] == FINAL_LOG.splitlines(), text
+    assert logged[-1][0] - logged[0][0] >= 5, logged  # line by line, not all at the end
+    assert seen[-1][0] - logged[0][0] >= 5, seen  # the first line well before the end
+    assert out.startswith("job ") and ": done" in out.splitlines()[0], out

@@ -323,3 +323,20 @@ async def test_a_good_reply_and_a_refusal_reach_the_requester() -> None:
     assert await _ask_with_wire(_answering(logs.build_log_reply(chunk))) == chunk
     got = await _ask_with_wire(_answering(logs.build_log_refusal(logs.NOT_REQUESTER)))
     assert isinstance(got, logs.LogRefused) and str(got) == logs.NOT_REQUESTER
+
+
+# -- the view -------------------------------------------------------------------------------
+def test_offer_wait_follow_shows_the_last_lines_as_plain_text() -> None:
+    from rich.console import Console
+
+    from p2pmesh.cli.jobs import TAIL_LINES, log_tail, progress_view
+
+    text = "".join(f"line {i}\n" for i in range(20)) + "[bold red]not markup[/] half"
+    tail = log_tail(text)
+    assert len(tail) == TAIL_LINES and tail[-1] == "[bold red]not markup[/] half"
+    job = {"job_id": JOB_ID, "name": "n", "state": "running", "workers": [], "round": 0}
+    console = Console(record=True, width=80, color_system=None)
+    console.print(progress_view(job, 0.0, tail))
+    shown = console.export_text()
+    assert "line 19" in shown and "line 11" not in shown
+    assert "[bold red]not markup[/] half" in shown  # a job's log is never read as markup

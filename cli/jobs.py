@@ -21,11 +21,12 @@ from p2pmesh import packing
 from p2pmesh.cli import client
 from p2pmesh.cli.console import make_console
 from p2pmesh.core.jobspec import InputRef, job_digest, job_to_wire
-from p2pmesh.errors import JobSpecError, MeshError
+from p2pmesh.errors import DaemonNotRunning, JobSpecError, MeshError, TransportError
 from p2pmesh.jobfile import load_job_file
 
 FINAL = ("done", "failed", "timeout", "cancelled", "no-bids", "inconclusive")
 POLL_S = 0.25
+FOLLOW_RETRIES = 10  # ``logs --follow``: daemon requests in a row that may go unanswered
 PAYING_WAIT_S = 10.0  # ``offer --wait`` shows a done job's payments being agreed, this long
 STATE_STYLE = {
     "done": "green",
@@ -391,9 +392,22 @@ def _follow_logs(home: Path, job_id: str) -> int:
     follower = LogFollower(home, job_id)
     out = sys.stdout.buffer
     got_any = False
+    failures = 0
     try:
         while not follower.ended:
-            data, note = follower.step()
+            try:
+                data, note = follower.step()
+                failures = 0
+            except DaemonNotRunning:
+                raise
+            except TransportError as exc:
+                # The daemon did not answer in time: ask again, from the same offset.
+                failures += 1
+                if failures > FOLLOW_RETRIES:
+                    raise
+                print(f"p2pmesh: {exc}; asking again", file=sys.stderr, flush=True)
+                time.sleep(1.0)
+                continue
             if note:
                 print(f"p2pmesh: {note}", file=sys.stderr, flush=True)
             if data:

@@ -88,6 +88,7 @@ class Run:
     worker: tuple[int, bytes, str]
     worker_live: str | None  # the worker's own `p2pmesh logs ID` while the job ran
     final: str  # `p2pmesh logs ID` on the requester once the job is done
+    worker_final: str  # and on the worker
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +139,11 @@ def run(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Run:
                 f.proc.wait(timeout=10)
     final = requester.cli("logs", job_id)
     assert final.returncode == 0, final.stderr
-    return Run(job_id, doc, req_out, list(follow.lines), own_out, live, final.stdout)
+    worker_final = worker.cli("logs", job_id)
+    assert worker_final.returncode == 0, worker_final.stderr
+    return Run(
+        job_id, doc, req_out, list(follow.lines), own_out, live, final.stdout, worker_final.stdout
+    )
 
 
 def test_live_logs_first_line_reaches_follow_5s_before_the_job_ends(run: Run) -> None:
@@ -170,6 +175,7 @@ def test_live_logs_follow_output_equals_final_log(run: Run) -> None:
     assert own.decode() == FINAL_LOG, own_err
     assert run.worker_live is not None and FINAL_LOG.startswith(run.worker_live)
     assert run.worker_live.startswith("line 1 of 10\n"), run.worker_live
+    assert run.worker_final == FINAL_LOG
 
 
 def test_live_logs_non_requester_is_refused(mesh: Mesh, run: Run) -> None:

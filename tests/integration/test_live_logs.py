@@ -10,6 +10,7 @@ host, ``logpeer.py``) must be refused, as must malformed requests, without harm 
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
@@ -89,6 +90,7 @@ class Run:
     worker_live: str | None  # the worker's own `p2pmesh logs ID` while the job ran
     final: str  # `p2pmesh logs ID` on the requester once the job is done
     worker_final: str  # and on the worker
+    resumed: dict[str, Any]  # a `log-tail` from the end of the first line, while it ran
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +131,10 @@ def run(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Run:
     try:
         wait_until(lambda: own.lines or None, 40, message=lambda: f"{worker.log_tail(15)}")
         live = request(worker, "logs", {"job_id": job_id})["log"]
+        # A follower that reconnects asks from the offset it reached: from the second line.
+        wait_until(lambda: len(follow.lines) >= 3 or None, 30, message=lambda: follow.text)
+        skip = len(b"line 1 of 10\n")
+        resumed = request(requester, "log-tail", {"job_id": job_id, "offset": skip})
         doc = wait_job(requester, job_id, timeout=120, mesh=mesh)
         req_out = follow.finish(60)
         own_out = own.finish(60)
@@ -142,7 +148,15 @@ def run(mesh: Mesh, tmp_path_factory: pytest.TempPathFactory) -> Run:
     worker_final = worker.cli("logs", job_id)
     assert worker_final.returncode == 0, worker_final.stderr
     return Run(
-        job_id, doc, req_out, list(follow.lines), own_out, live, final.stdout, worker_final.stdout
+        job_id,
+        doc,
+        req_out,
+        list(follow.lines),
+        own_out,
+        live,
+        final.stdout,
+        worker_final.stdout,
+        resumed,
     )
 
 
@@ -176,6 +190,11 @@ def test_live_logs_follow_output_equals_final_log(run: Run) -> None:
     assert run.worker_live is not None and FINAL_LOG.startswith(run.worker_live)
     assert run.worker_live.startswith("line 1 of 10\n"), run.worker_live
     assert run.worker_final == FINAL_LOG
+    r = run.resumed
+    data = base64.b64decode(r["data"])
+    assert r["offset"] == len(b"line 1 of 10\n") and r["next"] == r["offset"] + len(data)
+    assert data.startswith(b"line 2 of 10\n") and FINAL_LOG.encode()[r["offset"] :].startswith(data)
+    assert r["source"] == run.doc["workers"][0]["peer_id"] and not r["ended"], r
 
 
 def test_live_logs_non_requester_is_refused(mesh: Mesh, run: Run) -> None:

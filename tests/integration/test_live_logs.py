@@ -11,6 +11,7 @@ host, ``logpeer.py``) must be refused, as must malformed requests, without harm 
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import subprocess
 import sys
@@ -169,9 +170,11 @@ def test_live_logs_first_line_reaches_follow_5s_before_the_job_ends(run: Run) ->
     ended_at = float(result["finished_at"])
     first_at, first = run.requester_lines[0]
     last_at, _ = run.requester_lines[-1]
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(run.requester_lines)]
     print(
-        f"\nfirst line {first!r} reached the follower {ended_at - first_at:.1f} s before the job"
-        f" ended (run {result['run_s']:.1f} s); the last line {last_at - first_at:.1f} s after it"
+        f"\nMEASURED first line {first!r} reached the follower {ended_at - first_at:.1f} s before"
+        f" the job ended (run {result['run_s']:.1f} s); the last line {last_at - first_at:.1f} s"
+        f" after it; gaps between lines {min(gaps):.2f}..{max(gaps):.2f} s (written 1 s apart)"
     )
     assert first == b"line 1 of 10\n"
     assert first_at <= ended_at - 5, (first_at, ended_at)

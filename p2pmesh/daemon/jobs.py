@@ -94,10 +94,11 @@ class JobRunner:
             may_fetch=self.may_fetch,
             blob_path=self.blobs.path,
             ledger_blocks=self.ledger_blocks,
-            log_chunk=self.serve_log,
+            # FAULT no-live-logs: no log stream at all, as a release before it (PROTOCOL §7.5a).
+            log_chunk=None if fault == "no-live-logs" else self.serve_log,
         )
         self._executor: DockerExecutor | InstantExecutor | None = None
-        self._old_log_peers: set[tuple[str, str]] = set()  # logged once: no live logs there
+        self._log_said: set[tuple[str, str, str]] = set()  # live-log trouble, logged once
         self._stop: set[str] = set()
         self._running: dict[str, float] = {}  # job -> monotonic start of its container
         self.container_seconds_done = 0.0  # of containers that have finished (for /metrics)
@@ -569,22 +570,13 @@ class JobRunner:
             )
         except logs_mod.LogRefused as exc:
             note = f"the worker refused: {exc}"
-            self.log(
-                "warning", "live log refused", job=job_id, peer=pick["peer_id"], error=str(exc)
-            )
+            self._log_once(job_id, pick["peer_id"], "live log refused", str(exc))
         except TransportError as exc:
             self.net.stats.count(self.net.stats.stream_errors, "log request")
             note = str(exc)
             if note == OLD_PEER:
-                key = (job_id, pick["peer_id"])
-                if key not in self._old_log_peers:
-                    self._old_log_peers.add(key)
-                    self.log(
-                        "warning",
-                        "worker has no live logs (an older release): its log comes with the result",
-                        job=job_id,
-                        peer=pick["peer_id"],
-                    )
+                msg = "worker has no live logs (an older release): its log comes with the result"
+                self._log_once(job_id, pick["peer_id"], msg, "")
         else:
             return {**out, **_chunk_json(chunk, offset)}
         # Nothing this time: the follower waits and asks again; a job that ended with no log
@@ -594,6 +586,16 @@ class JobRunner:
             **_chunk_json(logs_mod.LogChunk(offset, b"", src["final"]), offset),
             "note": note,
         }
+
+    def _log_once(self, job_id: str, peer: str, msg: str, error: str) -> None:
+        """A follower asks about once a second: say each thing once per job and worker."""
+        key = (job_id, peer, msg + error)
+        if key in self._log_said:
+            return
+        if len(self._log_said) >= 1024:
+            self._log_said.clear()
+        self._log_said.add(key)
+        self.log("warning", msg, job=job_id, peer=peer, **({"error": error} if error else {}))
 
     def _blob_chunk(self, digest: str, offset: int) -> logs_mod.LogChunk:
         size = self.blobs.size(digest)

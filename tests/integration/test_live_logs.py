@@ -259,3 +259,54 @@ def test_live_logs_offer_wait_follow_shows_the_log_as_it_runs(mesh: Mesh, tmp_pa
     assert logged[-1][0] - logged[0][0] >= 5, logged  # line by line, not all at the end
     assert seen[-1][0] - logged[0][0] >= 5, seen  # the first line well before the end
     assert out.startswith("job ") and ": done" in out.splitlines()[0], out
+
+
+# -- a worker of an older release ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def old_mesh(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A requester and a worker that serves no log stream, as a release before live logs
+    (``P2PMESH_FAULT=no-live-logs``)."""
+    why = docker_missing((BUSYBOX,))
+    if why:
+        pytest.skip(why)
+    m: Mesh = start_mesh(
+        tmp_path_factory.mktemp("live-logs-old"),
+        2,
+        node_args={REQUESTER: ["--no-work"]},
+        node_env={WORKER: {"P2PMESH_ALLOW_FAULTS": "1", "P2PMESH_FAULT": "no-live-logs"}},
+    )
+    try:
+        yield m
+    finally:
+        m.close()
+
+
+def test_live_logs_older_worker_gives_a_clear_line_then_the_final_log(
+    old_mesh: Mesh, tmp_path: Path
+) -> None:
+    requester = old_mesh.nodes[REQUESTER]
+    three = "for i in 1 2 3; do echo line $i; sleep 1; done"
+    job = write_job(tmp_path, name="three-lines", command=["sh", "-c", three], timeout_s=60)
+    sub = requester.cli("offer", str(job), "--bid-window", "1")
+    assert sub.returncode == 0, sub.stderr
+    job_id = sub.stdout.strip()
+    follow = Follow.start(requester, job_id)
+    try:
+        doc = wait_job(requester, job_id, timeout=120, mesh=old_mesh)
+        rc, text, err = follow.finish(60)
+    finally:
+        if follow.proc.poll() is None:
+            follow.proc.kill()
+            follow.proc.wait(timeout=10)
+    print(f"\n`logs --follow` against an older worker: stderr {err!r}")
+    assert doc["state"] == "done", doc
+    assert rc == 0, err
+    assert text == b"line 1\nline 2\nline 3\n"
+    assert "does not serve /p2pmesh/log/1.0.0 (a release without live logs)" in err, err
+    said = [
+        json.loads(line)
+        for line in requester.log_text().splitlines()
+        if "no live logs (an older release)" in line
+    ]
+    assert len(said) == 1 and said[0]["job"] == job_id and said[0]["level"] == "warning", said
+    assert old_mesh.nodes[WORKER].alive

@@ -16,6 +16,8 @@ import msgpack
 import multiaddr
 import pytest
 import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.peer.peerinfo import info_from_p2p_addr
@@ -75,6 +77,56 @@ def test_a_request_outside_the_rules_is_refused(body: dict[str, Any]) -> None:
 def test_a_request_that_is_no_small_map_is_refused(raw: bytes) -> None:
     with pytest.raises((DecodeError, ValidationError)):
         logs.parse_log_request(raw)
+
+
+# The decoders' invariant (STYLE R7): on any input, a valid value or one of their errors.
+_maps = st.dictionaries(
+    st.sampled_from(["job_id", "offset", "ok", "data", "ended", "error", "x"]),
+    st.one_of(
+        st.integers(min_value=-(2**63), max_value=2**64 - 1),
+        st.booleans(),
+        st.binary(max_size=64),
+        st.text(max_size=40),
+        st.just(JOB_ID),
+        st.none(),
+    ),
+    max_size=6,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.binary(max_size=300), _maps.map(lambda d: msgpack.packb(d))))
+def test_any_request_bytes_parse_or_are_refused(raw: bytes) -> None:
+    try:
+        req = logs.parse_log_request(raw)
+    except (DecodeError, ValidationError):
+        return
+    assert 0 <= req.offset <= CAP and len(req.job_id) == 32
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(st.binary(max_size=300), _maps.map(lambda d: msgpack.packb(d))),
+    st.integers(min_value=0, max_value=CAP),
+)
+def test_any_reply_bytes_parse_or_are_refused(raw: bytes, asked: int) -> None:
+    try:
+        chunk = logs.parse_log_reply(raw, asked=asked)
+    except (DecodeError, ValidationError, logs.LogRefused):
+        return
+    assert chunk.offset == asked and len(chunk.data) <= logs.LOG_CHUNK_BYTES
+    assert chunk.next_offset <= CAP
+
+
+@given(st.integers(min_value=0, max_value=CAP + 10), st.integers(0, CAP), st.booleans())
+def test_a_slice_is_within_the_log_and_one_chunk(offset: int, size: int, ended: bool) -> None:
+    span = logs.log_slice(offset, size, ended)
+    if isinstance(span, str):
+        assert offset > size and (ended or offset > CAP)
+        return
+    start, end = span
+    assert start == offset and start <= end <= max(size, offset)
+    assert end - start <= logs.LOG_CHUNK_BYTES
 
 
 # -- which bytes ------------------------------------------------------------------------------

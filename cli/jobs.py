@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
 import json
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,11 +21,12 @@ from p2pmesh import packing
 from p2pmesh.cli import client
 from p2pmesh.cli.console import make_console
 from p2pmesh.core.jobspec import InputRef, job_digest, job_to_wire
-from p2pmesh.errors import JobSpecError
+from p2pmesh.errors import DaemonNotRunning, JobSpecError, MeshError, TransportError
 from p2pmesh.jobfile import load_job_file
 
 FINAL = ("done", "failed", "timeout", "cancelled", "no-bids", "inconclusive")
 POLL_S = 0.25
+FOLLOW_RETRIES = 10  # ``logs --follow``: daemon requests in a row that may go unanswered
 PAYING_WAIT_S = 10.0  # ``offer --wait`` shows a done job's payments being agreed, this long
 STATE_STYLE = {
     "done": "green",
@@ -78,7 +81,15 @@ def phase_key(job: dict[str, Any]) -> str:
     return phase_text(job)
 
 
-def progress_view(job: dict[str, Any], started: float) -> Group:
+TAIL_LINES = 8  # of the log under ``offer --wait --follow``'s progress view
+
+
+def log_tail(text: str, lines: int = TAIL_LINES) -> list[str]:
+    """The last ``lines`` lines of a log so far (a line still being written counts)."""
+    return text.splitlines()[-lines:]
+
+
+def progress_view(job: dict[str, Any], started: float, tail: list[str] | None = None) -> Group:
     state = job.get("state", "?")
     head = Text.assemble(
         ("job ", "bold"),
@@ -107,6 +118,10 @@ def progress_view(job: dict[str, Any], started: float) -> Group:
         parts.append(t)
     if job.get("error"):
         parts.append(Text(job["error"], style="red"))
+    if tail is not None:
+        parts.append(Text("log", style="bold"))
+        # Text, never markup: a log line is the job's to write.
+        parts.extend(Text(line, style="dim", no_wrap=True, overflow="ellipsis") for line in tail)
     return Group(*parts)
 
 
@@ -117,6 +132,9 @@ def cmd_offer(args: argparse.Namespace, home: Path) -> int:
     except JobSpecError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        return 2
+    if args.follow and not args.wait:
+        print("p2pmesh: --follow needs --wait (or use: p2pmesh logs ID --follow)", file=sys.stderr)
         return 2
     if args.dry_run:
         refs = _local_refs(paths)
@@ -137,8 +155,14 @@ def cmd_offer(args: argparse.Namespace, home: Path) -> int:
     started = time.monotonic()
     job = client.request(home, "job", {"job_id": job_id})
     show = console.is_terminal and not args.json
+    follow = _TailFollow(home, job_id) if args.follow else None
     live = (
-        Live(progress_view(job, started), console=console, refresh_per_second=8, transient=False)
+        Live(
+            progress_view(job, started, follow.tail if follow else None),
+            console=console,
+            refresh_per_second=8,
+            transient=False,
+        )
         if show
         else None
     )
@@ -152,6 +176,9 @@ def cmd_offer(args: argparse.Namespace, home: Path) -> int:
                 # Without a terminal: one line each time the phase (or why it waits) changes.
                 print(f"{job_id[:12]} {phase_text(job)}", file=sys.stderr, flush=True)
                 last_key = phase_key(job)
+            if follow is not None:
+                # Without a terminal the log goes to stderr as it comes, line by line.
+                follow.poll(None if live else sys.stderr)
             if job["state"] in FINAL and (
                 _phase_name(job) != "paying" or time.monotonic() > paying_until
             ):
@@ -162,7 +189,7 @@ def cmd_offer(args: argparse.Namespace, home: Path) -> int:
             time.sleep(POLL_S)
             job = client.request(home, "job", {"job_id": job_id})
             if live:
-                live.update(progress_view(job, started))
+                live.update(progress_view(job, started, follow.tail if follow else None))
     except KeyboardInterrupt:
         print(
             f"stopped waiting; the job goes on. Follow it with: p2pmesh job {job_id}",
@@ -170,6 +197,10 @@ def cmd_offer(args: argparse.Namespace, home: Path) -> int:
         )
         return 130
     finally:
+        if follow is not None:
+            follow.finish(None if live else sys.stderr)
+            if live:
+                live.update(progress_view(job, started, follow.tail))
         if live:
             live.stop()
     out_dir = Path(args.out) if args.out else Path("p2pmesh-results") / job_id
@@ -270,16 +301,125 @@ def cmd_job(args: argparse.Namespace, home: Path) -> int:
 
 
 def cmd_logs(args: argparse.Namespace, home: Path) -> int:
-    while True:
-        doc = client.request(home, "logs", {"job_id": args.job_id})
-        if doc["log"] is not None or not args.follow or doc["state"] in FINAL:
-            break
-        time.sleep(1.0)
+    if args.follow:
+        return _follow_logs(home, args.job_id)
+    doc = client.request(home, "logs", {"job_id": args.job_id})
     if doc["log"] is None:
         print(f"p2pmesh: no logs yet for job {args.job_id} (state {doc['state']})", file=sys.stderr)
         return 1
     sys.stdout.write(doc["log"])
     return 0
+
+
+class LogFollower:
+    """Pulls a job's log through the daemon (``log-tail``), from the offset it reached: the
+    daemon asks the worker, which holds each request up to a couple of seconds for new bytes,
+    so a line reaches the follower about when the container writes it."""
+
+    def __init__(self, home: Path, job_id: str) -> None:
+        self.home, self.job_id = home, job_id
+        self.offset = 0
+        self.worker: str | None = None
+        self.ended = False
+        self.note = ""
+        self.state = ""
+
+    def step(self) -> tuple[bytes, str]:
+        """The next bytes (maybe none) and a note for the user when it changed ("" if not)."""
+        args: dict[str, Any] = {"job_id": self.job_id, "offset": self.offset}
+        if self.worker:
+            args["worker"] = self.worker
+        doc = client.request(self.home, "log-tail", args)
+        self.job_id, self.state = doc["job_id"], doc["state"]
+        data = base64.b64decode(doc["data"])
+        note = doc.get("note") or ""
+        if doc.get("restart"):
+            note = f"worker …{str(self.worker)[-8:]} is out of play; now its replacement's log"
+        self.worker = doc.get("source") or self.worker
+        self.offset, self.ended = int(doc["next"]), bool(doc["ended"])
+        shown = note if note and note != self.note else ""
+        self.note = note
+        return data, shown
+
+
+class _TailFollow:
+    """``offer --wait --follow``: a thread pulls the log (each pull may wait a moment for new
+    bytes at the worker) while the progress loop keeps its pace and shows the last lines."""
+
+    def __init__(self, home: Path, job_id: str) -> None:
+        self.follower = LogFollower(home, job_id)
+        self.lock = threading.Lock()
+        self.text = ""
+        self.pending = ""  # bytes not yet shown on a piped stderr
+        self.tail: list[str] = []
+        self.thread = threading.Thread(target=self._run, name="p2pmesh-log-tail", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.follower.ended:
+            try:
+                data, _ = self.follower.step()
+            except MeshError:
+                return  # an older daemon, or it went away: the progress view goes on without
+            if not data:
+                time.sleep(1.0 if self.follower.note else POLL_S)
+                continue
+            chunk = data.decode(errors="replace")
+            with self.lock:
+                self.text = (self.text + chunk)[-64 * 1024 :]
+                self.pending += chunk
+                self.tail = log_tail(self.text)
+
+    def poll(self, stream: Any, *, final: bool = False) -> None:
+        """Write the whole lines that came since (all that came, when ``final``)."""
+        if stream is None:
+            return
+        with self.lock:
+            done, _, rest = self.pending.rpartition("\n")
+            if final and rest:
+                done, rest = f"{done}\n{rest}" if done else rest, ""
+            self.pending = rest
+        if done:
+            stream.write("".join(f"log| {line}\n" for line in done.split("\n")))
+            stream.flush()
+
+    def finish(self, stream: Any, timeout: float = 5.0) -> None:
+        self.thread.join(timeout)  # the last bytes, usually already in hand
+        self.poll(stream, final=True)
+
+
+def _follow_logs(home: Path, job_id: str) -> int:
+    follower = LogFollower(home, job_id)
+    out = sys.stdout.buffer
+    got_any = False
+    failures = 0
+    try:
+        while not follower.ended:
+            try:
+                data, note = follower.step()
+                failures = 0
+            except DaemonNotRunning:
+                raise
+            except TransportError as exc:
+                # The daemon did not answer in time: ask again, from the same offset.
+                failures += 1
+                if failures > FOLLOW_RETRIES:
+                    raise
+                print(f"p2pmesh: {exc}; asking again", file=sys.stderr, flush=True)
+                time.sleep(1.0)
+                continue
+            if note:
+                print(f"p2pmesh: {note}", file=sys.stderr, flush=True)
+            if data:
+                # Written and flushed chunk by chunk, also into a pipe.
+                out.write(data)
+                out.flush()
+                got_any = True
+            elif not follower.ended:
+                time.sleep(POLL_S if follower.note == "" else 1.0)
+    except KeyboardInterrupt:
+        return 130
+    return 0 if got_any or not follower.note else 1
 
 
 def cmd_cancel(args: argparse.Namespace, home: Path) -> int:
@@ -300,6 +440,9 @@ def add_parsers(sub: Any, add_home: Any) -> None:
     offer.add_argument("--wait", action="store_true", help="follow the job and fetch outputs")
     offer.add_argument("--out", metavar="DIR", help="outputs folder (default ./p2pmesh-results/ID)")
     offer.add_argument("--json", action="store_true", help="print the final job document")
+    offer.add_argument(
+        "--follow", action="store_true", help="with --wait: show the job's log as it runs"
+    )
     offer.add_argument("--dry-run", action="store_true", help="validate and print the offer")
     offer.add_argument(
         "--bid-window", type=int, default=2, metavar="S", help="seconds to collect bids (default 2)"
@@ -317,7 +460,9 @@ def add_parsers(sub: Any, add_home: Any) -> None:
     logs = sub.add_parser("logs", help="a job's container log (stdout and stderr)")
     add_home(logs)
     logs.add_argument("job_id")
-    logs.add_argument("--follow", action="store_true", help="wait until the log is available")
+    logs.add_argument(
+        "--follow", action="store_true", help="stream the log while the job runs, until it ends"
+    )
     cancel = sub.add_parser("cancel", help="cancel a job and stop its containers")
     add_home(cancel)
     cancel.add_argument("job_id")

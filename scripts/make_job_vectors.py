@@ -32,6 +32,7 @@ if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
 from p2pmesh.core import codec  # noqa: E402
+from p2pmesh.core.auction import logs  # noqa: E402
 from p2pmesh.core.auction import messages as m  # noqa: E402
 from p2pmesh.core.crypto import Ed25519Signer  # noqa: E402
 from p2pmesh.core.ids import sha256_hex  # noqa: E402
@@ -54,6 +55,8 @@ SEED_WORKER = bytes.fromhex("4ccd089b28ff96da9db6c346ec114e0f5b8a319f35aba624da8
 NOW = 1_700_000_000  # 2023-11-14T22:13:20Z, as in protocol_vectors.json
 JOB_ID = "00112233445566778899aabbccddeeff"
 BID_WINDOW_S = 2
+LOG_OFFSET = 13  # a follower that has the first line, asking for the next
+LOG_DATA = b"line 2 of 10\n"
 INPUT_BYTES = b"import random\nprint(sum(random.random() ** 2 < 1 for _ in range(10**6)))\n"
 JOB_FILE: dict[str, Any] = {
     "schema_version": 1,
@@ -273,6 +276,19 @@ def build_vectors() -> dict[str, Any]:
             "body": {"job_id": JOB_ID, "stands": False},
             "data_hex": m.build_award_answer(JOB_ID, False).hex(),
         },
+        # The log stream (§7.5a): request and reply frames, canonical msgpack, no envelope.
+        "log_request": {
+            "body": {"job_id": JOB_ID, "offset": LOG_OFFSET},
+            "frame_hex": logs.build_log_request(JOB_ID, LOG_OFFSET).hex(),
+        },
+        "log_reply": {
+            "body": {"ok": True, "offset": LOG_OFFSET, "data_hex": LOG_DATA.hex(), "ended": False},
+            "frame_hex": logs.build_log_reply(logs.LogChunk(LOG_OFFSET, LOG_DATA, False)).hex(),
+        },
+        "log_refusal": {
+            "body": {"ok": False, "error": logs.NOT_REQUESTER},
+            "frame_hex": logs.build_log_refusal(logs.NOT_REQUESTER).hex(),
+        },
     }
 
 
@@ -375,7 +391,17 @@ def markdown(v: dict[str, Any]) -> str:
         body = json.dumps(msg["body"], ensure_ascii=False, sort_keys=True)
         out += [f"`{msg['kind']}` data for `{body}` (canonical msgpack, no envelope):", ""]
         out += ["```text", _wrap(msg["data_hex"]), "```", ""]
+    out += [
+        f"Log stream (§7.5a): a request for job `{JOB_ID}` from offset {LOG_OFFSET}, the reply "
+        f"carrying the {len(LOG_DATA)} bytes `{LOG_DATA.decode().strip()}\\n` (`data` is a "
+        "msgpack `bin`), and a refusal:",
+        "",
+        "```text",
+    ]
+    for name in ("log_request", "log_reply", "log_refusal"):
+        out += [_wrap(v[name]["frame_hex"]), ""]
     out.pop()
+    out.append("```")
     return "\n".join(out)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from p2pmesh.core import capability, reputation, topics
 from p2pmesh.core.auction import admission, newcomers
+from p2pmesh.core.auction import logs as logs_mod
 from p2pmesh.core.auction import proofs as proofs_mod
 from p2pmesh.core.auction import provider as provider_mod
 from p2pmesh.core.auction import requester as requester_mod
@@ -576,6 +577,32 @@ class Node:
             if w.requester == peer and res and digest in (res.output_digest, res.log_digest):
                 return True
         return False
+
+    def log_access(self, job_id: str, peer: str | None) -> logs_mod.LogAccess:
+        """May ``peer`` (None: our own owner) read the log of a job we work on, and which log
+        (PROTOCOL.md §7.5a): only the peer that awarded it to us."""
+        return logs_mod.worker_log_access(self.provider.jobs.get(job_id), peer)
+
+    def log_sources(self, job_id: str) -> dict[str, Any] | None:
+        """Where a live log of a job we requested comes from: its replicas in play, the one
+        whose outputs we fetch first, then by award; each with its log digest once reported.
+        None: no such requested job."""
+        j = self.requester.jobs.get(job_id)
+        if j is None:
+            return None
+        reps = sorted(j.active(), key=lambda r: (r.worker != j.fetch_from, r.awarded_at))
+        return {
+            "state": j.state,
+            "final": j.state in requester_mod.FINAL,
+            "workers": [
+                {
+                    "peer_id": r.worker,
+                    "state": r.state,
+                    "log_digest": r.result.log_digest if r.result is not None else None,
+                }
+                for r in reps
+            ],
+        }
 
     # -- peers and reputation ----------------------------------------------------------------------
     def records(self) -> list[bytes]:

@@ -7,6 +7,7 @@ job's outputs are safely in the blob store.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -23,7 +24,9 @@ import trio
 from p2pmesh import packing
 from p2pmesh.adapters.docker.executor import ContainerSpec, DockerExecutor
 from p2pmesh.adapters.instant import InstantExecutor
-from p2pmesh.adapters.libp2p.net import JobWire, MeshNet
+from p2pmesh.adapters.libp2p.net import OLD_PEER, JobWire, MeshNet
+from p2pmesh.core.auction import logs as logs_mod
+from p2pmesh.core.auction.logs import LOG_MAX_BYTES
 from p2pmesh.core.effects import (
     CompareOutputs,
     FetchInputs,
@@ -49,7 +52,6 @@ from p2pmesh.jobfile import load_job_file
 
 MiB = 1 << 20
 MAX_INPUT_DIR_BYTES = 1 << 30
-LOG_MAX_BYTES = 4 * MiB
 PIDS_LIMIT = 512
 DEFAULT_BID_WINDOW_S = 2
 SEND_RETRIES = 3
@@ -92,8 +94,11 @@ class JobRunner:
             may_fetch=self.may_fetch,
             blob_path=self.blobs.path,
             ledger_blocks=self.ledger_blocks,
+            # FAULT no-live-logs: no log stream at all, as a release before it (PROTOCOL §7.5a).
+            log_chunk=None if fault == "no-live-logs" else self.serve_log,
         )
         self._executor: DockerExecutor | InstantExecutor | None = None
+        self._log_said: set[tuple[str, str, str]] = set()  # live-log trouble, logged once
         self._stop: set[str] = set()
         self._running: dict[str, float] = {}  # job -> monotonic start of its container
         self.container_seconds_done = 0.0  # of containers that have finished (for /metrics)
@@ -115,6 +120,52 @@ class JobRunner:
             self.log("warning", "FAULT withhold-outputs: refusing our outputs", peer=peer)
             return False
         return self.node.may_serve_blob(peer, digest)
+
+    async def serve_log(self, peer: str, req: logs_mod.LogRequest) -> logs_mod.LogChunk | str:
+        """A requester's live-log request (PROTOCOL.md §7.5a): the chunk, or the refusal."""
+        return await self.log_chunk(req.job_id, req.offset, peer)
+
+    async def log_chunk(
+        self, job_id: str, offset: int, peer: str | None, *, wait_s: float = logs_mod.LOG_WAIT_S
+    ) -> logs_mod.LogChunk | str:
+        """The log of a job we work on from ``offset``, for ``peer`` (None: our own owner).
+
+        While the container runs, the bytes come from the file the executor writes (flushed
+        chunk by chunk), afterwards from the log blob of our result: the blob is that file, so
+        what a follower read stays a prefix of the final log. With nothing new yet, the answer
+        waits up to ``wait_s`` for more (a long poll).
+        """
+        give_up = time.monotonic() + wait_s
+        while True:
+            access = self.node.log_access(job_id, peer)
+            if access.error:
+                return access.error
+            ended = access.phase == "ended"
+            path: Path | None = None
+            if access.phase == "running":
+                path = self.work / job_id / "log.txt"
+            elif access.log_digest is not None and self.blobs.has(access.log_digest):
+                path = self.blobs.path(access.log_digest)
+            try:
+                size = path.stat().st_size if path is not None else 0
+            except OSError:
+                size = 0  # not written yet, or just moved into the blob store
+            span = logs_mod.log_slice(offset, size, ended)
+            if isinstance(span, str):
+                return span
+            start, end = span
+            if end > start or ended or time.monotonic() >= give_up:
+                break
+            await trio.sleep(0.1)
+        data = b""
+        if end > start and path is not None:
+            try:
+                with open(path, "rb") as f:
+                    f.seek(start)
+                    data = f.read(end - start)
+            except OSError:
+                data = b""  # the run's folder went away between stat and read: ask again
+        return logs_mod.LogChunk(start, data, ended and start + len(data) == size)
 
     def ledger_blocks(self, req: dict[str, Any]) -> list[bytes]:
         """Serve a ledger request: ``{"heads": true}`` or ``{"author", "first", "last"}``."""
@@ -473,12 +524,107 @@ class JobRunner:
             "job": doc,
         }
 
+    async def follow_log(self, job_id: str, offset: int, want: str | None) -> dict[str, Any]:
+        """One step of ``p2pmesh logs ID --follow``: the next bytes of a job's log from
+        ``offset``, from the worker ``want`` the follower reads (or the first in play).
+
+        A job we run is read here; a job we requested is asked of its worker over the log
+        stream, or read from the log blob we hold once its outputs are in. ``data`` is base64:
+        a chunk may end inside a UTF-8 character. ``restart``: the follower's worker is no
+        longer in play, so this answer is from the start of another one's log.
+        """
+        out: dict[str, Any] = {"job_id": job_id, "note": "", "restart": False}
+        src = self.node.log_sources(job_id)
+        if src is None:
+            doc = self.node.job(job_id)
+            if doc is None:
+                raise ValueError(f"no job {job_id!r} on this node")
+            got = await self.log_chunk(job_id, offset, None)
+            return {**out, **_chunk_json(got, offset), "role": "worker", "state": doc["state"]}
+        out.update(role="requester", state=src["state"])
+        workers = src["workers"]
+        pick = next((w for w in workers if w["peer_id"] == want), None)
+        if pick is None and workers:
+            pick = workers[0]
+            if want is not None:
+                out["restart"], offset = True, 0
+        if pick is None:
+            if src["final"]:
+                return {
+                    **out,
+                    **_chunk_json(logs_mod.LogChunk(offset, b"", True), offset),
+                    "note": f"no log: the job ended {src['state']} before any worker ran it",
+                }
+            return {
+                **out,
+                **_chunk_json(logs_mod.LogChunk(offset, b"", False), offset),
+                "note": "waiting for a worker",
+            }
+        out["source"] = pick["peer_id"]
+        digest = pick["log_digest"]
+        if digest is not None and self.blobs.has(digest):
+            return {**out, **_chunk_json(self._blob_chunk(digest, offset), offset)}
+        try:
+            chunk = await self.wire.log_request(
+                pick["peer_id"], self.node.peer_addrs(pick["peer_id"]), job_id, offset
+            )
+        except logs_mod.LogRefused as exc:
+            note = f"the worker refused: {exc}"
+            self._log_once(job_id, pick["peer_id"], "live log refused", str(exc))
+        except TransportError as exc:
+            self.net.stats.count(self.net.stats.stream_errors, "log request")
+            note = str(exc)
+            if note == OLD_PEER:
+                msg = "worker has no live logs (an older release): its log comes with the result"
+                self._log_once(job_id, pick["peer_id"], msg, "")
+        else:
+            return {**out, **_chunk_json(chunk, offset)}
+        # Nothing this time: the follower waits and asks again; a job that ended with no log
+        # from this worker ends the follow.
+        return {
+            **out,
+            **_chunk_json(logs_mod.LogChunk(offset, b"", src["final"]), offset),
+            "note": note,
+        }
+
+    def _log_once(self, job_id: str, peer: str, msg: str, error: str) -> None:
+        """A follower asks about once a second: say each thing once per job and worker."""
+        key = (job_id, peer, msg + error)
+        if key in self._log_said:
+            return
+        if len(self._log_said) >= 1024:
+            self._log_said.clear()
+        self._log_said.add(key)
+        self.log("warning", msg, job=job_id, peer=peer, **({"error": error} if error else {}))
+
+    def _blob_chunk(self, digest: str, offset: int) -> logs_mod.LogChunk:
+        size = self.blobs.size(digest)
+        span = logs_mod.log_slice(offset, size, True)
+        if isinstance(span, str):
+            return logs_mod.LogChunk(offset, b"", True)
+        start, end = span
+        with open(self.blobs.path(digest), "rb") as f:
+            f.seek(start)
+            data = f.read(end - start)
+        return logs_mod.LogChunk(start, data, start + len(data) == size)
+
     def logs(self, log_digests: list[str]) -> str | None:
         """The first of these logs we hold (the accepted replica's comes first)."""
         for digest in log_digests:
             if self.blobs.has(digest):
                 return self.blobs.path(digest).read_text(errors="replace")
         return None
+
+
+def _chunk_json(got: logs_mod.LogChunk | str, offset: int) -> dict[str, Any]:
+    if isinstance(got, str):
+        return {"offset": offset, "next": offset, "data": "", "ended": True, "note": got}
+    return {
+        "offset": got.offset,
+        "next": got.next_offset,
+        "data": base64.b64encode(got.data).decode(),
+        "ended": got.ended,
+    }
 
 
 class Ring:

@@ -552,11 +552,38 @@ class Daemon:
 
         async def logs(args: dict[str, Any]) -> Any:
             job_id = str(args.get("job_id", ""))
-            doc = requested(job_id)
-            outputs = self.node.job_outputs(job_id)
+            doc = self.node.job(job_id, prefix=True)
+            if doc is not None and doc["role"] == "worker":
+                # A job we run: its log so far (all of it once the run ended).
+                text, offset, ended = b"", 0, False
+                while not ended:
+                    got = await self._jobs().log_chunk(job_id, offset, None, wait_s=0)
+                    if isinstance(got, str) or not got.data:
+                        break
+                    text, offset, ended = text + got.data, got.next_offset, got.ended
+                return {
+                    "job_id": job_id,
+                    "state": doc["state"],
+                    "log": text.decode(errors="replace") if text or ended else None,
+                }
+            doc = requested(doc["job_id"] if doc is not None else job_id)
+            outputs = self.node.job_outputs(doc["job_id"])
             assert outputs is not None
             log = self._jobs().logs(outputs["log_digests"])
-            return {"job_id": job_id, "state": doc["state"], "log": log}
+            return {"job_id": doc["job_id"], "state": doc["state"], "log": log}
+
+        async def log_tail(args: dict[str, Any]) -> Any:
+            job_id = str(args.get("job_id", ""))
+            doc = self.node.job(job_id, prefix=True)
+            if doc is None:
+                raise ValueError(f"no job {job_id!r} on this node")
+            offset = args.get("offset", 0)
+            if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+                raise ValueError("offset must be an integer >= 0")
+            worker = args.get("worker")
+            return await self._jobs().follow_log(
+                doc["job_id"], offset, str(worker) if worker else None
+            )
 
         async def reputation(args: dict[str, Any]) -> Any:
             peer = args.get("peer_id")
@@ -589,6 +616,7 @@ class Daemon:
             "cancel": cancel,
             "export": export,
             "logs": logs,
+            "log-tail": log_tail,
         }
 
     # -- http ------------------------------------------------------------------------------------

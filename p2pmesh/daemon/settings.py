@@ -123,7 +123,15 @@ def read_config(home: Path) -> dict[str, Any]:
     return data
 
 
-FAULTS = ("wrong-result", "no-show", "slow", "crash-mid-job", "fork-ledger", "withhold-outputs")
+FAULTS = (
+    "wrong-result",
+    "no-show",
+    "slow",
+    "crash-mid-job",
+    "fork-ledger",
+    "withhold-outputs",
+    "no-live-logs",  # serve no /p2pmesh/log/1.0.0, as a release before live logs
+)
 
 
 def _opt_in(env: dict[str, str], var: str, allowed: tuple[str, ...], hint: str) -> str | None:

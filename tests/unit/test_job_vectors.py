@@ -22,6 +22,7 @@ import msgpack
 import nacl.signing
 import pytest
 
+from p2pmesh.core.auction import logs
 from p2pmesh.core.auction import messages as m
 from p2pmesh.core.jobspec import (
     InputRef,
@@ -325,6 +326,39 @@ def test_award_query_and_answer_bytes_by_hand() -> None:
     answer = b"\x82" + _mp_str("job_id") + _mp_str(job_id) + _mp_str("stands") + b"\xc2"
     assert V["award_answer"]["data_hex"] == answer.hex()
     assert (V["award_query"]["kind"], V["award_answer"]["kind"]) == ("award-query", "award-answer")
+
+
+def test_log_stream_frames_by_hand() -> None:
+    """§7.5a: map keys in canonical order (§2), ``data`` a ``bin``."""
+    req = V["log_request"]["body"]
+    job_id, offset = req["job_id"], req["offset"]
+    assert offset < 128  # a positive fixint below
+    frame = b"\x82" + _mp_str("job_id") + _mp_str(job_id) + _mp_str("offset") + bytes([offset])
+    assert V["log_request"]["frame_hex"] == frame.hex()
+    rep = V["log_reply"]["body"]
+    data = bytes.fromhex(rep["data_hex"])
+    reply = (
+        b"\x84"
+        + _mp_str("data")
+        + b"\xc4"
+        + bytes([len(data)])
+        + data
+        + _mp_str("ended")
+        + b"\xc2"
+        + _mp_str("offset")
+        + bytes([rep["offset"]])
+        + _mp_str("ok")
+        + b"\xc3"
+    )
+    assert V["log_reply"]["frame_hex"] == reply.hex()
+    ref = V["log_refusal"]["body"]
+    refusal = b"\x82" + _mp_str("error") + _mp_str(ref["error"]) + _mp_str("ok") + b"\xc2"
+    assert V["log_refusal"]["frame_hex"] == refusal.hex()
+    # And the parsers read them back.
+    assert logs.parse_log_request(frame) == logs.LogRequest(job_id, offset)
+    assert logs.parse_log_reply(reply, asked=offset) == logs.LogChunk(offset, data, False)
+    with pytest.raises(logs.LogRefused, match=ref["error"]):
+        logs.parse_log_reply(refusal, asked=0)
 
 
 @pytest.mark.parametrize(

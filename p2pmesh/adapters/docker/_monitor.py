@@ -142,6 +142,8 @@ class LogPump:
                 room = self.cap - self.written
                 if room > 0:
                     self._file.write(chunk[:room])
+                    # Flushed chunk by chunk: the worker serves this file live while it grows.
+                    self._file.flush()
                     self.written += min(room, len(chunk))
                 if len(chunk) > room:
                     self.truncated = True  # keep reading so the job never blocks on stdout

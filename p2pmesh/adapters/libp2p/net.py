@@ -31,6 +31,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from p2pmesh.adapters.libp2p import patches, pnet
 from p2pmesh.adapters.libp2p.streams import read_frame, write_frame
 from p2pmesh.core import capability, codec
+from p2pmesh.core.auction import logs
 from p2pmesh.core.events import (
     DialFailed,
     PeerAddressObserved,
@@ -499,10 +500,24 @@ JOB_KINDS = frozenset(
     {"bid", "award", "status", "result", "cancel", "pay", "paid", "award-query", "award-answer"}
 )
 LEDGER_PROTOCOL = "/p2pmesh/ledger/1.0.0"
+LOG_PROTOCOL = "/p2pmesh/log/1.0.0"
 MAX_LEDGER_REPLY = 4 * 1024 * 1024
 MAX_JOB_FRAME = 64 * 1024
 BLOB_CHUNK = 1 << 20
 BLOB_TIMEOUT_S = 30.0
+
+
+OLD_PEER = f"the worker does not serve {LOG_PROTOCOL} (a release without live logs)"
+
+
+def _protocol_refused(exc: BaseException) -> bool:
+    """Did multistream-select fail, i.e. the peer has no handler for the protocol asked?"""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if type(seen).__name__.startswith("Multiselect"):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def remote_peer(stream: Any) -> str:
@@ -519,14 +534,83 @@ class JobWire:
         may_fetch: Callable[[str, str], bool],
         blob_path: Callable[[str], Any],
         ledger_blocks: Callable[[dict[str, Any]], list[bytes]] | None = None,
+        log_chunk: Callable[[str, logs.LogRequest], Awaitable[logs.LogChunk | str]] | None = None,
     ) -> None:
         self.net = net
         self._may_fetch = may_fetch
         self._blob_path = blob_path
         self._ledger_blocks = ledger_blocks
+        self._log_chunk = log_chunk
         net.set_stream_handler(JOB_PROTOCOL, self._serve_job)
         net.set_stream_handler(BLOB_PROTOCOL, self._serve_blob)
         net.set_stream_handler(LEDGER_PROTOCOL, self._serve_ledger)
+        if log_chunk is not None:
+            net.set_stream_handler(LOG_PROTOCOL, self._serve_log)
+
+    # -- live logs (PROTOCOL.md §7.5a) ----------------------------------------------------------
+    async def _serve_log(self, stream: Any) -> None:
+        try:
+            peer = remote_peer(stream)
+            frame = await read_frame(
+                stream, max_bytes=logs.MAX_LOG_REQUEST, timeout_s=STREAM_TIMEOUT_S
+            )
+            try:
+                req = logs.parse_log_request(frame)
+            except (DecodeError, ValidationError) as exc:
+                log.debug("log stream from %s: bad request: %s", peer, exc)
+                reply = logs.build_log_refusal(f"bad request: {exc}")
+            else:
+                assert self._log_chunk is not None
+                got = await self._log_chunk(peer, req)
+                if isinstance(got, str):
+                    reply = logs.build_log_refusal(got)
+                else:
+                    reply = logs.build_log_reply(got)
+            await write_frame(stream, reply, timeout_s=STREAM_TIMEOUT_S)
+        except (TransportError, DecodeError) as exc:
+            self.net.stats.count(self.net.stats.stream_errors, "serve log")
+            log.debug("log serve: %s", exc)
+        except Exception as exc:
+            self.net.stats.count(self.net.stats.stream_errors, "serve log")
+            log.debug("log serve failed: %r", exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.close()
+
+    async def log_request(
+        self, peer_id: str, addrs: tuple[str, ...], job_id: str, offset: int
+    ) -> logs.LogChunk:
+        """Ask a worker for job ``job_id``'s log from ``offset``.
+
+        Raises ``logs.LogRefused`` (the worker's words), ``TransportError`` otherwise; a peer of
+        a release without live logs is told apart (``OLD_PEER``), since it needs no retry.
+        """
+        pid = await self._connect(peer_id, addrs)
+        try:
+            # The worker may hold the request up to LOG_WAIT_S before it answers.
+            with trio.fail_after(STREAM_TIMEOUT_S):
+                stream = await self.net.host.new_stream(pid, [LOG_PROTOCOL])
+        except trio.TooSlowError:
+            raise TransportError("stream open timed out") from None
+        except Exception as exc:
+            if _protocol_refused(exc):
+                raise TransportError(OLD_PEER) from exc
+            raise TransportError(f"cannot open stream: {type(exc).__name__}"[:200]) from exc
+        try:
+            await write_frame(
+                stream, logs.build_log_request(job_id, offset), timeout_s=STREAM_TIMEOUT_S
+            )
+            raw = await read_frame(
+                stream,
+                max_bytes=logs.MAX_LOG_REPLY,
+                timeout_s=STREAM_TIMEOUT_S + logs.LOG_WAIT_S,
+            )
+            return logs.parse_log_reply(raw, asked=offset)
+        except (DecodeError, ValidationError) as exc:
+            raise TransportError(f"bad log reply: {exc}") from None
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.close()
 
     async def _serve_ledger(self, stream: Any) -> None:
         try:

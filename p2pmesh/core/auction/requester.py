@@ -134,6 +134,7 @@ class RequesterJob:
     history: list[tuple[int, str]] = field(default_factory=list)
     offered_exclude: tuple[str, ...] = ()  # the exclude list of the offer last published
     asked_again: int = 0  # times the current round's offer was published again
+    widened: int = 0  # times the bidder draw was doubled (§7.12); kept across rounds
 
     @property
     def spec(self) -> Any:
@@ -604,10 +605,13 @@ class Requester:
 
     def _offer(self, j: RequesterJob, now: int) -> list[Effect]:
         exclude = tuple(sorted(j.tried))[:64]
-        # A drawn round that closed short is asked again once (bids may be on their way on a
-        # busy mesh), then widens the draw in a new round rather than wait on the same few.
-        again = j.select is None or j.asked_again == 0
-        if j.offer_raw and exclude == j.offered_exclude and again:
+        same = bool(j.offer_raw) and exclude == j.offered_exclude
+        if same and j.select is not None and j.asked_again >= 1:
+            # A drawn round asked twice without enough bids: draw twice as many, in the same
+            # round, so the bids already made (or on their way) stay valid (§7.12).
+            j.widened += 1
+            return self._publish_offer(j, now, exclude, f"offer round {j.round} widened")
+        if same:
             # Nobody new to exclude: ask again in the same round, so that bids still on their
             # way stay valid (on a busy mesh a new round makes every one of them stale), and
             # wait longer each time (1, 2, 4, 8 windows) so a busy mesh is not flooded.
@@ -615,7 +619,6 @@ class Requester:
             j.window_ends = now + j.bid_window_s * min(8, 2**j.asked_again)
             j.note(now, f"offer round {j.round} published again")
             return [Publish(m.TOPIC_OFFERS, j.offer_raw), self._persist(j, now)]
-        j.asked_again = 0
         if j.offer_raw:
             if j.round >= m.MAX_ROUND:
                 # Receivers refuse later rounds: keep collecting bids on the last one instead.
@@ -624,10 +627,15 @@ class Requester:
             j.round += 1
         j.bids = {}
         j.state = "bidding" if not j.active() else j.state
+        return self._publish_offer(j, now, exclude, f"offer round {j.round} published")
+
+    def _publish_offer(
+        self, j: RequesterJob, now: int, exclude: tuple[str, ...], event: str
+    ) -> list[Effect]:
         select = None
         if self.sortition and self.eligible is not None:
             fitting = self.eligible(j.job, lambda pid: pid not in j.tried)
-            select = sortition.threshold(fitting, j.k, j.round)
+            select = sortition.threshold(fitting, j.k, j.widened)
         offer = m.build_offer(
             self.signer,
             job_id=j.job_id,
@@ -642,9 +650,10 @@ class Requester:
         )
         j.offer_raw = offer.raw
         j.offered_exclude = exclude
+        j.asked_again = 0
         j.window_ends = now + j.bid_window_s
         drawn = f", {select / sortition.ALL:.0%} of fitting peers drawn to bid" if select else ""
-        j.note(now, f"offer round {j.round} published{drawn}")
+        j.note(now, f"{event}{drawn}")
         return [
             Publish(m.TOPIC_OFFERS, offer.raw),
             Log("info", "offer published", {"job": j.job_id, "round": j.round}),
@@ -1322,6 +1331,7 @@ def to_doc(j: RequesterJob) -> dict[str, Any]:
         "spot_check": j.spot_check,
         "hidden": j.hidden,
         "starved": j.starved,
+        "widened": j.widened,
         "fetched": sorted(j.fetched),
         "compared": list(j.compared),
         "groups": j.groups,
@@ -1351,6 +1361,7 @@ def from_doc(doc: dict[str, Any], requester_id: str, now: int) -> RequesterJob:
         max_replicas=doc.get("max_replicas", 2 * doc["k"] + 1),
         hidden=doc.get("hidden", False),
         starved=doc.get("starved", False),
+        widened=doc.get("widened", 0),
         spot_check=doc.get("spot_check", False),
         fetched=set(doc.get("fetched", [])),
         compared=tuple(doc.get("compared", [])),

@@ -9,11 +9,12 @@ threshold on a 32-bit *ticket* that anyone can compute from the job ID and a pee
 
 A peer may bid only when its ticket is below ``select``; the requester refuses other bids and
 anyone holding the offer can check the winners of an award. The requester sizes ``select`` so
-that about ``k + SPARE`` of the fitting peers it knows are in, and doubles it with each round,
-so every round's set contains the last one's and a job that drew too few bidders widens until
-everyone may bid. A peer cannot choose its ticket for a job (job IDs are the requester's
-random draw, and the ticket does not depend on anything the peer signs), so a swarm of
-identities is selected in proportion to its size, never for every job.
+that about ``k + SPARE`` of the fitting peers it knows are in; a round that draws too few
+bidders is published again in the same round with the threshold doubled, so every draw holds
+the last one's, the bids already made stay valid, and a job widens until everyone may bid.
+A peer cannot choose its ticket for a job (job IDs are the requester's random draw, and the
+ticket does not depend on anything the peer signs), so a swarm of identities is selected in
+proportion to its size, never for every job.
 
 Pure functions, no state.
 """
@@ -41,13 +42,14 @@ def selected(job_id: str, peer_id: str, select: int | None) -> bool:
     return select is None or ticket(job_id, peer_id) < select
 
 
-def threshold(fitting: int, replicas: int, round_: int) -> int | None:
-    """The ``select`` of a round: about ``replicas + SPARE`` of ``fitting`` known peers in round
-    0, twice as many each later round; None (everyone) when that is not a real cut."""
+def threshold(fitting: int, replicas: int, widened: int) -> int | None:
+    """The ``select`` of an offer: about ``replicas + SPARE`` of ``fitting`` known peers, twice
+    as many for each time the job's draw was ``widened``; None (everyone) when that is not a
+    real cut."""
     want = replicas + SPARE
     if fitting <= MIN_CUT * want:
         return None
-    grown = want * (2 ** min(round_, 32))
+    grown = want * (2 ** min(widened, 32))
     if grown * MIN_CUT >= fitting:
         return None
     return min(ALL, math.ceil(ALL * grown / fitting))

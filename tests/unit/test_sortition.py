@@ -107,10 +107,11 @@ def _requester(fitting: list[str], *, sortition_on: bool = True) -> Requester:
     return Requester(REQ, lambda pid: 0.5, eligible=eligible, sortition=sortition_on, rng=None)
 
 
-def _offer_of(effects: list[Any]) -> m.Offer:
+def _offer_of(effects: list[Any], job_id: str = JOB_ID) -> m.Offer:
     raws = [e.data for e in effects if isinstance(e, Publish) and e.topic == m.TOPIC_OFFERS]
-    assert len(raws) == 1
-    return m.parse_offer(raws[0])
+    offers = [o for o in map(m.parse_offer, raws) if o.job_id == job_id]
+    assert len(offers) == 1
+    return offers[0]
 
 
 def _bid(worker: Ed25519Signer, offer: m.Offer, now: int) -> bytes:
@@ -200,3 +201,23 @@ def test_protocol_md_vector() -> None:
     assert sortition.ticket(job, peer) == 0x64536004 == 1_683_185_668
     assert sortition.threshold(1000, 2, 0) == 17_179_870
     assert sortition.threshold(1000, 2, 1) == 34_359_739  # widened once
+
+
+def test_slow_bids_make_the_draw_patient() -> None:
+    fitting = [w.peer_id for w in WORKERS]
+    req = _requester(fitting)
+    offer = _offer_of(req.submit(JOB_ID, make_job(), now=T0, bid_window_s=1, addrs=()))
+    drawn = [w for w in WORKERS if sortition.selected(JOB_ID, w.peer_id, offer.select)]
+    # First bids of earlier offers took 10 s to arrive: the smoothed delay follows them.
+    for n in range(30):
+        job_id = f"{n + 100:032x}"
+        o = _offer_of(req.submit(job_id, make_job(), now=T0, bid_window_s=1, addrs=()), job_id)
+        w = next(w for w in WORKERS if sortition.selected(job_id, w.peer_id, o.select))
+        req.on_bid(_bid(w, o, T0 + 10), w.peer_id, T0 + 10)
+    assert 9.0 < req.bid_delay_s <= 10.0
+    # So a drawn offer without bids is asked again, not widened, until 3 delays have passed.
+    assert _offer_of(req.tick(T0 + 12)).raw == offer.raw
+    assert req.jobs[JOB_ID].widened == 0
+    out = req.tick(T0 + 40)
+    assert _offer_of(out).select > offer.select and req.jobs[JOB_ID].widened == 1
+    assert drawn  # (the draw itself is the other test's subject)

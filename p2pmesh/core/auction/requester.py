@@ -75,6 +75,13 @@ DEFAULT_SPOT_CHECK = 0.10
 DEFAULT_HIDDEN_RATE = 0.10
 
 
+# Bidder sortition (§7.12): a drawn offer widens once it has waited this many smoothed bid
+# delays (and at least three bid windows) without enough bids; each first bid of an offer moves
+# the smoothed delay by this weight.
+WIDEN_AFTER_DELAYS = 3
+BID_DELAY_WEIGHT = 0.2
+
+
 def max_replicas_for(k: int) -> int:
     """Replicas a job may grow to when its results disagree. With a hidden replica k is one
     more, which leaves room for an honest side to outvote a ring of two by the margin (4 to 2)."""
@@ -135,6 +142,7 @@ class RequesterJob:
     offered_exclude: tuple[str, ...] = ()  # the exclude list of the offer last published
     asked_again: int = 0  # times the current round's offer was published again
     widened: int = 0  # times the bidder draw was doubled (§7.12); kept across rounds
+    offered_at: int = 0  # when the current offer was signed (not on re-publication)
 
     @property
     def spec(self) -> Any:
@@ -173,6 +181,9 @@ class Requester:
     ) -> None:
         self.hidden_rate = hidden_rate
         self.sortition = sortition  # draw the bidders when we know many fitting peers (§7.12)
+        # How long bids take to reach us after an offer, smoothed: a busy mesh answers late,
+        # and a draw must not widen (more bidders, more load) merely because bids are slow.
+        self.bid_delay_s = 1.0
         self.connection_grace_s = connection_grace_s
         # callable(peer_id) -> observed network prefix; None: no diversity rule (§8.6)
         self.prefix = prefix
@@ -258,6 +269,8 @@ class Requester:
             ]
         assert j is not None
         first = bid.bidder not in j.bids
+        if not j.bids and j.offered_at:
+            self.bid_delay_s += BID_DELAY_WEIGHT * (max(0, now - j.offered_at) - self.bid_delay_s)
         j.bids[bid.bidder] = bid
         if first:
             j.bids_seen += 1
@@ -606,9 +619,10 @@ class Requester:
     def _offer(self, j: RequesterJob, now: int) -> list[Effect]:
         exclude = tuple(sorted(j.tried))[:64]
         same = bool(j.offer_raw) and exclude == j.offered_exclude
-        if same and j.select is not None and j.asked_again >= 1:
-            # A drawn round asked twice without enough bids: draw twice as many, in the same
-            # round, so the bids already made (or on their way) stay valid (§7.12).
+        patience = max(3 * j.bid_window_s, WIDEN_AFTER_DELAYS * self.bid_delay_s)
+        if same and j.select is not None and now - j.offered_at >= patience:
+            # A drawn round that waited out its patience without enough bids: draw twice as
+            # many, in the same round, so the bids already made (or on their way) stay valid.
             j.widened += 1
             return self._publish_offer(j, now, exclude, f"offer round {j.round} widened")
         if same:
@@ -650,6 +664,7 @@ class Requester:
         )
         j.offer_raw = offer.raw
         j.offered_exclude = exclude
+        j.offered_at = now
         j.asked_again = 0
         j.window_ends = now + j.bid_window_s
         drawn = f", {select / sortition.ALL:.0%} of fitting peers drawn to bid" if select else ""

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+import tests.unit.test_auction_flow as flow
 from p2pmesh.adapters.libp2p.service import parse_request
 from p2pmesh.core import service as svc
 from p2pmesh.core.effects import AnswerServiceConnect, RunContainer, StopContainer
@@ -238,3 +239,41 @@ def test_service_declined_by_a_worker_that_cannot_forward() -> None:
     mesh.submit("A", make_job(redundancy=1, max_price=2, budget=10), job_id="0" * 31 + "2")
     mesh.run(3)
     assert "0" * 31 + "2" in mesh.node("B").provider.jobs
+
+
+def test_service_transitions_are_in_the_spec_tables() -> None:
+    """Every state change the service flows above make is a row of PROTOCOL.md §7.7 / §7.8."""
+    flow._SEEN = set()
+    try:
+        test_service_flow_cancel_pays_started_minutes()
+        test_service_flow_idle_session_ends_by_itself()
+        test_service_flow_budget_ends_the_session()
+        seen = flow._SEEN
+    finally:
+        flow._SEEN = None
+    assert not flow._undocumented(seen)
+    assert ("requester", "fetching", "outputs fetched", "done") in seen
+
+
+def test_service_vectors_in_protocol_md() -> None:
+    from p2pmesh.core import codec
+
+    doc = (flow.ROOT / "docs/PROTOCOL.md").read_text(encoding="utf-8")
+    jid = "00112233445566778899aabbccddeeff"
+    for value in (
+        {"idle_timeout_s": 600, "port": 8080},
+        {"job_id": jid, "probe": False},
+        {"job_id": jid, "probe": True},
+        {"error": "not the requester of this job: only it may connect", "ok": False},
+    ):
+        assert codec.encode(value).hex() in doc, value
+    small = {
+        "schema_version": 1,
+        "name": "n",
+        "image": "p2pmesh/busybox:1",
+        "command": ["true"],
+        "max_price": 1,
+        "budget": 2,
+        "service": {"port": 8080},
+    }
+    assert job_digest(parse_job(small)) in doc

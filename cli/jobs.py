@@ -23,6 +23,7 @@ from p2pmesh.core.jobspec import InputRef, job_digest, job_to_wire
 from p2pmesh.errors import JobSpecError, MeshError
 from p2pmesh.jobfile import load_job_file
 
+CONNECT_WAIT_S = 300.0  # `connect` right after `offer`: the auction and the inputs come first
 FINAL = ("done", "failed", "timeout", "cancelled", "no-bids", "inconclusive")
 POLL_S = 0.25
 PAYING_WAIT_S = 10.0  # ``offer --wait`` shows a done job's payments being agreed, this long
@@ -304,7 +305,18 @@ def cmd_connect(args: argparse.Namespace, home: Path) -> int:
     req: dict[str, Any] = {"job_id": args.job_id, "listen": args.listen}
     if args.peer:
         req["peer"] = args.peer
-    got = client.request(home, "connect", req, timeout=45.0)
+    waited = time.monotonic() + CONNECT_WAIT_S
+    while True:
+        try:
+            got = client.request(home, "connect", req, timeout=45.0)
+            break
+        except MeshError as exc:
+            # Offered a moment ago: wait for the worker to start it rather than fail.
+            if "not running yet" not in str(exc) or time.monotonic() > waited:
+                raise
+            if waited - time.monotonic() > CONNECT_WAIT_S - 1.5:
+                print(f"waiting for the service to start: {exc}", file=sys.stderr, flush=True)
+            time.sleep(1.0)
     job_id, where = got["job_id"], got["listen"]
     print(
         f"job {job_id[:12]}: listening on {where}, forwarded to the service on worker "

@@ -105,6 +105,13 @@ def progress_view(job: dict[str, Any], started: float) -> Group:
     if state not in FINAL or _phase_name(job) == "paying":
         parts.append(Text(phase_text(job), style=STATE_STYLE.get(state, "")))
     parts.append(info)
+    service = job.get("service")
+    if isinstance(service, dict):
+        idle = service.get("idle_timeout_s")
+        line = f"service: port {service.get('port')}, ends after {idle} s idle"
+        if service.get("worker") and state not in FINAL:
+            line += f"; reach it with: p2pmesh connect {job.get('job_id', '')[:12]}"
+        parts.append(Text(line))
     if job.get("workers"):
         parts.append(t)
     if job.get("error"):

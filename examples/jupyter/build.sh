@@ -40,9 +40,17 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-debootstrap --variant=minbase \
-    --include=python3-minimal,jupyter-notebook,python3-ipykernel,python3-numpy \
-    "$SUITE" "$ROOTFS" "$MIRROR" >&2
+# debootstrap's own resolver cannot configure Jupyter's dependency tree (python3-zmq fails in
+# its second stage); apt inside the new root can, from the same mirror.
+debootstrap --variant=minbase --include=python3-minimal "$SUITE" "$ROOTFS" "$MIRROR" >&2
+mount -t proc proc "$ROOTFS/proc"
+cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf" 2>/dev/null || true
+chroot "$ROOTFS" apt-get update >&2
+DEBIAN_FRONTEND=noninteractive chroot "$ROOTFS" apt-get install -y --no-install-recommends \
+    jupyter-notebook python3-ipykernel python3-numpy >&2
+chroot "$ROOTFS" apt-get clean
+umount "$ROOTFS/proc"
+: > "$ROOTFS/etc/resolv.conf"
 
 rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/*
 mkdir -p "$ROOTFS/in" "$ROOTFS/out"

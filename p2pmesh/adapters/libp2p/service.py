@@ -110,6 +110,7 @@ class ServiceWire:
 
     async def _serve(self, stream: Any) -> None:
         job_id, conn_id, sock = "", -1, None
+        clean = False  # ended as the protocol says: close, so the last frame is read first
         try:
             peer = str(stream.muxed_conn.peer_id)
             frame = await read_frame(stream, max_bytes=MAX_REQUEST, timeout_s=STREAM_TIMEOUT_S)
@@ -117,19 +118,23 @@ class ServiceWire:
                 req_job, probe = parse_request(frame)
             except DecodeError as exc:
                 await self._reply(stream, False, f"malformed request: {exc}")
+                clean = True
                 return
             ok, error, port, conn = await self._admit(req_job, peer, probe)
             if not ok or probe:
                 await self._reply(stream, ok, error)
+                clean = True
                 return
             job_id, conn_id = req_job, conn
             try:
                 sock = await self._dial(job_id, port)
             except Exception as exc:
                 await self._reply(stream, False, str(exc) or type(exc).__name__)
+                clean = True
                 return
             await self._reply(stream, True)
             await relay(stream, sock)
+            clean = True
         except (TransportError, DecodeError) as exc:
             self.net.stats.count(self.net.stats.stream_errors, "serve service")
             log.debug("service stream: %s", exc)
@@ -140,8 +145,10 @@ class ServiceWire:
             if sock is not None:
                 with contextlib.suppress(Exception):
                     await sock.aclose()
+            # A reset would overtake an answer still on its way (the asker would read
+            # "stream reset" instead of the reason); a half-close lets it arrive first.
             with contextlib.suppress(Exception):
-                await stream.reset()
+                await (stream.close() if clean else stream.reset())
             if conn_id >= 0:
                 with trio.CancelScope(shield=True):
                     await self._closed(job_id, conn_id)

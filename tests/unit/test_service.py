@@ -277,3 +277,27 @@ def test_service_vectors_in_protocol_md() -> None:
         "service": {"port": 8080},
     }
     assert job_digest(parse_job(small)) in doc
+
+
+def test_service_connect_listens_on_loopback_only() -> None:
+    from p2pmesh.daemon.service import ServiceError, _listen_addr
+
+    assert _listen_addr("127.0.0.1:8888") == ("127.0.0.1", 8888)
+    assert _listen_addr("[::1]:0") == ("::1", 0)
+    for bad, why in (
+        ("0.0.0.0:8888", "must be a loopback address"),
+        ("192.0.2.1:80", "must be a loopback address"),
+        ("localhost:80", "needs an IP address"),
+        ("127.0.0.1", "takes HOST:PORT"),
+        ("127.0.0.1:99999", "takes HOST:PORT"),
+    ):
+        with pytest.raises(ServiceError, match=why):
+            _listen_addr(bad)
+
+
+def test_service_jupyter_example_is_a_valid_service_job() -> None:
+    from p2pmesh.jobfile import load_job_file
+
+    spec = load_job_file(flow.ROOT / "examples/jupyter/notebook.json")[0]
+    assert spec.service == svc.ServiceSpec(8888, 900) and spec.redundancy == 1
+    assert spec.network == "none" and spec.budget // spec.max_price == 60  # an hour

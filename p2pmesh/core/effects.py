@@ -112,7 +112,7 @@ class CompareOutputs:
 @dataclass(frozen=True, slots=True)
 class AnswerServiceConnect:
     """The decision on a ``ServiceConnectRequested``: forward ``conn_id`` into the container of
-    ``job_id`` at ``port``, or refuse with ``reason`` (PROTOCOL.md §7.12)."""
+    ``job_id`` at ``port``, or refuse with ``reason`` (PROTOCOL.md §7.13)."""
 
     job_id: str
     conn_id: int

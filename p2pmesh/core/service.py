@@ -1,4 +1,4 @@
-"""Service jobs: a long-lived container its requester reaches through a tunnel (PROTOCOL.md §7.12).
+"""Service jobs: a long-lived container its requester reaches through a tunnel (PROTOCOL.md §7.13).
 
 A job with ``"service": {"port": N, "idle_timeout_s": S}`` runs once (redundancy 1: a session
 cannot be cross-validated) and keeps ``network: none``. The worker forwards connections from the

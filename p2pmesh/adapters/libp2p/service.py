@@ -1,5 +1,5 @@
 """The service stream ``/p2pmesh/service/1.0.0``: a TCP connection carried over libp2p
-(PROTOCOL.md §7.12).
+(PROTOCOL.md §7.13).
 
 The requester opens a stream to the worker running its service job and writes one frame,
 ``{"job_id": ID, "probe": BOOL}``. The worker asks its node whether that peer may connect

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -139,6 +140,7 @@ def run(requests: int, mib: int) -> dict[str, Any]:
         tunnel.wait(timeout=20)
     finally:
         close_mesh(mesh, engine)
+        shutil.rmtree(base, ignore_errors=True)
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hashlib
 import json
 import sys
@@ -24,6 +25,7 @@ from p2pmesh.core.jobspec import InputRef, job_digest, job_to_wire
 from p2pmesh.errors import DaemonNotRunning, JobSpecError, MeshError, TransportError
 from p2pmesh.jobfile import load_job_file
 
+CONNECT_WAIT_S = 300.0  # `connect` right after `offer`: the auction and the inputs come first
 FINAL = ("done", "failed", "timeout", "cancelled", "no-bids", "inconclusive")
 POLL_S = 0.25
 FOLLOW_RETRIES = 10  # ``logs --follow``: daemon requests in a row that may go unanswered
@@ -114,6 +116,13 @@ def progress_view(job: dict[str, Any], started: float, tail: list[str] | None = 
     if state not in FINAL or _phase_name(job) == "paying":
         parts.append(Text(phase_text(job), style=STATE_STYLE.get(state, "")))
     parts.append(info)
+    service = job.get("service")
+    if isinstance(service, dict):
+        idle = service.get("idle_timeout_s")
+        line = f"service: port {service.get('port')}, ends after {idle} s idle"
+        if service.get("worker") and state not in FINAL:
+            line += f"; reach it with: p2pmesh connect {job.get('job_id', '')[:12]}"
+        parts.append(Text(line))
     if job.get("workers"):
         parts.append(t)
     if job.get("error"):
@@ -424,13 +433,55 @@ def _follow_logs(home: Path, job_id: str) -> int:
 
 def cmd_cancel(args: argparse.Namespace, home: Path) -> int:
     client.request(home, "cancel", {"job_id": args.job_id})
-    deadline = time.monotonic() + 15
+    # A service is stopped, then reported and paid for: that takes its worker a little longer.
+    deadline = time.monotonic() + 75
     job = client.request(home, "job", {"job_id": args.job_id})
     while job["state"] not in FINAL and time.monotonic() < deadline:
         time.sleep(0.2)
         job = client.request(home, "job", {"job_id": args.job_id})
     print(f"job {args.job_id}: {job['state']}")
+    if job.get("service") is not None and job["state"] == "done":
+        # A service ended by cancel is settled, not abandoned: its minutes are paid.
+        print(f"session ended; paid {job.get('price_total', 0)} credit(s) for its minutes")
+        return 0
     return 0 if job["state"] == "cancelled" else 1
+
+
+def cmd_connect(args: argparse.Namespace, home: Path) -> int:
+    """Open a local port that tunnels to a service job; stay until it ends or Ctrl-C."""
+    req: dict[str, Any] = {"job_id": args.job_id, "listen": args.listen}
+    if args.peer:
+        req["peer"] = args.peer
+    waited = time.monotonic() + CONNECT_WAIT_S
+    while True:
+        try:
+            got = client.request(home, "connect", req, timeout=45.0)
+            break
+        except MeshError as exc:
+            # Offered a moment ago: wait for the worker to start it rather than fail.
+            if "not running yet" not in str(exc) or time.monotonic() > waited:
+                raise
+            if waited - time.monotonic() > CONNECT_WAIT_S - 1.5:
+                print(f"waiting for the service to start: {exc}", file=sys.stderr, flush=True)
+            time.sleep(1.0)
+    job_id, where = got["job_id"], got["listen"]
+    print(
+        f"job {job_id[:12]}: listening on {where}, forwarded to the service on worker "
+        f"{got['worker']} (Ctrl-C to stop)",
+        flush=True,
+    )
+    try:
+        while True:
+            time.sleep(1.0)
+            doc = client.request(home, "job", {"job_id": job_id}) if not args.peer else None
+            if doc is not None and doc["state"] in FINAL:
+                print(f"job {job_id[:12]}: {doc['state']}; the tunnel is closed", flush=True)
+                return 0
+    except KeyboardInterrupt:
+        with contextlib.suppress(MeshError):
+            client.request(home, "disconnect", {"job_id": job_id})
+        print(f"job {job_id[:12]}: stopped listening on {where}", flush=True)
+        return 0
 
 
 def add_parsers(sub: Any, add_home: Any) -> None:
@@ -463,6 +514,25 @@ def add_parsers(sub: Any, add_home: Any) -> None:
     logs.add_argument(
         "--follow", action="store_true", help="stream the log while the job runs, until it ends"
     )
-    cancel = sub.add_parser("cancel", help="cancel a job and stop its containers")
+    cancel = sub.add_parser(
+        "cancel", help="cancel a job and stop its containers (ends a service session)"
+    )
     add_home(cancel)
     cancel.add_argument("job_id")
+    connect = sub.add_parser(
+        "connect", help="open a local port that tunnels to a running service job"
+    )
+    add_home(connect)
+    connect.add_argument("job_id")
+    connect.add_argument(
+        "--listen",
+        default="127.0.0.1:8888",
+        metavar="HOST:PORT",
+        help="loopback address to listen on (default 127.0.0.1:8888; port 0: any free one)",
+    )
+    connect.add_argument(
+        "--peer",
+        metavar="PEER_ID",
+        help="the worker, for a job not requested from this node (it refuses all but the "
+        "requester)",
+    )

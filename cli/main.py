@@ -420,6 +420,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "job": lambda a: jobs_cli.cmd_job(a, _home(a)),
     "logs": lambda a: jobs_cli.cmd_logs(a, _home(a)),
     "cancel": lambda a: jobs_cli.cmd_cancel(a, _home(a)),
+    "connect": lambda a: jobs_cli.cmd_connect(a, _home(a)),
 }
 
 

@@ -53,6 +53,7 @@ from p2pmesh.core.auction import requester as requester_mod
 from p2pmesh.core.capability import Capabilities
 from p2pmesh.core.crypto import Ed25519Signer
 from p2pmesh.core.effects import (
+    AnswerServiceConnect,
     CompareOutputs,
     DhtGet,
     DhtPut,
@@ -486,6 +487,10 @@ class SimPeer:
         workers = tuple(sorted(w for w, _ in eff.outputs))
         self._later(COMPARE_S * len(workers), OutputsCompared(eff.job_id, workers, groups))
 
+    def _answer_service(self, eff: AnswerServiceConnect) -> None:
+        # Modelled workers carry no tunnels: nothing in the simulator opens a service stream.
+        return
+
     def _store_block(self, eff: StoreBlock) -> None:
         self.sim.stored_blocks += 1
 
@@ -536,6 +541,7 @@ _EXEC: dict[type, Callable[[SimPeer, Any], None]] = {
     StopContainer: SimPeer._stop,
     FetchOutputs: SimPeer._fetch_outputs,
     CompareOutputs: SimPeer._compare,
+    AnswerServiceConnect: SimPeer._answer_service,
     StoreBlock: SimPeer._store_block,
     Persist: SimPeer._persist,
     Log: SimPeer._log,

@@ -109,6 +109,18 @@ class CompareOutputs:
     rule: Any  # jobspec.ValidationRule
 
 
+@dataclass(frozen=True, slots=True)
+class AnswerServiceConnect:
+    """The decision on a ``ServiceConnectRequested``: forward ``conn_id`` into the container of
+    ``job_id`` at ``port``, or refuse with ``reason`` (PROTOCOL.md §7.13)."""
+
+    job_id: str
+    conn_id: int
+    ok: bool
+    reason: str = ""
+    port: int = 0
+
+
 # -- ledger (PROTOCOL.md §9) -------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class SyncChain:
@@ -150,6 +162,7 @@ Effect = (
     | StopContainer
     | FetchOutputs
     | CompareOutputs
+    | AnswerServiceConnect
     | SyncChain
     | FetchHeads
     | StoreBlock

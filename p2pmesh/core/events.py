@@ -165,6 +165,23 @@ class BlocksReceived:
     from_peer: str
 
 
+@dataclass(frozen=True, slots=True)
+class ServiceConnectRequested:
+    """``from_peer`` (authenticated by its libp2p connection) asks to open connection
+    ``conn_id`` into the service of ``job_id``; ``probe``: only ask, nothing opens."""
+
+    job_id: str
+    from_peer: str
+    conn_id: int
+    probe: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConnectionClosed:
+    job_id: str
+    conn_id: int
+
+
 JobEvent = (
     JobSubmitted
     | MessageReceived
@@ -176,4 +193,6 @@ JobEvent = (
     | OutputsFetched
     | OutputsCompared
     | BlocksReceived
+    | ServiceConnectRequested
+    | ServiceConnectionClosed
 )

@@ -34,6 +34,13 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from p2pmesh.core import codec, strictjson
+from p2pmesh.core.service import (
+    ServiceSpec,
+    check_service,
+    check_service_job,
+    service_document,
+    service_wire,
+)
 from p2pmesh.core.strictjson import field_path
 from p2pmesh.core.strictjson import show as _show
 from p2pmesh.errors import DecodeError, JobSpecError
@@ -150,6 +157,7 @@ FIELDS = (
     "validation",
     "network",
     "labels",
+    "service",
 )
 _REQUIRED = frozenset({"schema_version", "name", "image", "command", "max_price", "budget"})
 _RESOURCE_FIELDS = ("cpus", "ram_gb", "gpus", "gpu_memory_gb", "disk_gb")
@@ -253,6 +261,7 @@ class JobSpec:
     validation: ValidationRule = field(default_factory=ValidationRule)
     network: NetworkMode = "none"
     labels: Mapping[str, str] = field(default_factory=dict)
+    service: ServiceSpec | None = None  # a long-lived session (core/service.py)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "command", tuple(self.command))
@@ -868,7 +877,8 @@ def _check_fields(p: _Problems, doc: Any, *, wire: bool) -> dict[str, Any] | Non
     out["max_price"] = v if v is _BAD else _int(p, "max_price", v, 0, MAX_CREDITS)
     v = get("budget")
     out["budget"] = v if v is _BAD else _int(p, "budget", v, 0, MAX_CREDITS)
-    v = get("redundancy", DEFAULT_REDUNDANCY)
+    # A service runs once, so its file may leave redundancy out (core/service.py).
+    v = get("redundancy", 1 if "service" in doc else DEFAULT_REDUNDANCY)
     out["redundancy"] = v if v is _BAD else _check_redundancy(p, v)
     out["budget"] = _check_budget_covers(p, out["max_price"], out["budget"], out["redundancy"])
     v = get("validation", {"mode": "exact"})
@@ -877,7 +887,22 @@ def _check_fields(p: _Problems, doc: Any, *, wire: bool) -> dict[str, Any] | Non
     out["network"] = v if v is _BAD else _check_network(p, v)
     v = get("labels", {})
     out["labels"] = v if v is _BAD else _check_labels(p, v)
+    out["service"] = _check_service(p, doc, out["redundancy"], wire=wire)
     return out
+
+
+def _check_service(p: _Problems, doc: dict[str, Any], redundancy: Any, *, wire: bool) -> Any:
+    # Optional on the wire too: a job without it is the batch job it always was (same bytes).
+    if "service" not in doc:
+        return None
+    spec, problems = check_service(doc["service"], wire=wire)
+    problems += [] if redundancy is _BAD else check_service_job(spec, redundancy)
+    if doc.get("network", "none") != "none":
+        # Its port is reached through the worker's tunnel, never through a network of its own.
+        problems.append(("network", 'a service job keeps network "none"'))
+    for path, message in problems:
+        p.add(path, message)
+    return _BAD if problems else spec
 
 
 def _build(values: dict[str, Any], inputs: Mapping[str, str]) -> JobSpec:
@@ -897,6 +922,7 @@ def _build(values: dict[str, Any], inputs: Mapping[str, str]) -> JobSpec:
         validation=values["validation"],
         network=values["network"],
         labels=values["labels"],
+        service=values["service"],
     )
 
 
@@ -953,6 +979,7 @@ def job_to_document(spec: JobSpec) -> dict[str, Any]:
         "validation": validation,
         "network": spec.network,
         "labels": dict(spec.labels),
+        **({} if spec.service is None else {"service": service_document(spec.service)}),
     }
 
 
@@ -1118,6 +1145,7 @@ def _wire(
         "validation": validation,
         "network": spec.network,
         "labels": dict(spec.labels),
+        **({} if spec.service is None else {"service": service_wire(spec.service)}),
     }
 
 

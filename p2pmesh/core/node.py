@@ -50,6 +50,8 @@ from p2pmesh.core.events import (
     ProfileChanged,
     RecordReceived,
     SendFailed,
+    ServiceConnectionClosed,
+    ServiceConnectRequested,
     Ticked,
 )
 from p2pmesh.core.ledger.accounts import compute
@@ -120,6 +122,9 @@ class NodeConfig:
     # The private mesh's swarm key fingerprint (core/swarmkey.py), shown by `status`; None:
     # an open mesh. The key itself never reaches the core: the transport enforces it.
     swarm_key_fingerprint: str | None = None
+    # Why this node cannot forward a service job's port ("": it can; the daemon probes for the
+    # right to enter a container's network namespace). Service offers are declined with it.
+    service_refusal: str = ""
 
     def validate(self) -> None:
         if not 10 <= self.record_ttl_s <= capability.MAX_TTL_S:
@@ -174,7 +179,9 @@ class Node:
             hidden_rate=config.hidden_replicas,
             sortition=config.sortition,
         )
-        self.provider = Provider(signer, allow_network=config.allow_network)
+        self.provider = Provider(
+            signer, allow_network=config.allow_network, service_refusal=config.service_refusal
+        )
         self.ledger = LedgerMachine(
             signer,
             self.book,
@@ -239,6 +246,12 @@ class Node:
             return self.requester.on_outputs_fetched(
                 event.job_id, event.worker, event.ok, event.error, int(now)
             )
+        if isinstance(event, ServiceConnectRequested):
+            return self.provider.on_service_connect(
+                event.job_id, event.from_peer, event.conn_id, event.probe, int(now)
+            )
+        if isinstance(event, ServiceConnectionClosed):
+            return self.provider.on_service_closed(event.job_id, event.conn_id, int(now))
         if isinstance(event, RecordReceived):
             return self.membership.record(event.data, event.source, event.from_peer, now)
         if isinstance(event, ProfileChanged):

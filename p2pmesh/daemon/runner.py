@@ -25,6 +25,7 @@ import trio
 
 from p2pmesh import __version__
 from p2pmesh.adapters import hardware
+from p2pmesh.adapters.docker import netns
 from p2pmesh.adapters.libp2p.net import MeshNet
 from p2pmesh.adapters.libp2p.pnet import Refusal
 from p2pmesh.adapters.sqlite.store import Store, TrioStore, move_aside
@@ -32,6 +33,7 @@ from p2pmesh.bootstrap.peers import shipped_bootstrap
 from p2pmesh.core.capability import Capabilities, Gpu
 from p2pmesh.core.crypto import Ed25519Signer
 from p2pmesh.core.effects import (
+    AnswerServiceConnect,
     CompareOutputs,
     DhtGet,
     DhtPut,
@@ -67,6 +69,7 @@ from p2pmesh.daemon.home import DB_FILE, NODE_JSON, SOCKET_FILE, ensure_home, lo
 from p2pmesh.daemon.http import HttpServer, Request, Response, json_response, parse_http_addr, text
 from p2pmesh.daemon.jobs import DEFAULT_BID_WINDOW_S, JobRunner
 from p2pmesh.daemon.page import status_page
+from p2pmesh.daemon.service import ServiceRunner
 from p2pmesh.daemon.settings import Settings
 from p2pmesh.errors import ExecutorError, MeshError, StoreError
 
@@ -153,6 +156,7 @@ class Daemon:
                 swarm_key_fingerprint=(
                     fingerprint(settings.swarm_psk) if settings.swarm_psk is not None else None
                 ),
+                service_refusal=netns.forwarding_refusal() if settings.work else "",
             ),
             self.signer,
             caps_from_profile(self.profile, [], settings),
@@ -182,6 +186,7 @@ class Daemon:
         self._net_limiter = trio.CapacityLimiter(64)
         self.nursery: trio.Nursery | None = None
         self.jobs: JobRunner | None = None
+        self.services: ServiceRunner | None = None
 
     def _psk_refused(self, refusal: Refusal, count: int) -> None:
         self.log(
@@ -300,6 +305,10 @@ class Daemon:
     def _fetch_outputs(self, eff: FetchOutputs) -> None:
         # The worker's addresses are looked up now, on the owner task, from its record.
         self._spawn(self._jobs().fetch_outputs, eff, self.node.peer_addrs(eff.worker))
+
+    def _answer_service(self, eff: AnswerServiceConnect) -> None:
+        assert self.services is not None
+        self.services.answer(eff)
 
     def _compare(self, eff: CompareOutputs) -> None:
         self._spawn(self._jobs().compare_outputs, eff)
@@ -541,6 +550,14 @@ class Daemon:
             await self.net.emit(CancelRequested(job_id))
             return {"job_id": job_id, "cancelling": True}
 
+        async def connect(args: dict[str, Any]) -> Any:
+            assert self.services is not None
+            return await self.services.connect(args)
+
+        async def disconnect(args: dict[str, Any]) -> Any:
+            assert self.services is not None
+            return await self.services.disconnect(args)
+
         async def export(args: dict[str, Any]) -> Any:
             job_id = str(args.get("job_id", ""))
             outputs = self.node.job_outputs(job_id)  # plain data, read here on the event loop
@@ -614,6 +631,8 @@ class Daemon:
             "jobs": jobs,
             "job": job,
             "cancel": cancel,
+            "connect": connect,
+            "disconnect": disconnect,
             "export": export,
             "logs": logs,
             "log-tail": log_tail,
@@ -737,6 +756,9 @@ class Daemon:
                     fault_after=self.settings.fault_after,
                     bench_executor=self.settings.bench_executor,
                 )
+                self.services = ServiceRunner(
+                    self.net, self.jobs.wire, self.node, self.log, self.node.peer_id[-8:]
+                )
                 if self.settings.fault:
                     for _ in range(3):
                         self.log(
@@ -779,6 +801,7 @@ class Daemon:
                 )
                 async with trio.open_nursery() as nursery:
                     self.nursery = nursery
+                    self.services.nursery = nursery
                     nursery.start_soon(self._owner)
                     nursery.start_soon(self._persister)
                     nursery.start_soon(self._ticker)
@@ -826,6 +849,7 @@ _EFFECTS: dict[type, Callable[[Daemon, Any], None]] = {
     StopContainer: Daemon._stop_container,
     FetchOutputs: Daemon._fetch_outputs,
     CompareOutputs: Daemon._compare,
+    AnswerServiceConnect: Daemon._answer_service,
     StoreBlock: Daemon._store_block,
     SyncChain: Daemon._sync_chain,
     FetchHeads: Daemon._fetch_heads,

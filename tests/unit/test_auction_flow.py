@@ -54,6 +54,8 @@ from p2pmesh.core.events import (
     PeerDisconnected,
     ProfileChanged,
     SendFailed,
+    ServiceConnectionClosed,
+    ServiceConnectRequested,
     Ticked,
 )
 from p2pmesh.core.jobspec import InputRef, WireJob, job_from_wire, job_to_wire, parse_job
@@ -348,6 +350,8 @@ _EVENT_NAMES = {
     ProfileChanged: "profile changed",
     PeerDisconnected: "connection closed",
     PeerConnected: "connection back",
+    ServiceConnectRequested: "service connect",
+    ServiceConnectionClosed: "service connection closed",
 }
 
 

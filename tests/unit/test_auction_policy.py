@@ -13,7 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from p2pmesh.core.auction import messages as m
@@ -208,6 +208,7 @@ _FAILURES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("_executor", {}, {"executors": ()}),
     ("_image_allowed", {"image": "evil/x:1"}, {}),
     ("_image_present", {}, {"local_images": frozenset()}),
+    ("_service", {"service": {"port": 8080}}, {"service_refusal": "needs root"}),
     ("_network", {"network": "bridge"}, {}),
     ("_resources", {"resources": {"cpus": 64}}, {}),
     ("_capacity", {}, {"active": 9}),
@@ -228,11 +229,16 @@ def test_first_failing_check_decides(failing: set[int]) -> None:
     for i in failing:
         offer_kw.update(_FAILURES[i][1])
         ctx_kw.update(_FAILURES[i][2])
-    job = {k: offer_kw.pop(k) for k in ("image", "network", "resources") if k in offer_kw}
+    # A service job keeps network "none": the two failures cannot be had in one job file.
+    assume(not ("service" in offer_kw and "network" in offer_kw))
+    job = {
+        k: offer_kw.pop(k) for k in ("image", "network", "resources", "service") if k in offer_kw
+    }
     offer = _offer(**offer_kw, **job)
     self_id = ctx_kw.pop("self_id", SELF)
     images = ctx_kw.pop("local_images", None)
-    ctx = replace(_ctx(**ctx_kw), self_id=self_id, local_images=images)
+    refusal = ctx_kw.pop("service_refusal", "")
+    ctx = replace(_ctx(**ctx_kw), self_id=self_id, local_images=images, service_refusal=refusal)
     first = CHAIN[min(failing)]
     d = decide_bid(offer, ctx)
     assert not d.bid

@@ -18,12 +18,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from p2pmesh.core import service as svc
 from p2pmesh.core.auction import messages as m
 from p2pmesh.core.auction.requester import HEARTBEAT_S
 from p2pmesh.core.auction.strategies import BidContext, decide_bid, eta_s
 from p2pmesh.core.capability import MAX_CLOCK_SKEW_S, Capabilities
 from p2pmesh.core.crypto import Signer
 from p2pmesh.core.effects import (
+    AnswerServiceConnect,
     Effect,
     FetchInputs,
     Log,
@@ -57,6 +59,7 @@ class WorkerJob:
     last_result_try: int = 0
     detail: str = ""
     asked_at: int = 0  # restarted: asked the requester whether the award stands (0: not asking)
+    session: svc.Session | None = None  # a service job's session while its container runs
 
     @property
     def requester(self) -> str:
@@ -64,8 +67,11 @@ class WorkerJob:
 
 
 class Provider:
-    def __init__(self, signer: Signer, *, allow_network: bool = False) -> None:
+    def __init__(
+        self, signer: Signer, *, allow_network: bool = False, service_refusal: str = ""
+    ) -> None:
         self.signer = signer
+        self.service_refusal = service_refusal  # "" : this node can forward service ports
         self.self_id = signer.peer_id
         self.allow_network = allow_network
         self.jobs: dict[str, WorkerJob] = {}
@@ -108,6 +114,7 @@ class Provider:
             now=now,
             requester_allowed=self.requester_allowed(offer.requester, offer.job.spec.max_price),
             local_images=self.local_images,
+            service_refusal=self.service_refusal,
         )
         decision = decide_bid(offer, ctx)
         again = self.last_decision.get(offer.job_id) == decision.reason
@@ -206,6 +213,11 @@ class Provider:
                 *self._report_error(j, now, f"inputs could not be fetched: {error}"),
             ]
         j.state = "running"
+        spec = j.offer.job.spec
+        if spec.service is not None:
+            j.session = svc.open_session(
+                job_id, j.requester, spec.service, price=j.bid.price, budget=spec.budget, now=now
+            )
         return [
             RunContainer(job_id, j.offer.job),
             *self._status(j, "running", now, ""),
@@ -216,6 +228,9 @@ class Provider:
         j = self.jobs.get(ev.job_id)
         if j is None or j.state != "running":
             return []
+        if j.session is not None:
+            j.detail = j.session.ending or j.detail
+            j.session = None  # open tunnels end with the container; none is admitted again
         res = m.build_result(
             self.signer,
             job_id=j.job_id,
@@ -293,6 +308,9 @@ class Provider:
             ]
         if j.state in FINAL:
             return []
+        if j.session is not None and j.state == "running":
+            # A session ends by cancel: stop it and report, so that its minutes are paid.
+            return self._end_session(j, "cancelled by the requester", now)
         was_running = j.state == "running"
         j.state = "cancelled"
         j.detail = c.reason
@@ -326,6 +344,8 @@ class Provider:
             return Alarm((j.offer.deadline_at + 1, "forget", j, INF))  # never awarded
         if j.asked_at:
             return Alarm((j.asked_at + AWARD_QUERY_WAIT_S, "no-answer", j, INF))
+        if j.session is not None and j.session.wakeup() < j.last_status + HEARTBEAT_S:
+            return Alarm((int(j.session.wakeup()), "session", j, INF))
         if j.state in ACTIVE:
             return Alarm((j.last_status + HEARTBEAT_S, "heartbeat", j, INF))
         if j.state == "reported" and not j.result_sent and j.result is not None:
@@ -349,6 +369,10 @@ class Provider:
                 out += self._resume(j, "no answer from the requester")
             elif alarm.what == "heartbeat":
                 out += self._status(j, j.state, now, "")
+            elif alarm.what == "session":
+                why = j.session.due(now) if j.session is not None else None
+                if why is not None:
+                    out += self._end_session(j, why, now)
             else:
                 j.last_result_try = now
                 out.append(
@@ -442,10 +466,56 @@ class Provider:
         return self._resume(j, "the requester did not take the question")
 
     def award_price(self, job_id: str, requester: str) -> int | None:
+        """What the requester owes us for this job: the award's price, or for a service the
+        minutes of our own signed result at that price per minute, within the budget."""
         j = self.jobs.get(job_id)
         if j is None or j.award is None or j.requester != requester or j.state != "reported":
             return None
+        if j.offer.job.spec.service is not None:
+            if j.result is None:
+                return None
+            return svc.charge(j.award.price, j.result.run_ms, j.offer.job.spec.budget)
         return j.award.price
+
+    # -- service sessions (core/service.py) -------------------------------------------------------
+    def _end_session(self, j: WorkerJob, why: str, now: int) -> list[Effect]:
+        assert j.session is not None
+        j.session.ending = why
+        j.detail = why
+        return [
+            Log("info", "service session ending", {"job": j.job_id, "reason": why}),
+            StopContainer(j.job_id),
+        ]
+
+    def on_service_connect(
+        self, job_id: str, peer: str, conn_id: int, probe: bool, now: int
+    ) -> list[Effect]:
+        j = self.jobs.get(job_id)
+        if j is None or j.offer.job.spec.service is None:
+            why = "no service job of that ID runs here"
+            return [AnswerServiceConnect(job_id, conn_id, False, why)]
+        if j.session is None:
+            if peer != j.requester:
+                why = "not the requester of this job: only it may connect"
+            elif j.state == "fetching":
+                why = "the service is not running yet (fetching its inputs)"
+            else:
+                why = f"the service is not running ({j.state})"
+            return [AnswerServiceConnect(job_id, conn_id, False, why)]
+        ok, why = j.session.admit(peer, conn_id, now, probe=probe)
+        if not ok:
+            level = "warning" if peer != j.requester else "info"
+            return [
+                AnswerServiceConnect(job_id, conn_id, False, why),
+                Log(level, "service connection refused", {"job": job_id, "peer": peer, "why": why}),
+            ]
+        return [AnswerServiceConnect(job_id, conn_id, True, "", j.session.port)]
+
+    def on_service_closed(self, job_id: str, conn_id: int, now: int) -> list[Effect]:
+        j = self.jobs.get(job_id)
+        if j is not None and j.session is not None:
+            j.session.closed(conn_id, now)
+        return []
 
 
 def worker_view(j: WorkerJob) -> dict[str, Any]:
@@ -459,6 +529,7 @@ def worker_view(j: WorkerJob) -> dict[str, Any]:
         "winners": [p for p, _ in j.award.winners] if j.award else [],
         "detail": j.detail,
         "result": j.result.to_json() if j.result else None,
+        **({} if j.session is None else {"session": svc.session_view(j.session)}),
     }
 
 

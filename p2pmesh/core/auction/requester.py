@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from p2pmesh.core import codec
+from p2pmesh.core import service as svc
 from p2pmesh.core.auction import majority, proofs, sortition
 from p2pmesh.core.auction import messages as m
 from p2pmesh.core.auction.selection import choose_winners
@@ -69,6 +70,9 @@ HEARTBEAT_S = 15
 ACCEPT_WITHIN_S = 30
 GRACE_S = 120
 FETCH_RETRY_S = 15
+# A service the user ended: its worker stops the container and reports; without a result this
+# long after the cancel the job ends ``cancelled``, unpaid.
+SERVICE_END_WAIT_S = 60
 UNSERVED = "outputs could not be fetched"  # lost_reason of a replica that did not serve
 FINAL = frozenset({"done", "failed", "timeout", "cancelled", "no-bids", "inconclusive"})
 DEFAULT_SPOT_CHECK = 0.10
@@ -101,6 +105,7 @@ class Replica:
     addrs: tuple[str, ...] = ()
     gone_at: int = 0  # our last connection to the worker closed then (0: connected or unknown)
     running_at: int = 0  # its first ``running`` status arrived then (0: not yet)
+    reported_at: int = 0  # its result arrived then, by our clock (a service's bill)
 
 
 @dataclass(slots=True)
@@ -143,6 +148,7 @@ class RequesterJob:
     asked_again: int = 0  # times the current round's offer was published again
     widened: int = 0  # times the bidder draw was doubled (§7.12); kept across rounds
     offered_at: int = 0  # when the current offer was signed (not on re-publication)
+    ending_at: int = 0  # a service the user ended then: waiting for its worker's result
 
     @property
     def spec(self) -> Any:
@@ -235,6 +241,14 @@ class Requester:
         j = self.jobs.get(job_id)
         if j is None or j.state in FINAL:
             return []
+        if j.spec.service is not None and any(r.state == "running" for r in j.active()):
+            if j.ending_at:
+                return []
+            # A session that ran is paid for its minutes: stop it, then settle on its result.
+            j.ending_at = now
+            j.note(now, "session ended by the user: waiting for the worker's result")
+            out = self._cancel_replicas(j, now, "cancelled by requester")
+            return [*out, self._persist(j, now)]
         out = self._cancel_replicas(j, now, "cancelled by requester")
         return out + self._finish(j, "cancelled", now, "cancelled by requester")
 
@@ -336,6 +350,7 @@ class Requester:
         rep.state = "reported"
         rep.result = res
         rep.last_heard = now
+        rep.reported_at = now
         j.note(now, f"result from {res.worker}: {res.status} exit={res.exit_code}")
         out: list[Effect] = [
             Log(
@@ -473,6 +488,8 @@ class Requester:
         if j.state == "fetching" and j.retry_fetch_at:
             yield Alarm((j.retry_fetch_at, "retry-fetch", None, INF))
         yield Alarm((j.deadline_at, "deadline", None, INF))
+        if j.ending_at:
+            yield Alarm((j.ending_at + SERVICE_END_WAIT_S, "session-unreported", None, INF))
         for rep in j.active():
             if rep.state == "reported":
                 continue
@@ -522,6 +539,10 @@ class Requester:
                 else "deadline passed before enough results arrived"
             )
             return out + self._finish(j, final, now, reason)
+        if what == "session-unreported":
+            out = self._cancel_replicas(j, now, "cancelled by requester")
+            why = f"cancelled by requester; no result from the worker within {SERVICE_END_WAIT_S} s"
+            return out + self._finish(j, "cancelled", now, why)
         if what == "not-accepted":
             return self._lose(j, rep, now, "did not accept the award in time")
         if what == "disconnected":
@@ -842,6 +863,8 @@ class Requester:
         return self._award(j, now) if spare else self._offer(j, now)
 
     def _decision(self, j: RequesterJob) -> majority.Decision:
+        if j.spec.service is not None:
+            return _service_decision(j)
         votes = [
             majority.Vote(r.worker)
             if r.state != "reported" or r.result is None
@@ -1005,7 +1028,7 @@ class Requester:
                 out += self.pay(
                     job_id=j.job_id,
                     payee=w,
-                    amount=j.replicas[w].price,
+                    amount=_amount(j, j.replicas[w]),
                     accepted_digest=d.digest,
                     verdict=j.verdict_raw,
                     now=now,
@@ -1163,6 +1186,39 @@ class Requester:
         return None if j is None else job_view(j)
 
 
+def _amount(j: RequesterJob, r: Replica) -> int:
+    """What a replica is owed: its price, or for a service the minutes it ran at its price per
+    minute, the claim capped by our own clock and the whole by the budget (core/service.py)."""
+    if j.spec.service is None or r.result is None:
+        return r.price
+    ms = svc.billable_ms(r.result.run_ms, r.awarded_at, r.reported_at or r.result.finished_at)
+    return svc.charge(r.price, ms, j.spec.budget)
+
+
+def _service_decision(j: RequesterJob) -> majority.Decision:
+    """A session is not compared with anything: its one result decides. One that ran is
+    accepted (and paid by the minute) however it ended; one that never started pays nobody."""
+    reported = [r for r in j.active() if r.state == "reported" and r.result is not None]
+    if not reported:
+        return majority.Wait("no result yet")
+    r = reported[0]
+    assert r.result is not None
+    ran = svc.session_delivered(r.result.status, r.result.run_ms)
+    return majority.Decide((r.worker,), (), ran, r.result.output_digest)
+
+
+def _service_view(j: RequesterJob) -> dict[str, Any]:
+    s = j.spec.service
+    assert s is not None
+    running = [r.worker for r in j.active() if r.state == "running"]
+    return {
+        "port": s.port,
+        "idle_timeout_s": s.idle_timeout_s,
+        "worker": running[0] if running else None,
+        "ending": bool(j.ending_at),
+    }
+
+
 def _succeeded(r: m.Result | None) -> bool:
     return r is not None and r.status == "exited" and r.exit_code == 0
 
@@ -1285,7 +1341,8 @@ def job_view(j: RequesterJob, now: int | None = None) -> dict[str, Any]:
         "finished_at": j.finished_at or None,
         "bids_received": j.bids_seen,
         "output_digest": j.accepted_digest or None,
-        "price_total": sum(r.price for r in j.active() if r.state == "reported"),
+        "price_total": sum(_amount(j, r) for r in j.active() if r.state == "reported"),
+        **({} if j.spec.service is None else {"service": _service_view(j)}),
         "workers": [
             {
                 "peer_id": r.worker,
@@ -1329,6 +1386,7 @@ def to_doc(j: RequesterJob) -> dict[str, Any]:
                 "result": r.result.raw.hex() if r.result else None,
                 "lost_reason": r.lost_reason,
                 "running_at": r.running_at,
+                "reported_at": r.reported_at,
             }
             for r in j.replicas.values()
         ],
@@ -1350,6 +1408,7 @@ def to_doc(j: RequesterJob) -> dict[str, Any]:
         "fetched": sorted(j.fetched),
         "compared": list(j.compared),
         "groups": j.groups,
+        "ending_at": j.ending_at,
     }
 
 
@@ -1388,6 +1447,7 @@ def from_doc(doc: dict[str, Any], requester_id: str, now: int) -> RequesterJob:
         error=doc["error"],
         finished_at=doc["finished_at"],
         history=[tuple(h) for h in doc["history"]],  # type: ignore[misc]
+        ending_at=doc.get("ending_at", 0),
     )
     for raw in doc["bids"]:
         b = m.parse_bid(bytes.fromhex(raw), requester=requester_id)
@@ -1403,5 +1463,6 @@ def from_doc(doc: dict[str, Any], requester_id: str, now: int) -> RequesterJob:
             result=m.parse_result(bytes.fromhex(r["result"])) if r["result"] else None,
             lost_reason=r["lost_reason"],
             running_at=r.get("running_at", 0),
+            reported_at=r.get("reported_at", 0),
         )
     return j

@@ -25,6 +25,8 @@ class BidContext:
     now: int
     requester_allowed: bool = True  # the ledger issue plugs the credit limit in here
     local_images: frozenset[str] | None = None  # None: not known, every image counts as held
+    # Why this node cannot forward a service's port ("": it can), e.g. not root (core/service.py)
+    service_refusal: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,14 @@ def _image_present(o: Offer, c: BidContext) -> str | None:
     return f"image not present: {o.job.spec.image} (this node does not pull images)"
 
 
+def _service(o: Offer, c: BidContext) -> str | None:
+    # Local, like 6a: a worker that cannot enter a container's network namespace would win a
+    # session that nobody can reach.
+    if o.job.spec.service is None or not c.service_refusal:
+        return None
+    return f"cannot run service jobs here: {c.service_refusal}"
+
+
 def _network(o: Offer, c: BidContext) -> str | None:
     return _rule(cap.fit_network, o, c)
 
@@ -129,6 +139,7 @@ CHAIN: tuple[Check, ...] = (
     _executor,
     _image_allowed,
     _image_present,
+    _service,
     _network,
     _resources,
     _capacity,
@@ -147,6 +158,7 @@ DECLINE_KINDS = {
     _executor: "no executor",
     _image_allowed: "image not allowed",
     _image_present: "image not present",
+    _service: "cannot forward services",
     _network: "network not allowed",
     _capacity: "busy",
     _price: "price above max_price",

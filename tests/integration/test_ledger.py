@@ -275,9 +275,7 @@ def test_a_forking_node_is_excluded_by_all(forked: dict[str, Any]) -> None:
     # The proofs travelled: every honest node took at least one from gossip (its own
     # publication counts too). The topic validator once IGNOREd a proof about an author the
     # node had already excluded, so each publisher dropped its own proof and none ever left.
-    fraud_in = {
-        n.name: n.status()["node"]["net"]["gossip_in"].get(TOPIC_FRAUD, 0) for n in honest
-    }
+    fraud_in = {n.name: n.status()["node"]["net"]["gossip_in"].get(TOPIC_FRAUD, 0) for n in honest}
     assert all(v >= 1 for v in fraud_in.values()), fraud_in
     took = forked["excluded_after_s"]
     print(f"\nfork-ledger requester excluded by all 4 honest nodes {took:.1f} s after its job")

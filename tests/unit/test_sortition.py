@@ -221,3 +221,22 @@ def test_slow_bids_make_the_draw_patient() -> None:
     out = req.tick(T0 + 40)
     assert _offer_of(out).select > offer.select and req.jobs[JOB_ID].widened == 1
     assert drawn  # (the draw itself is the other test's subject)
+
+
+def test_a_drawn_round_for_a_missing_replica_widens_while_the_job_runs() -> None:
+    fitting = [w.peer_id for w in WORKERS]
+    req = _requester(fitting)
+    offer = _offer_of(req.submit(JOB_ID, make_job(), now=T0, bid_window_s=1, addrs=()))
+    first = next(w for w in WORKERS if sortition.selected(JOB_ID, w.peer_id, offer.select))
+    req.on_bid(_bid(first, offer, T0), first.peer_id, T0)
+    # The window closes with one bid of the two wanted: award it, offer round 1 for the other.
+    round1 = _offer_of(req.tick(T0 + 1))
+    j = req.jobs[JOB_ID]
+    assert j.state == "awarded" and len(j.replicas) == 1
+    assert round1.round == 1 and round1.select is not None
+    # Nobody drawn answers: the job is not left waiting on the same few peers.
+    published = [_offer_of(req.tick(t)) for t in (T0 + 3, T0 + 10) if True]
+    assert (published[-1].round == 1 and published[-1].select is None) or (
+        published[-1].select > round1.select
+    )
+    assert j.widened >= 1

@@ -503,6 +503,10 @@ class Requester:
             yield Alarm((rep.awarded_at + j.spec.timeout_s + GRACE_S + 1, "no-result", rep, INF))
         if j.state == "bidding":
             yield Alarm((j.window_ends, "window", None, INF))
+        elif j.select is not None and j.window_ends > 0 and self._missing(j) > 0:
+            # A drawn round for a replica to add or replace: ask again, then widen (§7.12),
+            # before concluding that nobody is left to take it.
+            yield Alarm((j.window_ends, "window", None, INF))
         elif self._escalating(j):
             yield Alarm((j.window_ends + 1, "starved", None, INF))
 

@@ -66,6 +66,7 @@ from p2pmesh.daemon.control import open_control_listener, serve_control
 from p2pmesh.daemon.home import DB_FILE, NODE_JSON, SOCKET_FILE, ensure_home, load_or_create_key
 from p2pmesh.daemon.http import HttpServer, Request, Response, json_response, parse_http_addr, text
 from p2pmesh.daemon.jobs import DEFAULT_BID_WINDOW_S, JobRunner
+from p2pmesh.daemon.natloop import NatLoop
 from p2pmesh.daemon.page import status_page
 from p2pmesh.daemon.settings import Settings
 from p2pmesh.errors import ExecutorError, MeshError, StoreError
@@ -174,6 +175,14 @@ class Daemon:
             psk=settings.swarm_psk,
             on_refused=self._psk_refused,
         )
+        self.natloop = NatLoop(
+            self.net,
+            mode=settings.relay,
+            bootstrap_ids=[b.rsplit("/p2p/", 1)[1] for b in bootstrap if "/p2p/" in b],
+            peer_addrs=self.node.peer_addrs,
+            on_addrs=self._addrs_changed,
+            log=self.log,
+        )
         self.http = HttpServer(self.http_routes(), self.log)
         self.libp2p_metrics = metrics_mod.libp2p_metrics() if self.http_addr else None
         self.registry = metrics_mod.make_registry(self.metrics_view, self.libp2p_metrics)
@@ -181,6 +190,10 @@ class Daemon:
         self._net_limiter = trio.CapacityLimiter(64)
         self.nursery: trio.Nursery | None = None
         self.jobs: JobRunner | None = None
+
+    async def _addrs_changed(self, addrs: list[str]) -> None:
+        """Reachability or a relay reservation changed what we advertise: a new record."""
+        await self.net.emit(ProfileChanged(caps_from_profile(self.profile, addrs, self.settings)))
 
     def _psk_refused(self, refusal: Refusal, count: int) -> None:
         self.log(
@@ -414,7 +427,7 @@ class Daemon:
             self.profile = await trio.to_thread.run_sync(
                 lambda: hardware.profile(self.home, check_docker=self.settings.work)
             )
-            caps = caps_from_profile(self.profile, self.net.listen_addrs(), self.settings)
+            caps = caps_from_profile(self.profile, self.natloop.advertised(), self.settings)
             await self.net.emit(ProfileChanged(caps))
 
     async def _restore(self) -> list[Effect]:
@@ -457,6 +470,7 @@ class Daemon:
         now = time.time()
         node = self.node.node_json(now)
         node["net"] = self.net.stats_json()
+        node["nat"] = self.natloop.to_json()
         node["persist"] = dict(self.persist_stats)
         node["pid"] = os.getpid()
         node["http"] = self.http.url if self.http.port else None
@@ -729,7 +743,7 @@ class Daemon:
                         ),
                     )
                 resumed = await self._restore()
-                caps = caps_from_profile(self.profile, self.net.listen_addrs(), self.settings)
+                caps = caps_from_profile(self.profile, self.natloop.advertised(), self.settings)
                 await self.net.emit(ProfileChanged(caps))
                 self.write_node_json()
                 if http_listener is not None:
@@ -754,6 +768,7 @@ class Daemon:
                     nursery.start_soon(self._persister)
                     nursery.start_soon(self._ticker)
                     nursery.start_soon(self._reprofiler)
+                    nursery.start_soon(self.natloop.run)
                     if self.settings.work and (
                         "docker" in self.profile.executors or self.settings.bench_executor
                     ):

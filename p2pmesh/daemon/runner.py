@@ -846,6 +846,16 @@ def quiet_libp2p_logging() -> None:
     for name in ("libp2p", "multiaddr", "zeroconf", "async_service"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     logging.basicConfig(level=logging.CRITICAL)
+    # P2PMESH_LIBP2P_DEBUG=libp2p.relay,libp2p.host.autonat: those loggers' debug lines on
+    # stderr, to see what NAT traversal (or anything else in py-libp2p) is doing.
+    # (py-libp2p's own "libp2p" logger has no handler and does not propagate: give each one.)
+    for name in filter(None, os.environ.get("P2PMESH_LIBP2P_DEBUG", "").split(",")):
+        logger = logging.getLogger(name.strip())
+        logger.setLevel(logging.DEBUG)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
 
 
 __all__ = ["Daemon", "EventLog", "caps_from_profile", "quiet_libp2p_logging", "run_until_signal"]

@@ -8,9 +8,10 @@ host's own interfaces or routes: every address below lives only inside our names
       ├─ router PFX-ra (wan 10.77.0.2, MASQUERADE) ── home 192.168.71.0/24 ── node PFX-na (.2)
       └─ router PFX-rb (wan 10.77.0.3, MASQUERADE) ── home 192.168.72.0/24 ── node PFX-nb (.2)
 
-The routers know no route to each other's home networks and forward nothing inbound that
-conntrack did not see go out first: as a home NAT does. Daemons run in a namespace through
-``nsenter --net=…`` (``ip netns exec`` remounts /sys, which hides the cgroups Docker needs).
+The routers know no route to each other's home networks, forward nothing inbound that
+conntrack did not see go out first, and drop (not reset) what comes in unasked: as home NATs
+do. Daemons run in a namespace through ``nsenter --net=…`` (``ip netns exec`` remounts /sys,
+which hides the cgroups Docker needs).
 """
 
 from __future__ import annotations
@@ -117,6 +118,14 @@ class NatLab:
                 "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT",
             )  # fmt: skip
             in_ns(router, "iptables", "-A", "FORWARD", "-i", wan, "-j", "DROP")
+            # Nor does the router itself answer the outside: a SYN to a port it has no mapping
+            # for is dropped, not reset (as home routers' WAN firewalls do). A reset would
+            # abort a hole punch whose other half arrives a moment later.
+            in_ns(
+                router, "iptables", "-A", "INPUT", "-i", wan, "-m", "conntrack",
+                "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT",
+            )  # fmt: skip
+            in_ns(router, "iptables", "-A", "INPUT", "-i", wan, "-j", "DROP")
 
     def teardown(self) -> list[str]:
         """Remove every namespace we made (their interfaces go with them); say what failed."""

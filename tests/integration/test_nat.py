@@ -24,6 +24,8 @@ from netns import RELAY_IP, NatLab, missing_tools, nat_lab, ns_prefix
 PORT = 4001
 SETTLE_TIMEOUT_S = 60.0
 DIRECT_WAIT_S = 30.0  # after the job: time for DCUtR's rounds (3 attempts, ~10 s each)
+# What the hole punch did, in each NATed daemon's log (daemon.log in its home) on failure.
+DEBUG_ENV = {"P2PMESH_LIBP2P_DEBUG": "libp2p.relay.circuit_v2.dcutr"}
 
 
 class NsNode(MeshNode):
@@ -77,7 +79,7 @@ def nat_mesh(lab: NatLab, tmp_path: Path) -> Iterator[tuple[MeshNode, MeshNode, 
         )
         nodes.append(relay)
         relay.start()
-        env = {"DOCKER_HOST": "unix:///var/run/docker.sock"}
+        env = {"DOCKER_HOST": "unix:///var/run/docker.sock", **DEBUG_ENV}
         a = NsNode(
             lab.home("a"),
             tmp_path / "a",
@@ -145,10 +147,12 @@ def test_nat_job_between_two_natted_nodes_runs_direct_or_relayed(
         advertised,
         SETTLE_TIMEOUT_S,
         interval=0.5,
-        message=lambda: json.dumps(
-            {"a_sees_b": record_addrs(a, b.peer_id), "b_sees_a": record_addrs(b, a.peer_id)}
-        )
-        + tails(everyone),
+        message=lambda: (
+            json.dumps(
+                {"a_sees_b": record_addrs(a, b.peer_id), "b_sees_a": record_addrs(b, a.peer_id)}
+            )
+            + tails(everyone)
+        ),
     )
     for n in (a, b):
         assert nat_of(n)["relays"] == {relay.peer_id: circuit}

@@ -13,6 +13,7 @@ the verdicts here; this module decides.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -132,11 +133,30 @@ def advertised_addrs(
     return (relayed + own)[:max_addrs]
 
 
+def _local_only(addr: str) -> bool:
+    """An address only the peer's own network can reach (private, loopback, link-local)."""
+    parts = addr.split("/")
+    if len(parts) < 3 or parts[1] not in ("ip4", "ip6"):
+        return False
+    try:
+        ip = ipaddress.ip_address(parts[2])
+    except ValueError:
+        return False
+    return ip.is_private or ip.is_loopback or ip.is_link_local
+
+
 def dial_order(addrs: Iterable[str]) -> list[str]:
-    """Direct addresses before relayed ones (each in the order given): a relay is the way in
-    only when nothing else answers, and hole punching upgrades it later."""
+    """The order to try a peer's addresses in. Direct first, then relayed; but a peer that
+    lists a relay is behind a NAT, and its private addresses answer only on its own network
+    (elsewhere a SYN to them may hang until the dial times out): those go last."""
     given = list(dict.fromkeys(addrs))
-    return [a for a in given if not is_circuit(a)] + [a for a in given if is_circuit(a)]
+    relayed = [a for a in given if is_circuit(a)]
+    direct = [a for a in given if not is_circuit(a)]
+    if not relayed:
+        return direct
+    return (
+        [a for a in direct if not _local_only(a)] + relayed + [a for a in direct if _local_only(a)]
+    )
 
 
 def relay_candidates(

@@ -55,6 +55,9 @@ def ns_prefix(ns: str) -> list[str]:
 @dataclass
 class NatLab:
     prefix: str
+    # Router B maps each connection to a random port (a "symmetric" NAT, as many carrier-grade
+    # NATs do): the port a peer predicts for a hole punch is then wrong, so only the relay works.
+    symmetric_b: bool = False
     namespaces: list[str] = field(default_factory=list)
 
     @property
@@ -109,9 +112,11 @@ class NatLab:
             in_ns(home, "ip", "link", "set", host, "up")
             in_ns(home, "ip", "route", "add", "default", "via", f"{net}.1")
             in_ns(router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+            random = ["--random-fully"] if side == "b" and self.symmetric_b else []
             in_ns(
-                router, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", wan, "-j", "MASQUERADE"
-            )
+                router, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", wan,
+                "-j", "MASQUERADE", *random,
+            )  # fmt: skip
             # A home router: replies to what went out pass, nothing new comes in.
             in_ns(
                 router, "iptables", "-A", "FORWARD", "-i", wan, "-m", "conntrack",
@@ -147,8 +152,8 @@ class NatLab:
 
 
 @contextlib.contextmanager
-def nat_lab(prefix: str | None = None) -> Iterator[NatLab]:
-    lab = NatLab(prefix or f"pmnat{os.getpid()}")
+def nat_lab(prefix: str | None = None, *, symmetric_b: bool = False) -> Iterator[NatLab]:
+    lab = NatLab(prefix or f"pmnat{os.getpid()}", symmetric_b=symmetric_b)
     try:
         lab.build()
         yield lab

@@ -108,7 +108,7 @@ def circuit_addr(relay_transport_addr: str, relay_id: str) -> str:
     cut = base.find("/p2p/")
     if cut >= 0:
         base = base[:cut]
-    if not base.startswith("/") or is_circuit(base):
+    if not base.startswith("/") or is_circuit(relay_transport_addr):
         raise ValidationError(f"not a relay transport address: {relay_transport_addr!r}")
     return f"{base}/p2p/{relay_id}{CIRCUIT}"
 

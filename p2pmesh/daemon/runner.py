@@ -174,6 +174,7 @@ class Daemon:
             metrics=self.http_addr is not None,
             psk=settings.swarm_psk,
             on_refused=self._psk_refused,
+            relay_limits=settings.relay_limits,
         )
         self.natloop = NatLoop(
             self.net,

@@ -10,6 +10,7 @@ test reports whether their connection ended direct (DCUtR hole punching) or rela
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -20,6 +21,8 @@ import pytest
 from jobmesh import ALLOW_OURS, docker_client, job_state, offer, remove_leftovers, write_job
 from mesh import MeshNode, wait_until
 from netns import RELAY_IP, NatLab, missing_tools, nat_lab, ns_prefix
+
+from p2pmesh.core.swarmkey import format_swarm_key
 
 PORT = 4001
 SETTLE_TIMEOUT_S = 60.0
@@ -67,7 +70,20 @@ def lab(request: pytest.FixtureRequest) -> Iterator[NatLab]:
 
 
 @pytest.fixture
-def nat_mesh(lab: NatLab, tmp_path: Path) -> Iterator[tuple[MeshNode, MeshNode, MeshNode]]:
+def mesh_args(request: pytest.FixtureRequest, tmp_path: Path) -> list[str]:
+    """Arguments every node gets: ``--swarm-key`` when the test asks for a private mesh."""
+    if not getattr(request, "param", False):
+        return []
+    key = tmp_path / "swarm.key"
+    key.write_bytes(format_swarm_key(os.urandom(32)))
+    key.chmod(0o600)
+    return ["--swarm-key", str(key)]
+
+
+@pytest.fixture
+def nat_mesh(
+    lab: NatLab, tmp_path: Path, mesh_args: list[str]
+) -> Iterator[tuple[MeshNode, MeshNode, MeshNode]]:
     nodes: list[MeshNode] = []
     try:
         relay = NsNode(
@@ -76,6 +92,7 @@ def nat_mesh(lab: NatLab, tmp_path: Path) -> Iterator[tuple[MeshNode, MeshNode, 
             name="relay",
             listen=[f"/ip4/{RELAY_IP}/tcp/{PORT}"],
             module="p2pmesh.bootstrap",
+            extra_args=mesh_args,
         )
         nodes.append(relay)
         relay.start()
@@ -86,7 +103,7 @@ def nat_mesh(lab: NatLab, tmp_path: Path) -> Iterator[tuple[MeshNode, MeshNode, 
             name="natA",
             listen=[f"/ip4/{lab.home_ip('a')}/tcp/{PORT}"],
             bootstrap=[relay.addr],
-            extra_args=["--no-work"],
+            extra_args=["--no-work", *mesh_args],
             env=env,
         )
         b = NsNode(
@@ -95,7 +112,7 @@ def nat_mesh(lab: NatLab, tmp_path: Path) -> Iterator[tuple[MeshNode, MeshNode, 
             name="natB",
             listen=[f"/ip4/{lab.home_ip('b')}/tcp/{PORT}"],
             bootstrap=[relay.addr],
-            extra_args=[*ALLOW_OURS],
+            extra_args=[*ALLOW_OURS, *mesh_args],
             env=env,
         )
         nodes += [a, b]
@@ -187,10 +204,14 @@ def run_job_across(
     return kind, kind_b, settled_s, job_s
 
 
+@pytest.mark.parametrize("mesh_args", [False, True], indirect=True, ids=["open", "swarm-key"])
 def test_nat_job_between_two_natted_nodes_runs_direct_or_relayed(
-    nat_mesh: tuple[MeshNode, MeshNode, MeshNode], tmp_path: Path
+    nat_mesh: tuple[MeshNode, MeshNode, MeshNode], tmp_path: Path, mesh_args: list[str]
 ) -> None:
+    """Open, and as a private mesh (every hop, relayed or hole-punched, under the swarm key)."""
     relay, a, b = nat_mesh
+    if mesh_args:
+        assert all(n.status()["node"]["private"] is True for n in nat_mesh)
     kind, kind_b, _, _ = run_job_across(relay, a, b, tmp_path)
     assert kind in ("direct", "relayed"), nat_of(a)
     assert kind_b in ("direct", "relayed"), nat_of(b)

@@ -131,3 +131,41 @@ def test_bootstrap_profile_always_relays_unless_told() -> None:
     told = bootstrap_argv(["--relay", "off"])
     assert told.count("--relay") == 1 and told[told.index("--relay") + 1] == "off"
     assert "--relay" not in bootstrap_argv(["--no-relay"])
+
+
+# -- the status view ------------------------------------------------------------------------------
+def test_status_says_reachability_relays_and_connection_kinds() -> None:
+    from cli.views import reachability_summary
+
+    relay = "12D3KooWRelayRelayRelayRelayRelayRelayRelayabcd"
+    nat = {
+        "reachability": {"state": "private"},
+        "relays": {relay: f"/ip4/10.0.0.1/tcp/4001/p2p/{relay}/p2p-circuit"},
+        "relay_mode": "auto",
+        "relay_service": {"on": False},
+        "connections": {"p1": "direct", "p2": "relayed", "p3": "relayed"},
+    }
+    text = reachability_summary(nat)
+    assert text.startswith("private, via relay ")
+    assert "relaying off" in text and "1 direct, 2 relayed" in text
+    public = {"reachability": {"state": "public"}, "relay_service": {"on": True,
+              "reservations_held": 3}}  # fmt: skip
+    assert reachability_summary(public) == "public; relaying for others (3 reservations)"
+    assert "(--no-relay)" in reachability_summary({"relay_mode": "off", "reachability": {}})
+    # Whatever a status document holds, the view never crashes.
+    for junk in (None, 3, "x", [], {"reachability": 5, "relays": [1], "connections": "z"}):
+        assert isinstance(reachability_summary(junk), str)
+
+
+def test_relay_limits_from_config(tmp_path: Path) -> None:
+    assert build_settings(tmp_path, {}).relay_limits == rc.RelayLimits()
+    (tmp_path / "config.toml").write_text(
+        "relay_reservations = 2\nrelay_circuits = 3\nrelay_circuit_mb = 5\n"
+        "relay_circuit_minutes = 7\n"
+    )
+    got = build_settings(tmp_path, {}).relay_limits
+    assert (got.reservations, got.circuits) == (2, 3)
+    assert (got.circuit_bytes, got.circuit_duration_s) == (5 << 20, 7 * 60)
+    (tmp_path / "config.toml").write_text("relay_circuits = 0\n")
+    with pytest.raises(ConfigError, match="circuits"):
+        build_settings(tmp_path, {})

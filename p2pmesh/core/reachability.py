@@ -1,5 +1,5 @@
 """Reachability and relaying: what a node concludes from dial-backs, what it offers, what it
-advertises (PROTOCOL.md §2.3). Pure: the daemon asks peers to dial it back (AutoNAT) and feeds
+advertises (PROTOCOL.md §6.1). Pure: the daemon asks peers to dial it back (AutoNAT) and feeds
 the verdicts here; this module decides.
 
 - **State.** ``unknown`` until a verdict comes; then the majority of the latest verdict of each
@@ -32,7 +32,7 @@ CIRCUIT = "/p2p-circuit"
 
 @dataclass(frozen=True, slots=True)
 class RelayLimits:
-    """What a relay grants (circuit relay v2 limits; PROTOCOL.md §2.3). Small on purpose: a
+    """What a relay grants (circuit relay v2 limits; PROTOCOL.md §6.1). Small on purpose: a
     relay carries control traffic and small blobs until hole punching gives a direct path."""
 
     reservations: int = 16  # peers holding a slot at once

@@ -1,5 +1,5 @@
 """The daemon's NAT loop: ask peers to dial us back, switch the relay service, keep relay
-reservations, and re-announce our addresses when they change (PROTOCOL.md §2.3).
+reservations, and re-announce our addresses when they change (PROTOCOL.md §6.1).
 
 Every decision is the core's (``p2pmesh.core.reachability``); this task only schedules the
 asking and hands the answers over. Reachability is this machine's network position, not mesh

@@ -621,6 +621,7 @@ class Daemon:
             "uptime_s": now - self.started_at,
             "node": node,
             "net": self.net.stats_json(),
+            "nat": self.natloop.to_json(),
             "jobs": metrics_mod.job_counts(self.node.jobs()),
             "containers_running": running,
             "container_seconds": seconds,

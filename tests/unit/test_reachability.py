@@ -169,3 +169,33 @@ def test_relay_limits_from_config(tmp_path: Path) -> None:
     (tmp_path / "config.toml").write_text("relay_circuits = 0\n")
     with pytest.raises(ConfigError, match="circuits"):
         build_settings(tmp_path, {})
+
+
+def test_metrics_show_reachability_paths_and_reservations() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from p2pmesh.daemon import metrics as metrics_mod
+    from tests.unit.test_http import _view
+
+    def view() -> dict:
+        v = _view()
+        v["nat"] = {
+            "reachability": {"state": "private"},
+            "connections": {"a": "direct", "b": "relayed", "c": "relayed"},
+            "relay_service": {"on": False, "reservations_held": 0},
+            "relays": {R: f"/ip4/10.0.0.1/tcp/1/p2p/{R}/p2p-circuit"},
+        }
+        return v
+
+    text = metrics_mod.exposition(metrics_mod.make_registry(view)).decode()
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
+    assert samples[("p2pmesh_reachability", (("state", "private"),))] == 1
+    assert samples[("p2pmesh_reachability", (("state", "public"),))] == 0
+    assert samples[("p2pmesh_peer_connections", (("kind", "relayed"),))] == 2
+    assert samples[("p2pmesh_peer_connections", (("kind", "direct"),))] == 1
+    assert samples[("p2pmesh_relay_reservations_made", ())] == 1
+    assert samples[("p2pmesh_relay_reservations_held", ())] == 0

@@ -64,7 +64,11 @@ async def test_dialback_is_made_on_a_fresh_connection() -> None:
         assert await client.ask_dialback(sid, [dead]) is False
         # An address at another IP than the one the server sees: refused, i.e. not reachable.
         assert await client.ask_dialback(sid, ["/ip4/10.9.9.9/tcp/4001"]) is False
-        assert client.stats["dialbacks_asked"] == 3
+        # Only the first DIALBACK_MAX_ADDRS addresses are dialled.
+        many = [f"/ip4/127.0.0.1/tcp/{p}" for p in range(port + 1, port + 5)] + [own(client)]
+        assert await client.ask_dialback(sid, many) is False
+        assert await client.ask_dialback(sid, many[3:]) is True
+        assert client.stats["dialbacks_asked"] == 5
         # The dial-back connection is closed again; the one we made stays.
         assert len(client.host.get_network().get_connections(server.host.get_id())) == 1
 

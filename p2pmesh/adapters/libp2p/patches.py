@@ -57,7 +57,10 @@
    connected (it sent the request over that connection): every node was told it is publicly
    reachable, also behind a NAT. The AutoNAT spec asks for a dial on a new connection; we make
    it with ``Swarm.dial_addr`` (which always opens one, as DCUtR does), under a deadline, and
-   close that connection again. Upstream would need the same change in ``_try_dial``.
+   close that connection again. As go-libp2p's server does, it dials at most
+   ``DIALBACK_MAX_ADDRS`` of the addresses offered and at most ``DIALBACK_CONCURRENCY``
+   requests at once (a request is an order to dial: it must stay cheap to serve). Upstream
+   would need the same change in ``_try_dial``.
 """
 
 from __future__ import annotations
@@ -94,6 +97,9 @@ DHT_PROTOCOL_ID = TProtocol("/p2pmesh/kad/1.0.0")
 PATCHED_VERSION = "0.8.1"  # the py-libp2p these patches were written and tested against
 SENDER_RECORD_REFRESH_S = 60.0
 DIALBACK_DIAL_S = 10.0  # item 8: one dial-back attempt
+DIALBACK_MAX_ADDRS = 4
+DIALBACK_CONCURRENCY = 4
+_dialback_slots: trio.Semaphore | None = None
 SENDER_RECORD_PEERS = 4096  # peers remembered (LRU); one entry is ~1 KiB
 _applied = False
 pnet_patched = False  # item 7: only then may a node run with a swarm key
@@ -229,16 +235,20 @@ def _protect_with_xsalsa20() -> None:
 
 async def _dial_back_fresh(self: Any, peer_id: Any, addrs: list[bytes]) -> bytes | None:
     """AutoNAT's dial-back on a connection of its own (item 8)."""
+    global _dialback_slots
+    if _dialback_slots is None:
+        _dialback_slots = trio.Semaphore(DIALBACK_CONCURRENCY)
     network = self.host.get_network()
-    for raw in addrs:
-        try:
-            with trio.fail_after(DIALBACK_DIAL_S):
-                conn = await network.dial_addr(Multiaddr(raw), peer_id)
-        except Exception:  # refused, unreachable, timed out, another peer there: next one
-            continue
-        with contextlib.suppress(Exception):
-            await conn.close()
-        return bytes(raw)
+    async with _dialback_slots:
+        for raw in addrs[:DIALBACK_MAX_ADDRS]:
+            try:
+                with trio.fail_after(DIALBACK_DIAL_S):
+                    conn = await network.dial_addr(Multiaddr(raw), peer_id)
+            except Exception:  # refused, unreachable, timed out, another peer: next one
+                continue
+            with contextlib.suppress(Exception):
+                await conn.close()
+            return bytes(raw)
     return None
 
 

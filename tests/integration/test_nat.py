@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from jobmesh import ALLOW_OURS, docker_client, job_state, offer, remove_leftovers, write_job
-from mesh import MeshNode, wait_until
+from mesh import Mesh, MeshNode, wait_until
 from netns import RELAY_IP, NatLab, missing_tools, nat_lab, ns_prefix
 
 from p2pmesh.core.swarmkey import format_swarm_key
@@ -222,12 +222,41 @@ def test_nat_job_between_two_natted_nodes_runs_direct_or_relayed(
 
 @pytest.mark.parametrize("lab", [True], indirect=True, ids=["symmetric-nat"])
 def test_relay_carries_the_job_when_hole_punching_cannot_work(
-    nat_mesh: tuple[MeshNode, MeshNode, MeshNode], tmp_path: Path
+    nat_mesh: tuple[MeshNode, MeshNode, MeshNode], tmp_path: Path, lab: NatLab
 ) -> None:
     """Router B picks a random port per connection: a hole punch aims at the wrong port, so
     the job must go (and stay) through the relay, within its limits."""
     relay, a, b = nat_mesh
+    lab_wan_b = lab.wan_ip("b")
     kind, kind_b, _, _ = run_job_across(relay, a, b, tmp_path)
     assert (kind, kind_b) == ("relayed", "relayed"), nat_of(a)
     service = nat_of(relay)["relay_service"]
     assert service["reservations_held"] >= 2, service
+    # Why direct failed, in py-libp2p's words: both sides ran DCUtR rounds, and B predicted
+    # its external address as its router's IP with its own listen port; but that router gives
+    # each connection a random port, so A's SYN to that port matches no mapping there, and
+    # B's SYN reaches A's router from a port A did not dial.
+    dcutr = [line for line in a.log_text().splitlines() if "dcutr" in line]
+    failed = ("No direct connection verified", "Failed to establish direct connection")
+    assert any(f in line for line in dcutr for f in failed), dcutr[-20:]
+    predicted = f"predicted NAT addresses: {{'/ip4/{lab_wan_b}/tcp/{PORT}'}}"
+    assert predicted in b.log_text(), "B did not predict its address as expected"
+    print("\n".join(dcutr[-8:]))
+
+
+def test_relay_service_is_on_while_reachable_and_off_with_no_relay(tmp_path: Path) -> None:
+    """On loopback every node is reachable: it relays by default, not with ``--no-relay``."""
+    with Mesh(tmp_path, 3, node_args={2: ["--no-relay"]}) as mesh:
+
+        def public() -> bool:
+            return all(nat_of(n)["reachability"]["state"] == "public" for n in mesh.nodes)
+
+        wait_until(public, SETTLE_TIMEOUT_S, interval=0.5, message=lambda: mesh.log_tails())
+        on = [nat_of(n)["relay_service"]["on"] for n in mesh.nodes]
+        assert on == [True, True, False], [nat_of(n) for n in mesh.nodes]
+        assert nat_of(mesh.nodes[2])["relay_mode"] == "off"
+        status = mesh.nodes[2].cli("status")
+        assert status.returncode == 0 and "relaying off (--no-relay)" in status.stdout
+        # Nobody is behind a NAT here: no relay address in any record.
+        for n in mesh.nodes:
+            assert not [a for p in n.peers() for a in p.get("addrs", []) if "p2p-circuit" in a]

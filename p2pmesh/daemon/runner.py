@@ -175,6 +175,7 @@ class Daemon:
             psk=settings.swarm_psk,
             on_refused=self._psk_refused,
             relay_limits=settings.relay_limits,
+            listen=list(settings.listen),
         )
         self.natloop = NatLoop(
             self.net,

@@ -164,6 +164,7 @@ class MeshNet:
         psk: bytes | None = None,
         on_refused: Callable[[pnet.Refusal, int], None] | None = None,
         relay_limits: reachability.RelayLimits | None = None,
+        listen: list[str] | None = None,
     ) -> None:
         """``psk``: the private mesh's swarm key; every connection then goes through the PSK
         layer (pnet.py). ``on_refused(refusal, count)`` is told of refused connections, at
@@ -181,8 +182,12 @@ class MeshNet:
         # (``metrics_events``) that someone must drain while the host runs (daemon/metrics.py).
         self.private = psk is not None
         self._psk = psk
+        # The listen addresses pick the transports: TCP, and QUIC (``/udp/N/quic-v1``) when
+        # one is listed; without them py-libp2p builds TCP alone.
+        transports_for = [multiaddr.Multiaddr(a) for a in listen] if listen else None
         self.host = new_host(
             key_pair=self.key_pair,
+            listen_addrs=transports_for,
             enable_metrics=metrics,
             psk=psk.hex() if psk is not None else None,
         )

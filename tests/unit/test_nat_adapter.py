@@ -107,6 +107,8 @@ async def test_a_circuit_connection_through_the_relay(private: bool) -> None:
         circuit = f"{circuit_addr(addr_of(relay), rid)}/p2p/{did}"
         await src.dial_circuit(circuit)
         assert src.connection_kinds()[did] == "relayed"
+        # The dialler took no reservation of its own: the relay's slots are for listeners.
+        assert src.reserved() == [] and relay.relay_json()["reservations_held"] == 1
         assert src.stats["circuit_dials_ok"] == 1
         # Streams work over it: the dialled peer answers identify through the relay.
         with trio.fail_after(10):

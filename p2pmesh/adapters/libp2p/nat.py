@@ -62,7 +62,10 @@ class NatService:
         self.limits = limits
         # Serving dial-backs is cheap and helps others learn where they stand.
         self.autonat = AutoNATService(host, serve=True, confirmations=1)
-        config = RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT, limits=lib_limits(limits))
+        # STOP only: with CLIENT, py-libp2p's dialler first takes a *reservation* on the relay
+        # before each CONNECT (the spec asks none of a dialler), so diallers would use up the
+        # slots meant for the NATed peers they dial. ``reserve`` below works without it.
+        config = RelayConfig(roles=RelayRole.STOP, limits=lib_limits(limits))
         # allow_hop False: the HOP handler is registered only while we relay (set_relaying).
         self.relay = CircuitV2Protocol(host, limits=lib_limits(limits), allow_hop=False)
         self.transport = CircuitV2Transport(host, self.relay, config)

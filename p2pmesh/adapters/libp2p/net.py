@@ -31,7 +31,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from p2pmesh.adapters.libp2p import patches, pnet
 from p2pmesh.adapters.libp2p.nat import NatService
 from p2pmesh.adapters.libp2p.streams import read_frame, write_frame
-from p2pmesh.core import capability, codec, reachability
+from p2pmesh.core import capability, codec
 from p2pmesh.core.events import (
     DialFailed,
     PeerAddressObserved,
@@ -39,6 +39,7 @@ from p2pmesh.core.events import (
     PeerDisconnected,
     RecordReceived,
 )
+from p2pmesh.core.reachability import RelayLimits, dial_order, is_circuit
 from p2pmesh.core.topics import Validation
 from p2pmesh.errors import DecodeError, TransportError, ValidationError
 
@@ -163,7 +164,7 @@ class MeshNet:
         metrics: bool = False,
         psk: bytes | None = None,
         on_refused: Callable[[pnet.Refusal, int], None] | None = None,
-        relay_limits: reachability.RelayLimits | None = None,
+        relay_limits: RelayLimits | None = None,
         listen: list[str] | None = None,
     ) -> None:
         """``psk``: the private mesh's swarm key; every connection then goes through the PSK
@@ -192,7 +193,7 @@ class MeshNet:
             psk=psk.hex() if psk is not None else None,
         )
         self.metrics_events = self.host.get_metrics_recv_channel() if metrics else None
-        self.nat = NatService(self.host, relay_limits or reachability.RelayLimits())
+        self.nat = NatService(self.host, relay_limits or RelayLimits())
         self._on_refused = on_refused
         self._refused_at: dict[tuple[str, bool, str], tuple[float, int]] = {}
         self.peer_id = self.host.get_id().pretty()
@@ -432,7 +433,7 @@ class MeshNet:
         """One dial to ``peer_id`` at ``addr`` (a direct or a ``/p2p-circuit`` address);
         raises ``TransportError``. py-libp2p's swarm skips circuit addresses, so those go
         through the relay transport (nat.py)."""
-        if reachability.is_circuit(addr):
+        if is_circuit(addr):
             if not addr.endswith("/p2p/" + peer_id):
                 raise TransportError("address names another peer")
             await self.nat.dial_circuit(addr)
@@ -456,7 +457,7 @@ class MeshNet:
 
     async def dial(self, peer_id: str, addrs: tuple[str, ...]) -> None:
         last = "no address"
-        for addr in reachability.dial_order(addrs):
+        for addr in dial_order(addrs):
             try:
                 await self.connect_addr(peer_id, addr)
             except TransportError as exc:
@@ -631,7 +632,7 @@ class JobWire:
     async def _connect(self, peer_id: str, addrs: tuple[str, ...]) -> Any:
         pid = ID.from_base58(peer_id)
         if pid not in self.net.host.get_connected_peers() and addrs:
-            for addr in reachability.dial_order(addrs):
+            for addr in dial_order(addrs):
                 try:
                     await self.net.connect_addr(peer_id, addr)
                     break

@@ -20,7 +20,7 @@ import contextlib
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 PUBLIC_NET = "10.77.0"
@@ -161,7 +161,3 @@ def nat_lab(prefix: str | None = None, *, symmetric_b: bool = False) -> Iterator
         failed = lab.teardown()
         if failed:
             raise RuntimeError("could not remove namespaces: " + "; ".join(failed))
-
-
-def command_in(ns: str, argv: Sequence[str]) -> list[str]:
-    return [*ns_prefix(ns), *argv]

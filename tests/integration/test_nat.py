@@ -9,6 +9,7 @@ test reports whether their connection ended direct (DCUtR hole punching) or rela
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -26,6 +27,7 @@ from p2pmesh.core.swarmkey import format_swarm_key
 
 PORT = 4001
 SETTLE_TIMEOUT_S = 60.0
+INPUT_BYTES = 2 * 1024 * 1024  # two blob chunks: over the relay when hole punching fails
 DIRECT_WAIT_S = 30.0  # after the job: time for DCUtR's rounds (3 attempts, ~10 s each)
 # What the hole punch did, in each NATed daemon's log (daemon.log in its home) on failure.
 DEBUG_ENV = {"P2PMESH_LIBP2P_DEBUG": "libp2p.relay.circuit_v2.dcutr"}
@@ -178,13 +180,22 @@ def run_job_across(
         assert nat_of(n)["relays"] == {relay.peer_id: circuit}
     settled_s = time.monotonic() - t0
 
-    # 3. A job offered on A (which does no work) runs on B, across both NATs.
-    job = write_job(tmp_path / "job", command=["sh", "-c", "echo across > /out/x"])
+    # 3. A job offered on A (which does no work) runs on B, across both NATs: its input goes
+    # to B over the blob stream, its output comes back, and they must match.
+    folder = tmp_path / "job"
+    folder.mkdir()
+    data = os.urandom(INPUT_BYTES)
+    (folder / "data.bin").write_bytes(data)
+    job = write_job(
+        folder,
+        command=["sh", "-c", "sha256sum /in/data.bin | cut -d' ' -f1 > /out/x"],
+        inputs={"data.bin": "data.bin"},
+    )
     out = tmp_path / "out"
     t1 = time.monotonic()
     res = offer(a, job, "--wait", "--out", str(out), timeout=180)
     assert res.rc == 0, res.describe() + "\n" + tails(everyone)
-    assert (out / "outputs" / "x").read_text() == "across\n"
+    assert (out / "outputs" / "x").read_text() == hashlib.sha256(data).hexdigest() + "\n"
     doc = job_state(a, res.job_id)
     assert [w["peer_id"] for w in doc["workers"]] == [b.peer_id], doc
     job_s = time.monotonic() - t1

@@ -44,6 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--listen", action="append", metavar="MULTIADDR", help="repeatable")
     up.add_argument("--bootstrap", action="append", metavar="MULTIADDR", help="repeatable")
     up.add_argument("--no-mdns", action="store_true", help="no local-network discovery")
+    up.add_argument(
+        "--no-relay",
+        action="store_true",
+        help="never relay for peers behind a NAT (same as --relay off; config: relay)",
+    )
+    up.add_argument(
+        "--relay",
+        choices=("auto", "off", "always"),
+        help="circuit relay service: auto (default: while this node is reachable), off, always",
+    )
     up.add_argument("--no-tui", action="store_true", help="JSON log lines instead of the live view")
     up.add_argument(
         "--no-shipped-bootstrap",

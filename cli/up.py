@@ -65,6 +65,8 @@ def run_up(args: argparse.Namespace, home: Path) -> int:
         "http": args.http,
         "http_public": args.http_public,
         "swarm_key": args.swarm_key,
+        "no_relay": args.no_relay,
+        "relay": args.relay,
     }
     ensure_home(home)
     settings = build_settings(home, flags)

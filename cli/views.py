@@ -354,6 +354,7 @@ def node_panel(node: dict, now: float) -> Panel:
         ("Record seq", Text(NONE if seq is None else str(seq))),
         ("HTTP", _text(n.get("http") or "off", limit=200)),
         ("Private", Text(private_summary(n.get("private"), n.get("swarm_key_fingerprint")))),
+        ("Reachable", Text(reachability_summary(n.get("nat")))),
     ]
     if refused:
         rows.append(("Refused", Text(f"{refused} connection(s) without the swarm key")))
@@ -379,6 +380,29 @@ def declines_summary(declines: Any) -> str:
     counts = [kv for kv in counts if kv[1] > 0]
     counts.sort(key=lambda kv: (-kv[1], kv[0]))
     return ", ".join(f"{v} {k}" for k, v in counts)
+
+
+def reachability_summary(nat: Any) -> str:
+    """``private, via relay 12D3…abcd; relaying off; 1 direct, 2 relayed``: what the node
+    learned from dial-backs (AutoNAT), its relay service, and how its peers are connected."""
+    m = _map(nat)
+    if not m:
+        return NONE
+    state = _safe(_map(m.get("reachability")).get("state"), 16) or NONE
+    parts = [state]
+    relays = [_safe(r, 64) for r in _map(m.get("relays"))]
+    if relays:
+        parts[0] += ", via relay " + ", ".join(short_id(r) for r in relays[:2])
+    service = _map(m.get("relay_service"))
+    if service.get("on") is True:
+        held = _int(service.get("reservations_held")) or 0
+        parts.append(f"relaying for others ({held} reservation{'s' if held != 1 else ''})")
+    else:
+        parts.append("relaying off" + (" (--no-relay)" if m.get("relay_mode") == "off" else ""))
+    kinds = [v for v in _map(m.get("connections")).values() if v in ("direct", "relayed")]
+    if kinds:
+        parts.append(f"{kinds.count('direct')} direct, {kinds.count('relayed')} relayed")
+    return "; ".join(parts)
 
 
 def private_summary(private: Any, fingerprint: Any) -> str:

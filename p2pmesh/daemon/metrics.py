@@ -125,6 +125,36 @@ class MeshCollector(Collector):
             "peers_connected", "Peers with a live libp2p connection", node["peers_connected"]
         )
         yield gauge("peers_known", "Peers whose signed record we hold", node["peers_known"])
+        nat = v.get("nat") or {}
+        if nat:
+            state = nat["reachability"]["state"]
+            yield _labelled(
+                GaugeMetricFamily(
+                    "p2pmesh_reachability",
+                    "1 for this node's reachability state (AutoNAT dial-backs), 0 for the others",
+                    labels=["state"],
+                ),
+                [((s,), 1.0 if s == state else 0.0) for s in ("unknown", "public", "private")],
+            )
+            kinds = list(nat["connections"].values())
+            yield _labelled(
+                GaugeMetricFamily(
+                    "p2pmesh_peer_connections",
+                    "Connected peers by path: direct, or only through a relay",
+                    labels=["kind"],
+                ),
+                [((k,), float(kinds.count(k))) for k in ("direct", "relayed")],
+            )
+            yield gauge(
+                "relay_reservations_held",
+                "Peers holding a reservation on this node's relay",
+                nat["relay_service"]["reservations_held"],
+            )
+            yield gauge(
+                "relay_reservations_made",
+                "Relays this node holds a reservation on",
+                len(nat["relays"]),
+            )
         yield _labelled(
             GaugeMetricFamily(
                 "p2pmesh_jobs", "Jobs held here, by role and state", labels=["role", "state"]

@@ -21,6 +21,7 @@ from p2pmesh.cli.views import (
     capability_summary,
     compact_addr,
     duration,
+    reachability_summary,
     short_id,
 )
 
@@ -188,6 +189,7 @@ def status_page(
             f"{_e(node.get('peers_connected'))} connected, {_e(node.get('peers_known'))} known",
         ),
         ("works", "yes" if node.get("work") else "no (--no-work)"),
+        ("reachable", _e(reachability_summary(node.get("nat")), 200)),
         ("capabilities", _e(capability_summary(node.get("capabilities")), 200)),
         (
             "addresses",

@@ -68,6 +68,7 @@ from p2pmesh.daemon.control import open_control_listener, serve_control
 from p2pmesh.daemon.home import DB_FILE, NODE_JSON, SOCKET_FILE, ensure_home, load_or_create_key
 from p2pmesh.daemon.http import HttpServer, Request, Response, json_response, parse_http_addr, text
 from p2pmesh.daemon.jobs import DEFAULT_BID_WINDOW_S, JobRunner
+from p2pmesh.daemon.natloop import NatLoop
 from p2pmesh.daemon.page import status_page
 from p2pmesh.daemon.service import ServiceRunner
 from p2pmesh.daemon.settings import Settings
@@ -178,6 +179,16 @@ class Daemon:
             metrics=self.http_addr is not None,
             psk=settings.swarm_psk,
             on_refused=self._psk_refused,
+            relay_limits=settings.relay_limits,
+            listen=list(settings.listen),
+        )
+        self.natloop = NatLoop(
+            self.net,
+            mode=settings.relay,
+            bootstrap_ids=[b.rsplit("/p2p/", 1)[1] for b in bootstrap if "/p2p/" in b],
+            peer_addrs=self.node.peer_addrs,
+            on_addrs=self._addrs_changed,
+            log=self.log,
         )
         self.http = HttpServer(self.http_routes(), self.log)
         self.libp2p_metrics = metrics_mod.libp2p_metrics() if self.http_addr else None
@@ -187,6 +198,10 @@ class Daemon:
         self.nursery: trio.Nursery | None = None
         self.jobs: JobRunner | None = None
         self.services: ServiceRunner | None = None
+
+    async def _addrs_changed(self, addrs: list[str]) -> None:
+        """Reachability or a relay reservation changed what we advertise: a new record."""
+        await self.net.emit(ProfileChanged(caps_from_profile(self.profile, addrs, self.settings)))
 
     def _psk_refused(self, refusal: Refusal, count: int) -> None:
         self.log(
@@ -424,7 +439,7 @@ class Daemon:
             self.profile = await trio.to_thread.run_sync(
                 lambda: hardware.profile(self.home, check_docker=self.settings.work)
             )
-            caps = caps_from_profile(self.profile, self.net.listen_addrs(), self.settings)
+            caps = caps_from_profile(self.profile, self.natloop.advertised(), self.settings)
             await self.net.emit(ProfileChanged(caps))
 
     async def _restore(self) -> list[Effect]:
@@ -467,6 +482,7 @@ class Daemon:
         now = time.time()
         node = self.node.node_json(now)
         node["net"] = self.net.stats_json()
+        node["nat"] = self.natloop.to_json()
         node["persist"] = dict(self.persist_stats)
         node["pid"] = os.getpid()
         node["http"] = self.http.url if self.http.port else None
@@ -654,6 +670,7 @@ class Daemon:
             "uptime_s": now - self.started_at,
             "node": node,
             "net": self.net.stats_json(),
+            "nat": self.natloop.to_json(),
             "jobs": metrics_mod.job_counts(self.node.jobs()),
             "containers_running": running,
             "container_seconds": seconds,
@@ -780,7 +797,7 @@ class Daemon:
                         ),
                     )
                 resumed = await self._restore()
-                caps = caps_from_profile(self.profile, self.net.listen_addrs(), self.settings)
+                caps = caps_from_profile(self.profile, self.natloop.advertised(), self.settings)
                 await self.net.emit(ProfileChanged(caps))
                 self.write_node_json()
                 if http_listener is not None:
@@ -806,6 +823,7 @@ class Daemon:
                     nursery.start_soon(self._persister)
                     nursery.start_soon(self._ticker)
                     nursery.start_soon(self._reprofiler)
+                    nursery.start_soon(self.natloop.run)
                     if self.settings.work and (
                         "docker" in self.profile.executors or self.settings.bench_executor
                     ):
@@ -884,6 +902,16 @@ def quiet_libp2p_logging() -> None:
     for name in ("libp2p", "multiaddr", "zeroconf", "async_service"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     logging.basicConfig(level=logging.CRITICAL)
+    # P2PMESH_LIBP2P_DEBUG=libp2p.relay,libp2p.host.autonat: those loggers' debug lines on
+    # stderr, to see what NAT traversal (or anything else in py-libp2p) is doing.
+    # (py-libp2p's own "libp2p" logger has no handler and does not propagate: give each one.)
+    for name in filter(None, os.environ.get("P2PMESH_LIBP2P_DEBUG", "").split(",")):
+        logger = logging.getLogger(name.strip())
+        logger.setLevel(logging.DEBUG)
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
 
 
 __all__ = ["Daemon", "EventLog", "caps_from_profile", "quiet_libp2p_logging", "run_until_signal"]

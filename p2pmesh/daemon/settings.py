@@ -24,6 +24,11 @@ Config keys (all optional) mirror the flags of ``p2pmesh up``::
     http = "127.0.0.1:8484"  # /metrics, the status page, /api/…; "off" disables; port 0: any
     http_public = false    # allow a non-loopback http address (read-only, but unauthenticated)
     swarm_key = "swarm.key"  # a private mesh's pre-shared key file (relative: to the home)
+    relay = "auto"         # relay for NATed peers: "auto" (while reachable), "off", "always"
+    relay_reservations = 16  # peers that may hold a slot on our relay at once
+    relay_circuits = 32    # relayed connections through us at once
+    relay_circuit_mb = 128  # MiB one relayed connection may carry
+    relay_circuit_minutes = 30  # how long one relayed connection may last
 """
 
 from __future__ import annotations
@@ -35,10 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p2pmesh.core.reachability import RELAY_MODES, RelayLimits
 from p2pmesh.core.swarmkey import MAX_FILE_BYTES, SwarmKeyError, parse_swarm_key
 from p2pmesh.daemon.home import CONFIG_FILE
 from p2pmesh.daemon.http import DEFAULT_HTTP, is_loopback, parse_http_addr
-from p2pmesh.errors import ConfigError
+from p2pmesh.errors import ConfigError, ValidationError
 
 DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001",)
 
@@ -71,6 +77,8 @@ class Settings:
     http_public: bool = False
     swarm_key: Path | None = None  # the private mesh's key file; None: an open mesh
     swarm_psk: bytes | None = field(default=None, repr=False)  # its 32 bytes, read at start
+    relay: str = "auto"  # core/reachability.py RELAY_MODES; `up --no-relay`: "off"
+    relay_limits: RelayLimits = field(default_factory=RelayLimits)
     fault: str | None = None  # deliberate misbehaviour for tests and demos (see below)
     fault_after: int = 0  # P2PMESH_FAULT_AFTER: behave for this many jobs first
     fault_slow_s: float = 200.0  # P2PMESH_FAULT_SLOW_S: how late "slow" answers
@@ -101,6 +109,11 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "http": str,
     "http_public": bool,
     "swarm_key": str,
+    "relay": str,
+    "relay_reservations": int,
+    "relay_circuits": int,
+    "relay_circuit_mb": int,
+    "relay_circuit_minutes": int,
 }
 
 
@@ -227,6 +240,20 @@ def _swarm_key_path(home: Path, flags: dict[str, Any], cfg: dict[str, Any]) -> P
     return None
 
 
+def _relay_limits(cfg: dict[str, Any]) -> RelayLimits:
+    d = RelayLimits()
+    try:
+        return RelayLimits(
+            reservations=int(cfg.get("relay_reservations", d.reservations)),
+            circuits=int(cfg.get("relay_circuits", d.circuits)),
+            circuit_bytes=int(cfg.get("relay_circuit_mb", d.circuit_bytes >> 20)) << 20,
+            circuit_duration_s=int(cfg.get("relay_circuit_minutes", d.circuit_duration_s // 60))
+            * 60,
+        )
+    except ValidationError as exc:
+        raise ConfigError(f"config: {exc}") from None
+
+
 def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
     """``flags`` holds only what was given on the command line (None/empty = not given)."""
     cfg = read_config(home)
@@ -264,6 +291,8 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
         proof_exclusion=float(pick("proof_exclusion", "proof_exclusion", 0.5)),
         http=str(pick("http", "http", DEFAULT_HTTP)),
         http_public=bool(cfg.get("http_public", False)) or bool(flags.get("http_public", False)),
+        relay="off" if flags.get("no_relay") else str(pick("relay", "relay", "auto")),
+        relay_limits=_relay_limits(cfg),
         swarm_key=(key_path := _swarm_key_path(home, flags, cfg)),
         swarm_psk=read_swarm_key(key_path) if key_path is not None else None,
         fault=read_fault(dict(os.environ)),
@@ -271,6 +300,8 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
         fault_slow_s=float(os.environ.get("P2PMESH_FAULT_SLOW_S", "200") or 200),
         bench_executor=read_bench_executor(dict(os.environ)),
     )
+    if s.relay not in RELAY_MODES:
+        raise ConfigError(f"relay: {s.relay!r} must be one of {', '.join(RELAY_MODES)}")
     if s.price < 0:
         raise ConfigError("price must be >= 0")
     if s.max_jobs < 0:

@@ -29,6 +29,7 @@ from libp2p.records.validator import Validator
 from libp2p.tools.anyio_service import background_trio_service
 
 from p2pmesh.adapters.libp2p import patches, pnet
+from p2pmesh.adapters.libp2p.nat import NatService
 from p2pmesh.adapters.libp2p.streams import read_frame, write_frame
 from p2pmesh.core import capability, codec
 from p2pmesh.core.auction import logs
@@ -39,6 +40,7 @@ from p2pmesh.core.events import (
     PeerDisconnected,
     RecordReceived,
 )
+from p2pmesh.core.reachability import RelayLimits, dial_order, is_circuit
 from p2pmesh.core.topics import Validation
 from p2pmesh.errors import DecodeError, TransportError, ValidationError
 
@@ -163,6 +165,8 @@ class MeshNet:
         metrics: bool = False,
         psk: bytes | None = None,
         on_refused: Callable[[pnet.Refusal, int], None] | None = None,
+        relay_limits: RelayLimits | None = None,
+        listen: list[str] | None = None,
     ) -> None:
         """``psk``: the private mesh's swarm key; every connection then goes through the PSK
         layer (pnet.py). ``on_refused(refusal, count)`` is told of refused connections, at
@@ -180,12 +184,17 @@ class MeshNet:
         # (``metrics_events``) that someone must drain while the host runs (daemon/metrics.py).
         self.private = psk is not None
         self._psk = psk
+        # The listen addresses pick the transports: TCP, and QUIC (``/udp/N/quic-v1``) when
+        # one is listed; without them py-libp2p builds TCP alone.
+        transports_for = [multiaddr.Multiaddr(a) for a in listen] if listen else None
         self.host = new_host(
             key_pair=self.key_pair,
+            listen_addrs=transports_for,
             enable_metrics=metrics,
             psk=psk.hex() if psk is not None else None,
         )
         self.metrics_events = self.host.get_metrics_recv_channel() if metrics else None
+        self.nat = NatService(self.host, relay_limits or RelayLimits())
         self._on_refused = on_refused
         self._refused_at: dict[tuple[str, bool, str], tuple[float, int]] = {}
         self.peer_id = self.host.get_id().pretty()
@@ -225,6 +234,7 @@ class MeshNet:
         """Counters for ``status``: ours, and py-libp2p's sender-record memo (patches.py)."""
         out: dict[str, Any] = dataclasses.asdict(self.stats)
         memo = patches.sender_records
+        out["nat"] = dict(self.nat.stats)
         out["sender_records"] = (
             {"verified": memo.verified, "skipped": memo.skipped} if memo is not None else None
         )
@@ -296,6 +306,7 @@ class MeshNet:
                 background_trio_service(self.pubsub),
                 background_trio_service(self.gossipsub),
                 background_trio_service(self.dht),
+                self.nat.running(),
             ):
                 await self.pubsub.wait_until_ready()
                 if mdns:
@@ -419,37 +430,80 @@ class MeshNet:
         return None
 
     # -- dialling ------------------------------------------------------------------------------
+    async def connect_addr(self, peer_id: str, addr: str) -> None:
+        """One dial to ``peer_id`` at ``addr`` (a direct or a ``/p2p-circuit`` address);
+        raises ``TransportError``. py-libp2p's swarm skips circuit addresses, so those go
+        through the relay transport (nat.py)."""
+        if is_circuit(addr):
+            if not addr.endswith("/p2p/" + peer_id):
+                raise TransportError("address names another peer")
+            await self.nat.dial_circuit(addr)
+            return
+        try:
+            info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+        except Exception as exc:
+            raise TransportError(f"bad address {addr!r}: {exc}") from None
+        if str(info.peer_id) != peer_id:
+            raise TransportError("address names another peer")
+        with trio.move_on_after(DIAL_TIMEOUT_S):
+            try:
+                # py-libp2p refuses every dial to a peer whose last dial failed in the past
+                # 60 s (the swarm's negative cache); the core's backoff decides retries.
+                self.host.get_network().unblock_peer(info.peer_id)
+                await self.host.connect(info)
+                return
+            except Exception as exc:
+                raise TransportError(f"{type(exc).__name__}: {exc}"[:200]) from None
+        raise TransportError("timed out")
+
     async def dial(self, peer_id: str, addrs: tuple[str, ...]) -> None:
         last = "no address"
-        for addr in addrs:
+        for addr in dial_order(addrs):
             try:
-                info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+                await self.connect_addr(peer_id, addr)
+            except TransportError as exc:
+                last = str(exc)
+                continue
+            try:
+                await self.dht.add_peer(ID.from_base58(peer_id))
             except Exception as exc:
-                last = f"bad address {addr!r}: {exc}"
-                continue
-            if str(info.peer_id) != peer_id:
-                last = "address names another peer"
-                continue
-            with trio.move_on_after(DIAL_TIMEOUT_S):
-                try:
-                    # py-libp2p refuses every dial to a peer whose last dial failed in the past
-                    # 60 s (the swarm's negative cache); the core's backoff decides retries.
-                    self.host.get_network().unblock_peer(info.peer_id)
-                    await self.host.connect(info)
-                    try:
-                        await self.dht.add_peer(info.peer_id)
-                    except Exception as exc:
-                        log.debug("routing table add failed: %s", exc)
-                    self.stats.dials_ok += 1
-                    # The notifee reports the connection too; this covers an existing one.
-                    await self.emit(PeerConnected(peer_id))
-                    return
-                except Exception as exc:
-                    last = f"{type(exc).__name__}: {exc}"[:200]
-                    continue
-            last = "timed out"
+                log.debug("routing table add failed: %s", exc)
+            self.stats.dials_ok += 1
+            # The notifee reports the connection too; this covers an existing one.
+            await self.emit(PeerConnected(peer_id))
+            return
         self.stats.dials_failed += 1
         await self.emit(DialFailed(peer_id, last))
+
+    def remote_ip(self, peer_id: str) -> str | None:
+        """The IP our first direct connection to ``peer_id`` goes to (None: none)."""
+        addr = self._remote(peer_id)
+        return addr[0] if addr else None
+
+    def remote_addr(self, peer_id: str) -> str | None:
+        addr = self._remote(peer_id)
+        if not addr:
+            return None
+        family = "ip6" if ":" in addr[0] else "ip4"
+        return f"/{family}/{addr[0]}/tcp/{addr[1]}"
+
+    def _remote(self, peer_id: str) -> tuple[str, int] | None:
+        from p2pmesh.adapters.libp2p.nat import is_relayed_conn
+
+        try:
+            conns = self.host.get_network().get_connections(ID.from_base58(peer_id))
+        except Exception:
+            return None
+        for conn in conns or []:
+            if is_relayed_conn(conn):
+                continue
+            try:
+                addr = conn.muxed_conn.get_remote_address()
+            except Exception:
+                continue
+            if addr and isinstance(addr[0], str):
+                return (addr[0], int(addr[1]))
+        return None
 
     def connected_peers(self) -> list[str]:
         return [p.pretty() for p in self.host.get_connected_peers()]
@@ -662,19 +716,12 @@ class JobWire:
     async def _connect(self, peer_id: str, addrs: tuple[str, ...]) -> Any:
         pid = ID.from_base58(peer_id)
         if pid not in self.net.host.get_connected_peers() and addrs:
-            for addr in addrs:
+            for addr in dial_order(addrs):
                 try:
-                    info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
-                except Exception:
-                    continue
-                if str(info.peer_id) != peer_id:
-                    continue
-                with trio.move_on_after(DIAL_TIMEOUT_S):
-                    try:
-                        await self.net.host.connect(info)
-                        break
-                    except Exception as exc:
-                        log.debug("connect %s failed: %s", addr, exc)
+                    await self.net.connect_addr(peer_id, addr)
+                    break
+                except TransportError as exc:
+                    log.debug("connect %s failed: %s", addr, exc)
         return pid
 
     async def send(self, peer_id: str, addrs: tuple[str, ...], kind: str, data: bytes) -> None:

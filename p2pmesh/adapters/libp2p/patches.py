@@ -52,6 +52,15 @@
    wrap there too (``protect`` is idempotent, so the dial path's connection is not wrapped
    twice), as go-libp2p's upgrader does for every transport. A private node refuses to start
    where this patch is off (``pnet_patched``), rather than speak something else on the wire.
+8. AutoNAT's server (``AutoNATService._try_dial``) "dials back" with ``host.connect``, which
+   returns at once when a connection to the peer exists, and the requester is always
+   connected (it sent the request over that connection): every node was told it is publicly
+   reachable, also behind a NAT. The AutoNAT spec asks for a dial on a new connection; we make
+   it with ``Swarm.dial_addr`` (which always opens one, as DCUtR does), under a deadline, and
+   close that connection again. As go-libp2p's server does, it dials at most
+   ``DIALBACK_MAX_ADDRS`` of the addresses offered and at most ``DIALBACK_CONCURRENCY``
+   requests at once (a request is an order to dial: it must stay cheap to serve). Upstream
+   would need the same change in ``_try_dial``.
 """
 
 from __future__ import annotations
@@ -64,6 +73,7 @@ from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
+import libp2p.host.autonat.autonat as _autonat
 import libp2p.kad_dht.common as _kad_common
 import libp2p.kad_dht.kad_dht as _kad
 import libp2p.kad_dht.peer_routing as _kad_routing
@@ -75,7 +85,9 @@ import libp2p.pubsub.gossipsub as _gossipsub
 import libp2p.pubsub.pubsub as _pubsub
 import libp2p.pubsub.rpc_queue as _rpc_queue
 import libp2p.stream_muxer.yamux.yamux as _yamux
+import trio
 from libp2p.custom_types import TProtocol
+from multiaddr import Multiaddr
 
 from p2pmesh.adapters.libp2p import pnet
 
@@ -84,9 +96,14 @@ OUTBOUND_RPC_QUEUE = 1024
 DHT_PROTOCOL_ID = TProtocol("/p2pmesh/kad/1.0.0")
 PATCHED_VERSION = "0.8.1"  # the py-libp2p these patches were written and tested against
 SENDER_RECORD_REFRESH_S = 60.0
+DIALBACK_DIAL_S = 10.0  # item 8: one dial-back attempt
+DIALBACK_MAX_ADDRS = 4
+DIALBACK_CONCURRENCY = 4
+_dialback_slots: trio.Semaphore | None = None
 SENDER_RECORD_PEERS = 4096  # peers remembered (LRU); one entry is ~1 KiB
 _applied = False
 pnet_patched = False  # item 7: only then may a node run with a swarm key
+dialback_patched = False  # item 8: only then does AutoNAT say anything true
 _log = logging.getLogger("p2pmesh.net")
 
 
@@ -216,6 +233,31 @@ def _protect_with_xsalsa20() -> None:
     pnet_patched = True
 
 
+async def _dial_back_fresh(self: Any, peer_id: Any, addrs: list[bytes]) -> bytes | None:
+    """AutoNAT's dial-back on a connection of its own (item 8)."""
+    global _dialback_slots
+    if _dialback_slots is None:
+        _dialback_slots = trio.Semaphore(DIALBACK_CONCURRENCY)
+    network = self.host.get_network()
+    async with _dialback_slots:
+        for raw in addrs[:DIALBACK_MAX_ADDRS]:
+            try:
+                with trio.fail_after(DIALBACK_DIAL_S):
+                    conn = await network.dial_addr(Multiaddr(raw), peer_id)
+            except Exception:  # refused, unreachable, timed out, another peer: next one
+                continue
+            with contextlib.suppress(Exception):
+                await conn.close()
+            return bytes(raw)
+    return None
+
+
+def _fresh_autonat_dialback() -> None:
+    global dialback_patched
+    _autonat.AutoNATService._try_dial = _dial_back_fresh  # type: ignore[method-assign]
+    dialback_patched = True
+
+
 def apply() -> None:
     global _applied
     if _applied:
@@ -236,11 +278,13 @@ def apply() -> None:
         _memo_sender_records()
         _batch_yamux_credit()
         _protect_with_xsalsa20()
+        _fresh_autonat_dialback()
     else:
-        # Items 1-4 fail safe (a constant or a wrapper the new code ignores); items 5-7
+        # Items 1-4 fail safe (a constant or a wrapper the new code ignores); items 5-8
         # replace functions whose contracts may have changed, so they stay off elsewhere.
         _log.warning(
-            "py-libp2p %s is not %s: patches.py items 5, 6 and 7 are off (no private meshes)",
+            "py-libp2p %s is not %s: patches.py items 5-8 are off (no private meshes, "
+            "reachability unknown)",
             installed,
             PATCHED_VERSION,
         )

@@ -149,7 +149,8 @@ def test_requester_draws_refuses_the_undrawn_and_widens_a_short_round() -> None:
     # The count of widenings survives a restart (it sizes every later draw of the job).
     from p2pmesh.core.auction.requester import from_doc, to_doc
 
-    assert from_doc(to_doc(req.jobs[JOB_ID]), REQ.peer_id, T0 + 11).widened == 1
+    back = from_doc(to_doc(req.jobs[JOB_ID]), REQ.peer_id, T0 + 11)
+    assert (back.widened, back.offered_at) == (1, T0 + 10)
 
 
 def test_small_mesh_or_sortition_off_offers_to_everyone() -> None:

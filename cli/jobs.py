@@ -19,8 +19,8 @@ from p2pmesh import packing
 from p2pmesh.cli import client
 from p2pmesh.cli.console import make_console
 from p2pmesh.core.jobspec import InputRef, job_digest, job_to_wire
-from p2pmesh.errors import JobSpecError
-from p2pmesh.jobfile import load_job_file
+from p2pmesh.errors import JobSpecError, MeshError
+from p2pmesh.jobfile import load_job_file, resolve_image
 
 FINAL = ("done", "failed", "timeout", "cancelled", "no-bids", "inconclusive")
 POLL_S = 0.25
@@ -110,10 +110,30 @@ def progress_view(job: dict[str, Any], started: float) -> Group:
     return Group(*parts)
 
 
+SUBMIT_TIMEOUT_S = 600.0
+
+
+def _engine_image_id(image: str) -> str | None:
+    """The ID of ``image`` in the Docker engine this shell reaches (``DOCKER_HOST``); raises
+    ``LookupError`` when no engine answers (the daemon then resolves it on its own)."""
+    try:
+        from p2pmesh.adapters.docker.images import Images
+
+        return Images().image_id(image)
+    except Exception as exc:
+        raise LookupError(str(exc)) from None
+
+
 def cmd_offer(args: argparse.Namespace, home: Path) -> int:
     job_path = Path(args.job).absolute()
     try:
         spec, paths = load_job_file(job_path)
+    except JobSpecError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    try:
+        spec = resolve_image(spec, _engine_image_id)
     except JobSpecError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -123,9 +143,19 @@ def cmd_offer(args: argparse.Namespace, home: Path) -> int:
         doc = {"job_digest": job_digest(spec, refs), "job": job_to_wire(spec, refs)}
         sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True, default=repr) + "\n")
         return 0
-    sub = client.request(
-        home, "submit", {"job_file": str(job_path), "bid_window_s": args.bid_window}
-    )
+    try:
+        # Exporting an image the mesh has not seen from us yet takes a while (docker save).
+        sub = client.request(
+            home,
+            "submit",
+            {"job_file": str(job_path), "bid_window_s": args.bid_window, "image_id": spec.image_id},
+            timeout=SUBMIT_TIMEOUT_S,
+        )
+    except MeshError as exc:
+        if getattr(exc, "code", "") != JobSpecError.code:
+            raise
+        print(str(exc), file=sys.stderr)
+        return 2
     job_id = sub["job_id"]
     if not args.wait:
         if args.json:

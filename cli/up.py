@@ -64,6 +64,8 @@ def run_up(args: argparse.Namespace, home: Path) -> int:
         "http": args.http,
         "http_public": args.http_public,
         "swarm_key": args.swarm_key,
+        "no_pull": args.no_pull,
+        "cache_gb": args.cache_gb,
     }
     ensure_home(home)
     settings = build_settings(home, flags)

@@ -149,6 +149,8 @@ class Daemon:
                 fault_fork_ledger=settings.fault == "fork-ledger",
                 connection_grace_s=settings.connection_grace_s,
                 recover_window_s=settings.recover_window_s,
+                image_pull=settings.pull,
+                image_fetch=True,
                 swarm_key_fingerprint=(
                     fingerprint(settings.swarm_psk) if settings.swarm_psk is not None else None
                 ),
@@ -460,6 +462,7 @@ class Daemon:
         node["persist"] = dict(self.persist_stats)
         node["pid"] = os.getpid()
         node["http"] = self.http.url if self.http.port else None
+        node["cache"] = self.jobs.cache.view() if self.jobs else None
         return {
             "node": node,
             "peers": self.node.peers_json(now),
@@ -516,7 +519,10 @@ class Daemon:
                     f"this node is recovering its ledger from the mesh; offer again in {left} s"
                 )
             window = int(args.get("bid_window_s") or DEFAULT_BID_WINDOW_S)
-            return await self.jobs.submit(path, max(1, min(window, 600)))
+            image_id = args.get("image_id") or ""
+            if not isinstance(image_id, str):
+                raise ValueError("image_id must be text")
+            return await self.jobs.submit(path, max(1, min(window, 600)), image_id)
 
         async def jobs(args: dict[str, Any]) -> Any:
             return self.node.jobs(time.time())
@@ -707,6 +713,10 @@ class Daemon:
                     fault=self.settings.fault,
                     fault_after=self.settings.fault_after,
                     bench_executor=self.settings.bench_executor,
+                    store=self.store,
+                    tstore=self.tstore,
+                    pull=self.settings.pull,
+                    cache_bytes=int(self.settings.cache_gb * (1 << 30)),
                 )
                 if self.settings.fault:
                     for _ in range(3):

@@ -23,6 +23,8 @@ Config keys (all optional) mirror the flags of ``p2pmesh up``::
     http = "127.0.0.1:8484"  # /metrics, the status page, /api/…; "off" disables; port 0: any
     http_public = false    # allow a non-loopback http address (read-only, but unauthenticated)
     swarm_key = "swarm.key"  # a private mesh's pre-shared key file (relative: to the home)
+    pull = true            # a worker lacking a job's image may pull it from its registry
+    cache_gb = 10          # fetched images and input blobs kept for the next job (LRU)
 """
 
 from __future__ import annotations
@@ -67,6 +69,8 @@ class Settings:
     proof_exclusion: float = 0.5
     http: str = DEFAULT_HTTP  # HOST:PORT or "off"
     http_public: bool = False
+    pull: bool = True  # `up --no-pull`: never ask a registry; images come from the mesh only
+    cache_gb: float = 10.0
     swarm_key: Path | None = None  # the private mesh's key file; None: an open mesh
     swarm_psk: bytes | None = field(default=None, repr=False)  # its 32 bytes, read at start
     fault: str | None = None  # deliberate misbehaviour for tests and demos (see below)
@@ -98,6 +102,8 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "http": str,
     "http_public": bool,
     "swarm_key": str,
+    "pull": bool,
+    "cache_gb": (float, int),
 }
 
 
@@ -252,6 +258,8 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
         proof_exclusion=float(pick("proof_exclusion", "proof_exclusion", 0.5)),
         http=str(pick("http", "http", DEFAULT_HTTP)),
         http_public=bool(cfg.get("http_public", False)) or bool(flags.get("http_public", False)),
+        pull=bool(cfg.get("pull", True)) and not flags.get("no_pull", False),
+        cache_gb=float(pick("cache_gb", "cache_gb", 10.0)),
         swarm_key=(key_path := _swarm_key_path(home, flags, cfg)),
         swarm_psk=read_swarm_key(key_path) if key_path is not None else None,
         fault=read_fault(dict(os.environ)),
@@ -277,6 +285,8 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
         raise ConfigError("newcomer_checks must be in [0, 1000]")
     if not 0.0 <= s.hidden_replicas <= 1.0:
         raise ConfigError("hidden_replicas must be between 0 and 1")
+    if not 0.0 <= s.cache_gb <= 100_000:
+        raise ConfigError("cache_gb must be in [0, 100000]")
     if not 0.0 < s.proof_exclusion <= 100.0:
         raise ConfigError("proof_exclusion must be in (0, 100]")
     if len(s.allow_images) > 64 or any(not 0 < len(g) <= 256 for g in s.allow_images):

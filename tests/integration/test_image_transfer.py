@@ -1,0 +1,238 @@
+"""Images travel over the mesh (issue 17): real daemons, two real Docker engines.
+
+The requester's engine is the machine's own; the worker's is a second, empty engine in a
+network namespace of its own (``engines.py``), so it can reach no registry and sees none of the
+first engine's images. Images are built here from ``p2pmesh/busybox:1`` with a unique tag, so
+only the requester's engine holds them. One mesh, in order:
+
+1. a job whose image the worker lacks: its pull fails at once (no registry), it gets the image
+   from the requester (both layers), checks its ID, tags it with the offer's name, runs it;
+2. the same image again: nothing is transferred (a cache hit, counted by ``status``);
+3. another image on the same base: only its own layer travels;
+4. an image whose layer blob the requester serves tampered: refused by digest, nothing loaded.
+
+Plus, with the worker started ``--no-pull``: an offer that names no image ID (pinned by a digest
+the requester does not hold) is declined, since neither a pull nor a transfer can get it.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from engines import second_engine
+from jobmesh import (
+    BUSYBOX,
+    docker_client,
+    docker_missing,
+    job_doc,
+    offer,
+    request,
+    wait_job,
+    write_job,
+)
+from mesh import wait_until
+from trustmesh import start_mesh
+
+pytestmark = [pytest.mark.integration, pytest.mark.docker]
+
+CMD = ["sh", "-c", "cat /marker > /out/marker"]
+
+
+MARKS: dict[str, str] = {}
+
+
+def _build(tag: str, line: str, folder: Path) -> str:
+    """Build ``tag`` FROM busybox with one layer of its own on the main engine; its ID."""
+    folder.mkdir(parents=True, exist_ok=True)
+    MARKS[tag] = line
+    (folder / "Dockerfile").write_text(f"FROM {BUSYBOX}\nRUN echo {line} > /marker\n")
+    subprocess.run(
+        ["docker", "build", "-q", "-t", tag, str(folder)], check=True, capture_output=True
+    )
+    out = subprocess.run(
+        ["docker", "image", "inspect", tag, "--format", "{{.Id}}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip()
+
+
+def _layers(tag: str) -> list[str]:
+    out = subprocess.run(
+        ["docker", "image", "inspect", tag, "--format", "{{json .RootFS.Layers}}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return list(json.loads(out.stdout))
+
+
+def _log_entries(text: str, msg: str) -> list[dict[str, Any]]:
+    out = []
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("msg") == msg:
+            out.append(entry)
+    return out
+
+
+def _engine_ids(engine: Any) -> set[str]:
+    return {img.id for img in engine.client().images.list()}
+
+
+def _cache(node: Any) -> dict[str, Any]:
+    return dict(request(node, "status")["node"]["cache"])
+
+
+def test_an_image_only_the_requester_holds_travels_once_and_tampering_is_refused(
+    tmp_path: Path,
+) -> None:
+    why = docker_missing((BUSYBOX,))
+    if why:
+        pytest.skip(why)
+    tag = secrets.token_hex(4)
+    first, second, bad = (f"p2pmesh/imgtest-{tag}-{n}:1" for n in ("a", "b", "bad"))
+    ids = {
+        t: _build(t, f"mark-{n}-{secrets.token_hex(4)}", tmp_path / f"build-{n}")
+        for n, t in enumerate((first, second, bad))
+    }
+    main = docker_client()
+    try:
+        with second_engine() as engine:
+            assert not _engine_ids(engine) & set(ids.values())
+            mesh = start_mesh(
+                tmp_path / "mesh",
+                2,
+                node_args={0: ["--no-work"]},
+                node_env={1: engine.env},
+            )
+            try:
+                _run(mesh, engine, ids, first, second, bad, tmp_path)
+            finally:
+                mesh.close()
+    finally:
+        for t in (first, second, bad):
+            subprocess.run(["docker", "rmi", "-f", t], capture_output=True, check=False)
+        if main is not None:
+            main.close()
+
+
+def _offer_and_wait(mesh: Any, tmp_path: Path, name: str, image: str) -> dict[str, Any]:
+    requester = mesh.nodes[0]
+    job = write_job(
+        tmp_path / name,
+        doc=job_doc(name=name, image=image, command=CMD),
+    )
+    sub = request(requester, "submit", {"job_file": str(job), "bid_window_s": 1}, timeout=120)
+    return wait_job(requester, sub["job_id"], timeout=180, mesh=mesh)
+
+
+def _run(
+    mesh: Any,
+    engine: Any,
+    ids: dict[str, str],
+    first: str,
+    second: str,
+    bad: str,
+    tmp_path: Path,
+) -> None:
+    requester, worker = mesh.nodes
+
+    # 1. The worker's engine lacks the image: fetched from the requester, checked, run. Offered
+    # through the CLI, which names the image by its ID.
+    out = tmp_path / "out-first"
+    path = write_job(tmp_path / "first", doc=job_doc(name="first", image=first, command=CMD))
+    res = offer(requester, path, "--wait", "--out", str(out), "--bid-window", "1", timeout=240)
+    assert res.rc == 0 and res.state == "done", res.describe() + "\n" + mesh.log_tails(20)
+    assert (out / "outputs" / "marker").read_text().strip() == MARKS[first]  # its bits ran
+    fetched = _log_entries(worker.log_text(), "image fetched from the mesh")
+    assert len(fetched) == 1, worker.log_tail(30)
+    assert fetched[0]["image_id"] == ids[first]
+    assert fetched[0]["layers_fetched"] == 2 == fetched[0]["layers_total"]
+    pulls = _log_entries(worker.log_text(), "image pull failed")
+    assert pulls and pulls[0]["image"] == first  # the registry was tried first, and failed
+    assert ids[first] in _engine_ids(engine)
+    tags = engine.client().images.get(ids[first]).tags
+    assert first in tags  # tagged with the offer's name
+    cache1 = _cache(worker)
+    assert cache1["entries"] >= 1 and cache1["by_kind"].get("image") == 1, cache1
+    assert cache1["used_bytes"] > 0 and cache1["limit_bytes"] > cache1["used_bytes"]
+
+    # 2. The same image again: no transfer at all, a counted hit.
+    doc = _offer_and_wait(mesh, tmp_path, "again", first)
+    assert doc["state"] == "done", doc
+    assert len(_log_entries(worker.log_text(), "image fetched from the mesh")) == 1
+    cache2 = _cache(worker)
+    assert cache2["hits"] >= cache1["hits"] + 1, (cache1, cache2)
+    assert cache2["image_bytes_fetched"] == cache1["image_bytes_fetched"]
+
+    # 3. Another image on the same base: only the layer the worker lacks travels.
+    doc = _offer_and_wait(mesh, tmp_path, "second", second)
+    assert doc["state"] == "done", doc
+    fetched = _log_entries(worker.log_text(), "image fetched from the mesh")
+    assert fetched[-1]["image_id"] == ids[second]
+    assert fetched[-1]["layers_fetched"] == 1 and fetched[-1]["layers_total"] == 2
+    for f in fetched:  # the figures, for whoever reads the test's output
+        print(f"image {f['image']}: {f['bytes']} bytes in {f['seconds']} s")
+
+    # 4. Tampered: export the image (an offer cancelled at once), flip a byte of its own layer
+    # in the requester's blob store, offer it again: the worker refuses the layer.
+    job = write_job(tmp_path / "bad0", doc=job_doc(name="bad0", image=bad))
+    sub = request(requester, "submit", {"job_file": str(job), "bid_window_s": 30}, timeout=120)
+    request(requester, "cancel", {"job_id": sub["job_id"]})
+    top = _layers(bad)[-1]
+    blob = requester.home / "blobs" / top[len("sha256:") :]
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    doc = _offer_and_wait(mesh, tmp_path, "bad", bad)
+    assert doc["state"] != "done", doc
+    wait_until(
+        lambda: any(
+            "does not match its digest" in e.get("error", "")
+            for e in _log_entries(worker.log_text(), "image not got")
+        ),
+        30.0,
+        interval=0.5,
+        message=lambda: worker.log_tail(30),
+    )
+    assert ids[bad] not in _engine_ids(engine)
+    result = doc["workers"][0]["result"] if doc.get("workers") else None
+    assert result is None or result["status"] == "error", doc
+
+
+def test_a_worker_that_can_neither_pull_nor_fetch_declines(tmp_path: Path) -> None:
+    why = docker_missing((BUSYBOX,))
+    if why:
+        pytest.skip(why)
+    absent = "p2pmesh/absent-on-purpose@sha256:" + "0" * 64
+    mesh = start_mesh(tmp_path / "mesh", 2, node_args={0: ["--no-work"], 1: ["--no-pull"]})
+    try:
+        requester, worker = mesh.nodes
+        job = write_job(tmp_path / "absent", doc=job_doc(name="absent", image=absent))
+        sub = request(requester, "submit", {"job_file": str(job), "bid_window_s": 1})
+
+        def declined() -> list[dict[str, Any]]:
+            return [
+                d
+                for d in _log_entries(worker.log_text(), "not bidding")
+                if d.get("job") == sub["job_id"]
+            ]
+
+        wait_until(declined, 30.0, interval=0.5, message=lambda: worker.log_tail(10))
+        assert declined()[0]["reason"] == (
+            f"image not present: {absent} (the offer names no image ID to fetch it by, "
+            "and this node does not pull)"
+        )
+        request(requester, "cancel", {"job_id": sub["job_id"]})
+    finally:
+        mesh.close()

@@ -365,6 +365,8 @@ class ImageService:
 
         for attempt in range(LAYER_TRIES):
             part.open()
+            size: int | None = None
+            failed: TransportError | None = None
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(report)
@@ -377,10 +379,14 @@ class ImageService:
                             max_size=max_size,
                             sink=part.write,
                         )
+                    except TransportError as exc:
+                        failed = exc  # caught in here, not wrapped in the nursery's group
                     finally:
                         nursery.cancel_scope.cancel()
-            except TransportError as exc:
-                last_error = str(exc)
+            finally:
+                part.close()
+            if failed is not None or size is None:
+                last_error = str(failed)
                 self.log(
                     "info",
                     "layer transfer cut short; resuming",
@@ -391,8 +397,6 @@ class ImageService:
                 )
                 await trio.sleep(0.5 * (attempt + 1))
                 continue
-            finally:
-                part.close()
             got = part.digest()
             if part.size != size or got != digest:
                 part.discard()

@@ -39,6 +39,9 @@ from p2pmesh.daemon.blobs import BlobStore
 from p2pmesh.errors import ExecutorError, TransportError
 
 PULL_TIMEOUT_S = 60.0
+# A requester exports its image only once a worker asks for it (most workers hold it); the
+# worker asks again meanwhile, this long at most (a docker save runs at ~100 MB/s or more).
+EXPORT_WAIT_S = 300.0
 LAYER_TRIES = 4  # a transfer cut short resumes from what arrived, this many times in all
 MiB = 1 << 20
 GiB = 1 << 30
@@ -147,6 +150,7 @@ class ImageService:
         pull: bool,
         pull_timeout_s: float = PULL_TIMEOUT_S,
         images: Images | None = None,
+        tamper: bool = False,
     ) -> None:
         self.blobs = blobs
         self.cache = cache
@@ -158,6 +162,9 @@ class ImageService:
         # Digests of blobs that belong to exported images, and to which: what we may serve.
         self.served: dict[str, set[str]] = {}
         self._export_lock = trio.Lock()
+        self._exports_send, self._exports_recv = trio.open_memory_channel[str](64)
+        self._pending: set[str] = set()
+        self.tamper = tamper  # FAULT tamper-image: serve our images with one layer damaged
         cache.remove_image = self._remove_image
 
     @property
@@ -184,6 +191,37 @@ class ImageService:
             "from this node"
         )
 
+    def may_serve_config(self, image_id: str) -> bool:
+        """A worker awarded a job of ours asks for our image's config: serve it if the export
+        is complete, else start the export (the worker asks again) and say no for now."""
+        if self.blobs.has(image_id) and image_id in self.served:
+            return True
+        if self.blobs.has(image_id):
+            try:
+                config = parse_config(self.blobs.path(image_id).read_bytes(), image_id)
+            except (OSError, ValueError):
+                config = None
+            if config is not None and all(self.blobs.has(d) for d in config.diff_ids):
+                self._serve(config)  # exported before a restart
+                return True
+        if image_id not in self._pending:
+            try:
+                self._exports_send.send_nowait(image_id)
+                self._pending.add(image_id)
+            except trio.WouldBlock:
+                pass  # asked again in a second
+        return False
+
+    async def exporter(self) -> None:
+        """Run exports one at a time, as workers ask for them (started by the daemon)."""
+        async for image_id in self._exports_recv:
+            try:
+                await self.export(image_id)
+            except (ExecutorError, OSError) as exc:
+                self.log("warning", "cannot export image", image_id=image_id, error=str(exc))
+            finally:
+                self._pending.discard(image_id)
+
     async def export(self, image_id: str) -> None:
         """Make our image's config and layers servable blobs (once: they stay in the cache)."""
         async with self._export_lock:
@@ -201,6 +239,13 @@ class ImageService:
             config, sizes = await trio.to_thread.run_sync(
                 self.images.export, image_id, self.blobs.put_stream
             )
+            if self.tamper:
+                top = self.blobs.path(config.diff_ids[-1])
+                data = bytearray(top.read_bytes())
+                data[len(data) // 2] ^= 0xFF
+                top.write_bytes(bytes(data))
+                self.log("warning", "FAULT tamper-image: one layer damaged", image_id=image_id)
+            # The config last: once it is there, the export is complete.
             self.blobs.put_bytes(config.raw)
             await self.cache.put(image_id, "export", len(config.raw))
             for diff, size in sizes.items():
@@ -281,7 +326,7 @@ class ImageService:
     ) -> None:
         started = time.monotonic()
         await progress("getting image: asking the requester for its config")
-        raw = await self._fetch_config(peer, addrs, image_id)
+        raw = await self._fetch_config(peer, addrs, image_id, progress)
         try:
             config = parse_config(raw, image_id)
         except ValueError as exc:
@@ -327,20 +372,29 @@ class ImageService:
         )
         await progress(f"image ready: {total / MiB:.1f} MiB in {seconds:.1f} s")
 
-    async def _fetch_config(self, peer: str, addrs: tuple[str, ...], image_id: str) -> bytes:
+    async def _fetch_config(
+        self, peer: str, addrs: tuple[str, ...], image_id: str, progress: Progress
+    ) -> bytes:
         buf = bytearray()
 
         def sink(chunk: bytes, at: int) -> None:
             del buf[at:]
             buf.extend(chunk)
 
-        try:
-            await self.wire.fetch_from(
-                peer, addrs, image_id, offset=0, max_size=MAX_CONFIG_BYTES, sink=sink
-            )
-        except TransportError as exc:
-            raise ImageError(f"the requester does not serve its config: {exc}") from None
-        return bytes(buf)
+        give_up = time.monotonic() + EXPORT_WAIT_S
+        wait = 0.1
+        while True:
+            try:
+                await self.wire.fetch_from(
+                    peer, addrs, image_id, offset=0, max_size=MAX_CONFIG_BYTES, sink=sink
+                )
+                return bytes(buf)
+            except TransportError as exc:
+                if time.monotonic() > give_up:
+                    raise ImageError(f"the requester does not serve its config: {exc}") from None
+            await progress("getting image: waiting for the requester to export it")
+            await trio.sleep(wait)
+            wait = min(1.0, wait * 2)
 
     async def _fetch_layer(
         self,

@@ -108,7 +108,9 @@ class JobRunner:
             ledger_blocks=self.ledger_blocks,
         )
         self.cache = Cache(store, tstore, self.blobs, cache_bytes)
-        self.images = ImageService(self.blobs, self.cache, self.wire, log, pull=pull)
+        self.images = ImageService(
+            self.blobs, self.cache, self.wire, log, pull=pull, tamper=fault == "tamper-image"
+        )
         self._holds: dict[str, list[str]] = {}  # job -> cache keys it uses while it runs
         self._executor: DockerExecutor | InstantExecutor | None = None
         self._stop: set[str] = set()
@@ -126,6 +128,8 @@ class JobRunner:
 
     # -- what the stream servers ask the core (on the event loop, never a thread) -------------
     def may_fetch(self, peer: str, digest: str) -> bool:
+        if self.node.may_serve_image(peer, digest):
+            return self.images.may_serve_config(digest)  # our image's config, exported on demand
         if not self.blobs.has(digest):
             return False
         owners = self.images.images_of(digest)
@@ -178,8 +182,6 @@ class JobRunner:
                     raise ImageError(f"image_id: {want} is not in this node's Docker engine")
             else:
                 want = await trio.to_thread.run_sync(self.images.resolve, spec.image)
-            if want:
-                await self.images.export(want)
         except ImageError as exc:
             raise JobSpecError([str(exc)]) from None
         except ExecutorError as exc:

@@ -764,6 +764,8 @@ class Daemon:
                     nursery.start_soon(self._persister)
                     nursery.start_soon(self._ticker)
                     nursery.start_soon(self._reprofiler)
+                    assert self.jobs is not None
+                    nursery.start_soon(self.jobs.images.exporter)  # our images, on demand
                     if self.settings.work and (
                         "docker" in self.profile.executors or self.settings.bench_executor
                     ):

@@ -126,7 +126,15 @@ def read_config(home: Path) -> dict[str, Any]:
     return data
 
 
-FAULTS = ("wrong-result", "no-show", "slow", "crash-mid-job", "fork-ledger", "withhold-outputs")
+FAULTS = (
+    "wrong-result",
+    "no-show",
+    "slow",
+    "crash-mid-job",
+    "fork-ledger",
+    "withhold-outputs",
+    "tamper-image",  # serve our images to workers with one layer damaged (issue 17)
+)
 
 
 def _opt_in(env: dict[str, str], var: str, allowed: tuple[str, ...], hint: str) -> str | None:

@@ -9,7 +9,8 @@ only the requester's engine holds them. One mesh, in order:
    from the requester (both layers), checks its ID, tags it with the offer's name, runs it;
 2. the same image again: nothing is transferred (a cache hit, counted by ``status``);
 3. another image on the same base: only its own layer travels;
-4. an image whose layer blob the requester serves tampered: refused by digest, nothing loaded.
+4. an image whose layer another requester serves tampered (``P2PMESH_FAULT=tamper-image``):
+   refused by digest, nothing loaded.
 
 Plus, with the worker started ``--no-pull``: an offer that names no image ID (pinned by a digest
 the requester does not hold) is declined, since neither a pull nor a transfer can get it.
@@ -111,9 +112,12 @@ def test_an_image_only_the_requester_holds_travels_once_and_tampering_is_refused
             assert not _engine_ids(engine) & set(ids.values())
             mesh = start_mesh(
                 tmp_path / "mesh",
-                2,
-                node_args={0: ["--no-work"]},
-                node_env={1: engine.env},
+                3,
+                node_args={0: ["--no-work"], 2: ["--no-work"]},
+                node_env={
+                    1: engine.env,
+                    2: {"P2PMESH_FAULT": "tamper-image", "P2PMESH_ALLOW_FAULTS": "1"},
+                },
             )
             try:
                 _run(mesh, engine, ids, first, second, bad, tmp_path)
@@ -126,8 +130,10 @@ def test_an_image_only_the_requester_holds_travels_once_and_tampering_is_refused
             main.close()
 
 
-def _offer_and_wait(mesh: Any, tmp_path: Path, name: str, image: str) -> dict[str, Any]:
-    requester = mesh.nodes[0]
+def _offer_and_wait(
+    mesh: Any, tmp_path: Path, name: str, image: str, requester: Any = None
+) -> dict[str, Any]:
+    requester = requester or mesh.nodes[0]
     job = write_job(
         tmp_path / name,
         doc=job_doc(name=name, image=image, command=CMD),
@@ -145,7 +151,7 @@ def _run(
     bad: str,
     tmp_path: Path,
 ) -> None:
-    requester, worker = mesh.nodes
+    requester, worker, _ = mesh.nodes
 
     # 1. The worker's engine lacks the image: fetched from the requester, checked, run. Offered
     # through the CLI, which names the image by its ID.
@@ -184,17 +190,9 @@ def _run(
     for f in fetched:  # the figures, for whoever reads the test's output
         print(f"image {f['image']}: {f['bytes']} bytes in {f['seconds']} s")
 
-    # 4. Tampered: export the image (an offer cancelled at once), flip a byte of its own layer
-    # in the requester's blob store, offer it again: the worker refuses the layer.
-    job = write_job(tmp_path / "bad0", doc=job_doc(name="bad0", image=bad))
-    sub = request(requester, "submit", {"job_file": str(job), "bid_window_s": 30}, timeout=120)
-    request(requester, "cancel", {"job_id": sub["job_id"]})
-    top = _layers(bad)[-1]
-    blob = requester.home / "blobs" / top[len("sha256:") :]
-    data = bytearray(blob.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    blob.write_bytes(bytes(data))
-    doc = _offer_and_wait(mesh, tmp_path, "bad", bad)
+    # 4. Tampered: another requester (FAULT tamper-image) serves its image with one byte of a
+    # layer flipped; the worker refuses the layer by its digest and loads nothing.
+    doc = _offer_and_wait(mesh, tmp_path, "bad", bad, requester=mesh.nodes[2])
     assert doc["state"] != "done", doc
     wait_until(
         lambda: any(

@@ -237,9 +237,11 @@ class JobRunner:
                 await trio.to_thread.run_sync(self._materialize, in_dir, name, digest, kind)
         except ImageError as exc:
             self.log("warning", "image not got", job=eff.job_id, error=str(exc))
+            await self._release(eff.job_id)
             await self.net.emit(InputsFetched(eff.job_id, False, str(exc)[:200]))
             return
         except (TransportError, ValidationError, PackingError, OSError) as exc:
+            await self._release(eff.job_id)
             if isinstance(exc, TransportError):
                 self.net.stats.count(self.net.stats.stream_errors, "fetch inputs")
             await self.net.emit(InputsFetched(eff.job_id, False, str(exc)[:200]))

@@ -41,7 +41,15 @@ from trustmesh import start_mesh
 
 pytestmark = [pytest.mark.integration, pytest.mark.docker]
 
-CMD = ["sh", "-c", "cat /marker > /out/marker"]
+CMD = ["sh", "-c", "cat /marker > /out/marker; cat /in/data.txt > /out/data.txt"]
+DATA = "the same input for every job\n"
+
+
+def _job(folder: Path, name: str, image: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "data.txt").write_text(DATA)
+    doc = job_doc(name=name, image=image, command=CMD, inputs={"data.txt": "data.txt"})
+    return write_job(folder, doc=doc)
 
 
 MARKS: dict[str, str] = {}
@@ -134,10 +142,7 @@ def _offer_and_wait(
     mesh: Any, tmp_path: Path, name: str, image: str, requester: Any = None
 ) -> dict[str, Any]:
     requester = requester or mesh.nodes[0]
-    job = write_job(
-        tmp_path / name,
-        doc=job_doc(name=name, image=image, command=CMD),
-    )
+    job = _job(tmp_path / name, name, image)
     sub = request(requester, "submit", {"job_file": str(job), "bid_window_s": 1}, timeout=120)
     return wait_job(requester, sub["job_id"], timeout=180, mesh=mesh)
 
@@ -156,10 +161,11 @@ def _run(
     # 1. The worker's engine lacks the image: fetched from the requester, checked, run. Offered
     # through the CLI, which names the image by its ID.
     out = tmp_path / "out-first"
-    path = write_job(tmp_path / "first", doc=job_doc(name="first", image=first, command=CMD))
+    path = _job(tmp_path / "first", "first", first)
     res = offer(requester, path, "--wait", "--out", str(out), "--bid-window", "1", timeout=240)
     assert res.rc == 0 and res.state == "done", res.describe() + "\n" + mesh.log_tails(20)
     assert (out / "outputs" / "marker").read_text().strip() == MARKS[first]  # its bits ran
+    assert (out / "outputs" / "data.txt").read_text() == DATA
     fetched = _log_entries(worker.log_text(), "image fetched from the mesh")
     assert len(fetched) == 1, worker.log_tail(30)
     assert fetched[0]["image_id"] == ids[first]
@@ -170,15 +176,16 @@ def _run(
     tags = engine.client().images.get(ids[first]).tags
     assert first in tags  # tagged with the offer's name
     cache1 = _cache(worker)
-    assert cache1["entries"] >= 1 and cache1["by_kind"].get("image") == 1, cache1
+    assert cache1["by_kind"] == {"image": 1, "input": 1}, cache1
+    assert cache1["misses"] == 2 and cache1["hits"] == 0, cache1  # the image and the input
     assert cache1["used_bytes"] > 0 and cache1["limit_bytes"] > cache1["used_bytes"]
 
-    # 2. The same image again: no transfer at all, a counted hit.
+    # 2. The same image and input again: no transfer at all, two counted hits.
     doc = _offer_and_wait(mesh, tmp_path, "again", first)
     assert doc["state"] == "done", doc
     assert len(_log_entries(worker.log_text(), "image fetched from the mesh")) == 1
     cache2 = _cache(worker)
-    assert cache2["hits"] >= cache1["hits"] + 1, (cache1, cache2)
+    assert (cache2["hits"], cache2["misses"]) == (2, 2), (cache1, cache2)
     assert cache2["image_bytes_fetched"] == cache1["image_bytes_fetched"]
 
     # 3. Another image on the same base: only the layer the worker lacks travels.

@@ -460,6 +460,8 @@ class ImageService:
                 )
             os.replace(part.path, self.blobs.path(digest))
             return size
+        if "limit" in last_error:
+            last_error += f" (this worker's cache holds {self.cache.limit_bytes} bytes: cache_gb)"
         raise ImageError(f"layer {digest[:19]}… not fetched: {last_error}")
 
 

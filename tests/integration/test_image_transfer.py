@@ -241,3 +241,59 @@ def test_a_worker_that_can_neither_pull_nor_fetch_declines(tmp_path: Path) -> No
         request(requester, "cancel", {"job_id": sub["job_id"]})
     finally:
         mesh.close()
+
+
+def test_the_cache_evicts_least_recently_used_images_it_loaded_never_the_owners(
+    tmp_path: Path,
+) -> None:
+    why = docker_missing((BUSYBOX,))
+    if why:
+        pytest.skip(why)
+    tag = secrets.token_hex(4)
+    older, newer = (f"p2pmesh/imgtest-{tag}-{n}:1" for n in ("old", "new"))
+    ids = {
+        t: _build(t, f"mark-{n}-{secrets.token_hex(4)}", tmp_path / f"build-{n}")
+        for n, t in enumerate((older, newer))
+    }
+    try:
+        with second_engine() as engine:
+            # The worker's owner holds busybox: the cache must never remove it.
+            save = subprocess.Popen(["docker", "save", BUSYBOX], stdout=subprocess.PIPE)
+            subprocess.run(
+                ["docker", "-H", engine.host, "load"],
+                stdin=save.stdout,
+                check=True,
+                capture_output=True,
+            )
+            assert save.wait() == 0
+            own = engine.client().images.get(BUSYBOX).id
+            # About 3 MiB: room for one of the two ~2 MiB images, not for both.
+            mesh = start_mesh(
+                tmp_path / "mesh",
+                2,
+                node_args={0: ["--no-work"], 1: ["--cache-gb", "0.003"]},
+                node_env={1: engine.env},
+            )
+            try:
+                worker = mesh.nodes[1]
+                for name, image in (("older", older), ("newer", newer)):
+                    doc = _offer_and_wait(mesh, tmp_path, name, image)
+                    assert doc["state"] == "done", doc
+                fetched = _log_entries(worker.log_text(), "image fetched from the mesh")
+                assert [f["layers_fetched"] for f in fetched] == [1, 1]  # the base was there
+                wait_until(
+                    lambda: ids[older] not in _engine_ids(engine),
+                    30.0,
+                    interval=0.5,
+                    message=lambda: f"{_cache(worker)}\n{worker.log_tail(20)}",
+                )
+                held = _engine_ids(engine)
+                assert ids[newer] in held and own in held, held
+                cache = _cache(worker)
+                assert cache["evicted"] >= 1 and cache["by_kind"].get("image") == 1, cache
+                assert cache["used_bytes"] <= cache["limit_bytes"], cache
+            finally:
+                mesh.close()
+    finally:
+        for t in (older, newer):
+            subprocess.run(["docker", "rmi", "-f", t], capture_output=True, check=False)

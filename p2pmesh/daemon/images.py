@@ -42,6 +42,11 @@ PULL_TIMEOUT_S = 60.0
 # A requester exports its image only once a worker asks for it (most workers hold it); the
 # worker asks again meanwhile, this long at most (a docker save runs at ~100 MB/s or more).
 EXPORT_WAIT_S = 300.0
+# Not served by the requester this long (or it is unreachable), a worker also asks the peers it
+# is connected to (at most MAX_SOURCES): any that holds the image from the mesh serves it.
+FALLBACK_AFTER_S = 5.0
+MAX_SOURCES = 8
+EXPORT_RETRY_S = 30.0  # an export that failed (the image left the engine) is not retried sooner
 LAYER_TRIES = 4  # a transfer cut short resumes from what arrived, this many times in all
 MiB = 1 << 20
 GiB = 1 << 30
@@ -73,6 +78,11 @@ class Cache:
         if store is not None:
             for key, kind, size, _, _ in tstore.call_now(store.cache_entries):
                 self._mirror[key] = (kind, size)
+
+    def kind_of(self, key: str) -> str:
+        """The cache's kind for ``key`` ("" when it does not list it)."""
+        entry = self._mirror.get(key)
+        return entry[0] if entry else ""
 
     async def entries(self) -> list[cache_mod.Entry]:
         if self.store is None:
@@ -113,6 +123,7 @@ class Cache:
                 removed = await trio.to_thread.run_sync(self.remove_image, e.key)
                 if not removed:
                     continue  # a container still uses it (or it is gone): next time
+                self.blobs.remove(e.key)  # its config blob, if we served it (same name)
             else:
                 await trio.to_thread.run_sync(self.blobs.remove, e.key)
             await self.tstore.call(self.store.cache_remove, e.key)
@@ -164,6 +175,7 @@ class ImageService:
         self._export_lock = trio.Lock()
         self._exports_send, self._exports_recv = trio.open_memory_channel[str](64)
         self._pending: set[str] = set()
+        self._failed: dict[str, float] = {}  # image ID -> when its export last failed
         self.tamper = tamper  # FAULT tamper-image: serve our images with one layer damaged
         cache.remove_image = self._remove_image
 
@@ -191,6 +203,11 @@ class ImageService:
             "from this node"
         )
 
+    def is_mesh_image(self, image_id: str) -> bool:
+        """An image p2pmesh loaded or pulled here (never one the owner had): we serve it to any
+        peer that asks for it by its ID, as the requester did to us."""
+        return self.cache.kind_of(image_id) == "image"
+
     def may_serve_config(self, image_id: str) -> bool:
         """A worker awarded a job of ours asks for our image's config: serve it if the export
         is complete, else start the export (the worker asks again) and say no for now."""
@@ -204,6 +221,9 @@ class ImageService:
             if config is not None and all(self.blobs.has(d) for d in config.diff_ids):
                 self._serve(config)  # exported before a restart
                 return True
+        failed = self._failed.get(image_id)
+        if failed is not None and time.monotonic() - failed < EXPORT_RETRY_S:
+            return False
         if image_id not in self._pending:
             try:
                 self._exports_send.send_nowait(image_id)
@@ -217,7 +237,9 @@ class ImageService:
         async for image_id in self._exports_recv:
             try:
                 await self.export(image_id)
+                self._failed.pop(image_id, None)
             except (ExecutorError, OSError) as exc:
+                self._failed[image_id] = time.monotonic()
                 self.log("warning", "cannot export image", image_id=image_id, error=str(exc))
             finally:
                 self._pending.discard(image_id)
@@ -247,7 +269,10 @@ class ImageService:
                 self.log("warning", "FAULT tamper-image: one layer damaged", image_id=image_id)
             # The config last: once it is there, the export is complete.
             self.blobs.put_bytes(config.raw)
-            await self.cache.put(image_id, "export", len(config.raw))
+            if self.cache.kind_of(image_id) != "image":
+                # (An image from the mesh keeps its entry: its config blob has the same name
+                # and goes with it.)
+                await self.cache.put(image_id, "export", len(config.raw))
             for diff, size in sizes.items():
                 await self.cache.put(diff, "export", size)
             self._serve(config)
@@ -326,11 +351,8 @@ class ImageService:
     ) -> None:
         started = time.monotonic()
         await progress("getting image: asking the requester for its config")
-        raw = await self._fetch_config(peer, addrs, image_id, progress)
-        try:
-            config = parse_config(raw, image_id)
-        except ValueError as exc:
-            raise ImageError(str(exc)) from None
+        config, peer, addrs = await self._fetch_config(peer, addrs, image_id, progress)
+        raw = config.raw
         missing = await trio.to_thread.run_sync(self.images.missing_layers, config)
         fetched: dict[str, Path] = {}
         total = len(raw)
@@ -364,6 +386,7 @@ class ImageService:
             job=job_id,
             image=image,
             image_id=image_id,
+            source=peer,
             layers_fetched=len(missing),
             layers_total=len(config.diff_ids),
             bytes=total,
@@ -372,27 +395,55 @@ class ImageService:
         )
         await progress(f"image ready: {total / MiB:.1f} MiB in {seconds:.1f} s")
 
+    def _other_peers(self, requester: str) -> list[str]:
+        net = getattr(self.wire, "net", None)
+        peers = net.connected_peers() if net is not None else []
+        return [p for p in sorted(peers) if p != requester][:MAX_SOURCES]
+
     async def _fetch_config(
-        self, peer: str, addrs: tuple[str, ...], image_id: str, progress: Progress
-    ) -> bytes:
-        buf = bytearray()
-
-        def sink(chunk: bytes, at: int) -> None:
-            del buf[at:]
-            buf.extend(chunk)
-
+        self, requester: str, addrs: tuple[str, ...], image_id: str, progress: Progress
+    ) -> tuple[ImageConfig, str, tuple[str, ...]]:
+        """The image's config, checked against its ID, and who served it: the requester, or
+        (after ``FALLBACK_AFTER_S``, or at once when it is unreachable) a connected peer that
+        holds the image. A peer whose config does not hash to the ID is not asked again."""
         give_up = time.monotonic() + EXPORT_WAIT_S
+        others_from = time.monotonic() + FALLBACK_AFTER_S
         wait = 0.1
+        bad: set[str] = set()
+        last = "nobody asked"
         while True:
-            try:
-                await self.wire.fetch_from(
-                    peer, addrs, image_id, offset=0, max_size=MAX_CONFIG_BYTES, sink=sink
-                )
-                return bytes(buf)
-            except TransportError as exc:
-                if time.monotonic() > give_up:
-                    raise ImageError(f"the requester does not serve its config: {exc}") from None
-            await progress("getting image: waiting for the requester to export it")
+            sources = [(requester, addrs)]
+            if time.monotonic() >= others_from:
+                sources += [(p, ()) for p in self._other_peers(requester)]
+            for peer, peer_addrs in sources:
+                if peer in bad:
+                    continue
+                buf = bytearray()
+
+                def sink(chunk: bytes, at: int, buf: bytearray = buf) -> None:
+                    del buf[at:]
+                    buf.extend(chunk)
+
+                try:
+                    await self.wire.fetch_from(
+                        peer, peer_addrs, image_id, offset=0, max_size=MAX_CONFIG_BYTES, sink=sink
+                    )
+                except TransportError as exc:
+                    last = str(exc)
+                    if peer == requester and not last.startswith("peer refused"):
+                        others_from = time.monotonic()  # the requester is unreachable
+                    continue
+                try:
+                    return parse_config(bytes(buf), image_id), peer, peer_addrs
+                except ValueError as exc:
+                    if peer == requester:
+                        raise ImageError(str(exc)) from None
+                    bad.add(peer)
+                    last = str(exc)
+                    self.log("warning", "peer served a wrong image config", peer=peer, error=last)
+            if time.monotonic() > give_up:
+                raise ImageError(f"no peer serves image {image_id[:19]}…: {last}")
+            await progress("getting image: waiting for the requester (or a peer) to export it")
             await trio.sleep(wait)
             wait = min(1.0, wait * 2)
 

@@ -128,12 +128,15 @@ class JobRunner:
 
     # -- what the stream servers ask the core (on the event loop, never a thread) -------------
     def may_fetch(self, peer: str, digest: str) -> bool:
-        if self.node.may_serve_image(peer, digest):
-            return self.images.may_serve_config(digest)  # our image's config, exported on demand
+        if self.node.may_serve_image(peer, digest) or self.images.is_mesh_image(digest):
+            return self.images.may_serve_config(digest)  # an image's config, exported on demand
         if not self.blobs.has(digest):
             return False
         owners = self.images.images_of(digest)
-        if owners and any(self.node.may_serve_image(peer, image_id) for image_id in owners):
+        if owners and any(
+            self.node.may_serve_image(peer, image_id) or self.images.is_mesh_image(image_id)
+            for image_id in owners
+        ):
             return True
         if digest in self.withheld:
             self.log("warning", "FAULT withhold-outputs: refusing our outputs", peer=peer)

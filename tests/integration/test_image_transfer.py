@@ -297,3 +297,48 @@ def test_the_cache_evicts_least_recently_used_images_it_loaded_never_the_owners(
     finally:
         for t in (older, newer):
             subprocess.run(["docker", "rmi", "-f", t], capture_output=True, check=False)
+
+
+def test_a_peer_that_holds_the_image_serves_it_when_the_requester_cannot(
+    tmp_path: Path,
+) -> None:
+    why = docker_missing((BUSYBOX,))
+    if why:
+        pytest.skip(why)
+    tag = secrets.token_hex(4)
+    name, alias = f"p2pmesh/imgtest-{tag}:1", f"p2pmesh/alias-{tag}:1"
+    image_id = _build(name, f"mark-{tag}", tmp_path / "build")
+    try:
+        with second_engine() as engine1, second_engine() as engine2:
+            # W1 runs only the image's own name, W2 only its alias: job 1 goes to W1, job 2
+            # (the same bits under the alias) to W2.
+            mesh = start_mesh(
+                tmp_path / "mesh",
+                3,
+                node_args={0: ["--no-work"]},
+                node_env={1: engine1.env, 2: engine2.env},
+                allow={1: ["p2pmesh/imgtest-*"], 2: ["p2pmesh/alias-*"]},
+            )
+            try:
+                requester, w1, w2 = mesh.nodes
+                doc = _offer_and_wait(mesh, tmp_path, "one", name)
+                assert doc["state"] == "done" and doc["workers"][0]["peer_id"] == w1.peer_id
+                subprocess.run(["docker", "tag", name, alias], check=True, capture_output=True)
+                job = _job(tmp_path / "two", "two", alias)
+                sub = request(
+                    requester, "submit", {"job_file": str(job), "bid_window_s": 3}, timeout=120
+                )
+                # The requester can no longer serve it: gone from its engine and its blobs.
+                subprocess.run(["docker", "rmi", "-f", image_id], check=True, capture_output=True)
+                (requester.home / "blobs" / image_id[len("sha256:") :]).unlink()
+                doc = wait_job(requester, sub["job_id"], timeout=180, mesh=mesh)
+                assert doc["state"] == "done", doc
+                assert doc["workers"][0]["peer_id"] == w2.peer_id
+                [got] = _log_entries(w2.log_text(), "image fetched from the mesh")
+                assert got["source"] == w1.peer_id and got["image_id"] == image_id, got
+                assert image_id in _engine_ids(engine2)
+            finally:
+                mesh.close()
+    finally:
+        for t in (name, alias):
+            subprocess.run(["docker", "rmi", "-f", t], capture_output=True, check=False)

@@ -241,11 +241,12 @@ class Images:
             raise ExecutorError(f"cannot tag {image_id[:19]}… as {name}: {exc}") from exc
 
     def remove(self, image_id: str) -> bool:
-        """Remove an image p2pmesh loaded (with its tags); False when in use or gone."""
+        """Remove an image p2pmesh loaded (with its tags); True once it is gone (also when it
+        was gone already), False while a container still uses it."""
         try:
             self._client.api.remove_image(image_id, force=True, noprune=False)
         except docker.errors.ImageNotFound:
-            return False
+            return True
         except docker.errors.APIError:
             return False  # a container still uses it: try again at the next eviction
         except requests.RequestException as exc:

@@ -369,7 +369,9 @@ def bench_throughput(
     rate: float = 0.0,
     daemon_args: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    image = "p2pmesh/absent-on-purpose:1" if payload == "absent" else BUSYBOX
+    # Pinned by digest: an image the requester lacks is otherwise refused at offer (issue 17).
+    absent = "p2pmesh/absent-on-purpose@sha256:" + "0" * 64
+    image = absent if payload == "absent" else BUSYBOX
     env = (
         {"P2PMESH_ALLOW_FAULTS": "1", "P2PMESH_BENCH_EXECUTOR": "instant"}
         if payload == "instant"

@@ -49,5 +49,7 @@ def request(
     except json.JSONDecodeError:
         raise TransportError("the daemon sent a malformed reply") from None
     if not reply.get("ok"):
-        raise MeshError(reply.get("error", "unknown error"))
+        err = MeshError(reply.get("error", "unknown error"))
+        err.code = str(reply.get("code") or MeshError.code)  # e.g. "job_spec": exit 2
+        raise err
     return reply.get("result")

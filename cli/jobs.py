@@ -23,7 +23,7 @@ from p2pmesh.cli import client
 from p2pmesh.cli.console import make_console
 from p2pmesh.core.jobspec import InputRef, job_digest, job_to_wire
 from p2pmesh.errors import DaemonNotRunning, JobSpecError, MeshError, TransportError
-from p2pmesh.jobfile import load_job_file
+from p2pmesh.jobfile import load_job_file, resolve_image
 
 CONNECT_WAIT_S = 300.0  # `connect` right after `offer`: the auction and the inputs come first
 FINAL = ("done", "failed", "timeout", "cancelled", "no-bids", "inconclusive")
@@ -134,6 +134,20 @@ def progress_view(job: dict[str, Any], started: float, tail: list[str] | None = 
     return Group(*parts)
 
 
+SUBMIT_TIMEOUT_S = 600.0
+
+
+def _engine_image_id(image: str) -> str | None:
+    """The ID of ``image`` in the Docker engine this shell reaches (``DOCKER_HOST``); raises
+    ``LookupError`` when no engine answers (the daemon then resolves it on its own)."""
+    try:
+        from p2pmesh.adapters.docker.images import Images
+
+        return Images().image_id(image)
+    except Exception as exc:
+        raise LookupError(str(exc)) from None
+
+
 def cmd_offer(args: argparse.Namespace, home: Path) -> int:
     job_path = Path(args.job).absolute()
     try:
@@ -145,14 +159,30 @@ def cmd_offer(args: argparse.Namespace, home: Path) -> int:
     if args.follow and not args.wait:
         print("p2pmesh: --follow needs --wait (or use: p2pmesh logs ID --follow)", file=sys.stderr)
         return 2
+    try:
+        spec = resolve_image(spec, _engine_image_id)
+    except JobSpecError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
     if args.dry_run:
         refs = _local_refs(paths)
         doc = {"job_digest": job_digest(spec, refs), "job": job_to_wire(spec, refs)}
         sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True, default=repr) + "\n")
         return 0
-    sub = client.request(
-        home, "submit", {"job_file": str(job_path), "bid_window_s": args.bid_window}
-    )
+    try:
+        # Exporting an image the mesh has not seen from us yet takes a while (docker save).
+        sub = client.request(
+            home,
+            "submit",
+            {"job_file": str(job_path), "bid_window_s": args.bid_window, "image_id": spec.image_id},
+            timeout=SUBMIT_TIMEOUT_S,
+        )
+    except MeshError as exc:
+        if getattr(exc, "code", "") != JobSpecError.code:
+            raise
+        print(str(exc), file=sys.stderr)
+        return 2
     job_id = sub["job_id"]
     if not args.wait:
         if args.json:

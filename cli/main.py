@@ -75,6 +75,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.add_argument("--no-work", action="store_true", help="never run jobs (config: work)")
     up.add_argument(
+        "--no-pull",
+        action="store_true",
+        help="never pull a missing image from a registry; get it from peers only (config: pull)",
+    )
+    up.add_argument(
+        "--cache-gb",
+        type=float,
+        metavar="N",
+        help="keep fetched images and inputs for later jobs within N GB, least recently used "
+        "first out (config: cache_gb)",
+    )
+    up.add_argument(
         "--credit-base",
         type=int,
         metavar="N",

@@ -67,6 +67,8 @@ def run_up(args: argparse.Namespace, home: Path) -> int:
         "swarm_key": args.swarm_key,
         "no_relay": args.no_relay,
         "relay": args.relay,
+        "no_pull": args.no_pull,
+        "cache_gb": args.cache_gb,
     }
     ensure_home(home)
     settings = build_settings(home, flags)

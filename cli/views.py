@@ -364,6 +364,9 @@ def node_panel(node: dict, now: float) -> Panel:
     declines = declines_summary(n.get("declines"))
     if declines:
         rows.append(("Not bidding", Text(declines)))
+    cache = cache_summary(n.get("cache"))
+    if cache:
+        rows.append(("Cache", Text(cache)))
     grid = _kv_grid(rows)
     return Panel(
         grid,
@@ -371,6 +374,36 @@ def node_panel(node: dict, now: float) -> Panel:
         title_align="left",
         border_style=THEME["border"],
     )
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
+
+
+def cache_summary(cache: Any) -> str:
+    """``1.2 GiB of 10.0 GiB, 7 entries (2 image, 5 input), 3 hits, 1 miss``; "" if unknown."""
+    c = _map(cache)
+    used, limit, entries = (
+        _int(c.get("used_bytes")),
+        _int(c.get("limit_bytes")),
+        _int(c.get("entries")),
+    )
+    if used is None or limit is None or entries is None:
+        return ""
+    kinds = _map(c.get("by_kind"))
+    split = ", ".join(f"{_int(v)} {_safe(k, 12)}" for k, v in sorted(kinds.items()) if _int(v))
+    line = f"{_size(used)} of {_size(limit)}, {entries} entries"
+    if split:
+        line += f" ({split})"
+    hits, misses = _int(c.get("hits")) or 0, _int(c.get("misses")) or 0
+    line += f", {hits} hit(s), {misses} miss(es)"
+    evicted = _int(c.get("evicted")) or 0
+    if evicted:
+        line += f", {evicted} evicted"
+    return line
 
 
 def declines_summary(declines: Any) -> str:

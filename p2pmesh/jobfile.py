@@ -15,6 +15,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from p2pmesh.core.jobspec import (
@@ -24,11 +26,12 @@ from p2pmesh.core.jobspec import (
     JobSpec,
     field_path,
     job_from_json_text,
+    pinned_by_digest,
     read_job_json,
 )
 from p2pmesh.errors import JobSpecError
 
-__all__ = ["load_job_file"]
+__all__ = ["load_job_file", "resolve_image"]
 
 
 def load_job_file(path: Path) -> tuple[JobSpec, dict[str, Path]]:
@@ -160,3 +163,35 @@ def _size(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.1f} {unit}"
     return f"{n} bytes"
+
+
+def resolve_image(spec: JobSpec, image_id_of: Callable[[str], str | None]) -> JobSpec:
+    """Name the job's image by its ID as well, so that every replica runs the same bits.
+
+    ``image_id_of(ref)`` asks the requester's engine for the ID of a name (or an ID); None:
+    not there; ``LookupError``: no engine answers (the spec is returned as it is, for the
+    daemon to resolve with its own engine).
+
+    Raises:
+        JobSpecError: the engine lacks the image and it is not pinned by digest, or the file's
+        ``image_id`` is not what the engine holds.
+    """
+    try:
+        if spec.image_id:
+            if image_id_of(spec.image_id) != spec.image_id:
+                raise JobSpecError([f"image_id: {spec.image_id} is not in this Docker engine"])
+            return spec
+        found = image_id_of(spec.image)
+    except LookupError:
+        return spec
+    if found:
+        return replace(spec, image_id=found)
+    if pinned_by_digest(spec.image):
+        return spec  # workers pull it by that digest; there is no ID to name here
+    raise JobSpecError(
+        [
+            f"image: {spec.image} is not in this machine's Docker engine and not pinned by "
+            "digest (name@sha256:…): workers that lack it could get it from nowhere; build, "
+            "pull or load it here first"
+        ]
+    )

@@ -62,6 +62,8 @@ JOB_FILE: dict[str, Any] = {
     "schema_version": 1,
     "name": "monte-carlo-pi",
     "image": "p2pmesh/python:3.11",
+    # What ``p2pmesh offer`` writes after resolving the tag on the requester's engine.
+    "image_id": "sha256:" + sha256_hex(b"p2pmesh job vector image config"),
     "command": ["python3", "/in/pi.py"],
     "env": {"SEED": "42"},
     "inputs": {"pi.py": "pi.py"},

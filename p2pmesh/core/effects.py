@@ -77,6 +77,10 @@ class FetchInputs:
     requester: str
     addrs: tuple[str, ...]
     refs: tuple[tuple[str, str, int, str], ...]  # (name, digest, size, kind)
+    # The job's image, got first (pulled or fetched from the requester) when the engine lacks
+    # it; the driver reports progress as ``ImageProgress`` events.
+    image: str = ""
+    image_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,6 +120,14 @@ class CancelRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class ImageProgress:
+    """How getting a job's image goes: ``detail`` starts "getting image" while it lasts."""
+
+    job_id: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
 class InputsFetched:
     job_id: str
     ok: bool
@@ -189,6 +197,7 @@ JobEvent = (
     | MessageDelivered
     | CancelRequested
     | InputsFetched
+    | ImageProgress
     | ContainerFinished
     | OutputsFetched
     | OutputsCompared

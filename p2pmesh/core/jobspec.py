@@ -75,10 +75,14 @@ SCHEMA_VERSION = 1  # of the job file
 # instead of Python repr() strings, which other languages spell differently ("1e-9"). A node
 # of version 1 refuses version 2 ("unsupported version") instead of misreading it. We still
 # read version 1 (keeping its bytes, hence its digest), so jobs stored before the upgrade and
-# offers of requesters not yet upgraded still read; we only write version 2.
-WIRE_SCHEMA_VERSION = 2
+# offers of requesters not yet upgraded still read; we only write the newest.
+# 3: the job names its image's ID (``image_id``, the sha256 of the image config) besides its
+# name, so every replica runs the same bits and a worker can fetch the image by content. A
+# version 2 node refuses version 3 instead of running whatever its engine calls the name.
+WIRE_SCHEMA_VERSION = 3
 LEGACY_WIRE_SCHEMA_VERSION = 1
-_WIRE_VERSIONS = (LEGACY_WIRE_SCHEMA_VERSION, WIRE_SCHEMA_VERSION)
+IMAGE_ID_WIRE_VERSION = 3
+_WIRE_VERSIONS = (LEGACY_WIRE_SCHEMA_VERSION, 2, WIRE_SCHEMA_VERSION)
 _LEGACY_DECIMAL_RE = re.compile(r"-?[0-9]+(?:\.[0-9]+)?(?:e[+-]?[0-9]+)?", re.ASCII)
 _LEGACY_TOLERANCE_CHARS = 32
 
@@ -145,6 +149,7 @@ FIELDS = (
     "schema_version",
     "name",
     "image",
+    "image_id",
     "command",
     "env",
     "inputs",
@@ -249,6 +254,10 @@ class JobSpec:
     schema_version: int = SCHEMA_VERSION
     name: str
     image: str
+    # sha256 of the image config (what ``docker images --no-trunc`` shows as IMAGE ID); "" when
+    # not known yet (a job file before ``offer`` resolves it, a job of wire version 1 or 2) or
+    # when the image is pinned by a registry digest instead.
+    image_id: str = ""
     command: tuple[str, ...]
     env: Mapping[str, str] = field(default_factory=dict)
     inputs: Mapping[str, str] = field(default_factory=dict)
@@ -427,6 +436,31 @@ def _check_schema_version(p: _Problems, value: Any, *, wire: bool) -> Any:
     if value != version and not (wire and value in _WIRE_VERSIONS):
         return p.add("schema_version", f"unsupported version {value} (this node reads {version})")
     return SCHEMA_VERSION
+
+
+def pinned_by_digest(image: str) -> bool:
+    """Does the reference name its content (``name@sha256:…``), so any engine resolves it to
+    the same bits without an image ID?"""
+    return "@sha256:" in image
+
+
+def _check_image_id_field(p: _Problems, doc: Mapping[Any, Any], version: int, *, wire: bool) -> Any:
+    """``image_id``: optional in a file, absent before wire version 3, required from it."""
+    value = doc.get("image_id", _MISSING)
+    if wire and version < IMAGE_ID_WIRE_VERSION:
+        if value is not _MISSING:
+            return p.add("image_id", f"unknown field in wire version {version}")
+        return ""
+    if value is _MISSING:
+        return p.add("image_id", "required") if wire else ""
+    if not isinstance(value, str) or not (value == "" or _DIGEST_RE.fullmatch(value)):
+        return p.add(
+            "image_id",
+            f'must be "sha256:" and 64 lowercase hex digits (the image ID), got {_show(value)}',
+        )
+    # "" stays possible on the wire (a job built by code, not offered from a file): a worker
+    # then runs what its own engine holds under the name and cannot fetch it by content.
+    return value
 
 
 def _check_name(p: _Problems, value: Any) -> Any:
@@ -860,6 +894,7 @@ def _check_fields(p: _Problems, doc: Any, *, wire: bool) -> dict[str, Any] | Non
     out["name"] = v if v is _BAD else _check_name(p, v)
     v = get("image")
     out["image"] = v if v is _BAD else _check_image(p, v)
+    out["image_id"] = _check_image_id_field(p, doc, out["wire_version"], wire=wire)
     v = get("command")
     out["command"] = v if v is _BAD else _check_command(p, v)
     v = get("env", {})
@@ -910,6 +945,7 @@ def _build(values: dict[str, Any], inputs: Mapping[str, str]) -> JobSpec:
         schema_version=values["schema_version"],
         name=values["name"],
         image=values["image"],
+        image_id=values["image_id"],
         command=values["command"],
         env=values["env"],
         inputs=inputs,
@@ -961,6 +997,7 @@ def job_to_document(spec: JobSpec) -> dict[str, Any]:
         "schema_version": spec.schema_version,
         "name": spec.name,
         "image": spec.image,
+        **({"image_id": spec.image_id} if spec.image_id else {}),
         "command": list(spec.command),
         "env": dict(spec.env),
         "inputs": dict(spec.inputs),
@@ -1114,16 +1151,18 @@ def _wire(
     r = spec.resources
     v = spec.validation
     # Version 1 is only ever re-encoded, to keep the bytes (and digest) of a job read in it.
-    tolerance = _wire_decimal if version == WIRE_SCHEMA_VERSION else _legacy_decimal
+    tolerance = _legacy_decimal if version == LEGACY_WIRE_SCHEMA_VERSION else _wire_decimal
     validation: dict[str, Any] = {"mode": v.mode, "target_error": tolerance(v.target_error)}
     if v.mode == "numeric":
         validation.update(
             rel_tol=tolerance(v.rel_tol), abs_tol=tolerance(v.abs_tol), files=list(v.files)
         )
+    image_id = {"image_id": spec.image_id} if version >= IMAGE_ID_WIRE_VERSION else {}
     return {
         "schema_version": version,
         "name": spec.name,
         "image": spec.image,
+        **image_id,
         "command": list(spec.command),
         "env": dict(spec.env),
         "inputs": {

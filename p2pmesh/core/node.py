@@ -35,6 +35,7 @@ from p2pmesh.core.events import (
     ContainerFinished,
     DialFailed,
     Event,
+    ImageProgress,
     InputsFetched,
     JobEvent,
     JobSubmitted,
@@ -94,6 +95,10 @@ class NodeConfig:
     dial_pending_s: float = 10.0
     dht_lookup_after_s: float = 5.0  # no record from peer exchange by then: ask the DHT
     allow_network: bool = False  # may jobs that ask for network access run here?
+    # May a worker that lacks a job's image bid, to pull it from its registry or fetch it
+    # from the requester by its ID? (The daemon says yes; the simulator models no images.)
+    image_pull: bool = False
+    image_fetch: bool = False
     spot_check: float = 0.10  # share of "auto" jobs on a credible worker that are re-run
     credit_base: int = 100  # credit anyone may go negative by before earning anything
     fault_fork_ledger: bool = False  # FAULT fork-ledger: sign two blocks at one height
@@ -182,6 +187,8 @@ class Node:
         self.provider = Provider(
             signer, allow_network=config.allow_network, service_refusal=config.service_refusal
         )
+        self.provider.can_pull = config.image_pull
+        self.provider.can_fetch_images = config.image_fetch
         self.ledger = LedgerMachine(
             signer,
             self.book,
@@ -236,6 +243,8 @@ class Node:
             return self.requester.cancel(event.job_id, int(now))
         if isinstance(event, InputsFetched):
             return self.provider.on_inputs_fetched(event.job_id, event.ok, event.error, int(now))
+        if isinstance(event, ImageProgress):
+            return self.provider.on_image_progress(event.job_id, event.detail, int(now))
         if isinstance(event, ContainerFinished):
             return self.provider.on_container_finished(event, int(now))
         if isinstance(event, OutputsCompared):
@@ -578,6 +587,16 @@ class Node:
         payment awaiting agreement. A driver may tick an idle node rarely (the simulator does):
         that only delays its record refresh, head announcements and forgetting stale bids."""
         return self.requester.is_idle() and self.provider.is_idle() and not self.ledger.pending
+
+    def may_serve_image(self, peer: str, image_id: str) -> bool:
+        """May ``peer`` fetch the blobs of image ``image_id`` from us? Only a worker awarded
+        one of our jobs that names it (PROTOCOL.md §7.13)."""
+        if not image_id:
+            return False
+        for j in self.requester.jobs.values():
+            if j.job.spec.image_id == image_id and peer in j.replicas:
+                return True
+        return False
 
     def may_serve_blob(self, peer: str, digest: str) -> bool:
         """May ``peer`` fetch blob ``digest`` from us? Inputs go only to a job's awarded workers,

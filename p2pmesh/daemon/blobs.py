@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from p2pmesh.errors import ValidationError
 
@@ -64,6 +65,38 @@ class BlobStore:
         digest = "sha256:" + h.hexdigest()
         tmp.replace(self.path(digest))
         return digest, size
+
+    def put_stream(self, src: BinaryIO) -> tuple[str, int]:
+        """Store what ``src`` reads (an image layer streamed out of the engine)."""
+        h = hashlib.sha256()
+        tmp = self.root / "tmp" / f"{os.getpid()}-{next(_TRANSFERS)}-stream"
+        size = 0
+        try:
+            with open(tmp, "wb") as out:
+                while chunk := src.read(CHUNK):
+                    h.update(chunk)
+                    out.write(chunk)
+                    size += len(chunk)
+            digest = "sha256:" + h.hexdigest()
+            tmp.replace(self.path(digest))
+        finally:
+            tmp.unlink(missing_ok=True)
+        return digest, size
+
+    def partial(self, digest: str) -> Path:
+        """Where a resumable transfer of ``digest`` keeps what has arrived so far: one file per
+        digest (not per transfer), so a transfer cut short resumes where it stopped."""
+        return self.root / "tmp" / f"partial-{hex_of(digest)}"
+
+    def remove(self, digest: str) -> int:
+        """Delete a blob; the bytes freed (0 if it was not there)."""
+        path = self.path(digest)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        return size
 
     def writer(self, digest: str, size: int) -> BlobWriter:
         return BlobWriter(self, digest, size)

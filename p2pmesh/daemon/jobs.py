@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -38,6 +39,7 @@ from p2pmesh.core.effects import (
 from p2pmesh.core.events import (
     BlocksReceived,
     ContainerFinished,
+    ImageProgress,
     InputsFetched,
     JobSubmitted,
     MessageDelivered,
@@ -45,9 +47,17 @@ from p2pmesh.core.events import (
     OutputsFetched,
     SendFailed,
 )
-from p2pmesh.core.jobspec import InputRef, WireJob
+from p2pmesh.core.jobspec import InputRef, JobSpec, WireJob
 from p2pmesh.daemon.blobs import BlobStore
-from p2pmesh.errors import ExecutorError, MeshError, PackingError, TransportError, ValidationError
+from p2pmesh.daemon.images import Cache, ImageError, ImageService
+from p2pmesh.errors import (
+    ExecutorError,
+    JobSpecError,
+    MeshError,
+    PackingError,
+    TransportError,
+    ValidationError,
+)
 from p2pmesh.jobfile import load_job_file
 
 MiB = 1 << 20
@@ -70,6 +80,10 @@ class JobRunner:
         fault: str | None = None,
         fault_after: int = 0,
         bench_executor: str | None = None,
+        store: Any = None,
+        tstore: Any = None,
+        pull: bool = True,
+        cache_bytes: int = 10 * (1 << 30),
     ) -> None:
         self.fault = fault
         self.ring = (
@@ -97,6 +111,11 @@ class JobRunner:
             # FAULT no-live-logs: no log stream at all, as a release before it (PROTOCOL §7.5a).
             log_chunk=None if fault == "no-live-logs" else self.serve_log,
         )
+        self.cache = Cache(store, tstore, self.blobs, cache_bytes)
+        self.images = ImageService(
+            self.blobs, self.cache, self.wire, log, pull=pull, tamper=fault == "tamper-image"
+        )
+        self._holds: dict[str, list[str]] = {}  # job -> cache keys it uses while it runs
         self._executor: DockerExecutor | InstantExecutor | None = None
         self._log_said: set[tuple[str, str, str]] = set()  # live-log trouble, logged once
         self._stop: set[str] = set()
@@ -114,8 +133,16 @@ class JobRunner:
 
     # -- what the stream servers ask the core (on the event loop, never a thread) -------------
     def may_fetch(self, peer: str, digest: str) -> bool:
+        if self.node.may_serve_image(peer, digest) or self.images.is_mesh_image(digest):
+            return self.images.may_serve_config(digest)  # an image's config, exported on demand
         if not self.blobs.has(digest):
             return False
+        owners = self.images.images_of(digest)
+        if owners and any(
+            self.node.may_serve_image(peer, image_id) or self.images.is_mesh_image(image_id)
+            for image_id in owners
+        ):
+            return True
         if digest in self.withheld:
             self.log("warning", "FAULT withhold-outputs: refusing our outputs", peer=peer)
             return False
@@ -182,8 +209,9 @@ class JobRunner:
             self.net.inbound(BlocksReceived(tuple(blocks), peer), "ledger-sync")
 
     # -- submit (control socket) ---------------------------------------------------------------
-    async def submit(self, job_file: str, bid_window_s: int) -> dict[str, Any]:
+    async def submit(self, job_file: str, bid_window_s: int, image_id: str = "") -> dict[str, Any]:
         spec, paths = load_job_file(Path(job_file))
+        spec = await self._pin_image(spec, image_id)
         refs: dict[str, InputRef] = {}
         for name, path in sorted(paths.items()):
             refs[name] = await trio.to_thread.run_sync(self._store_input, path)
@@ -191,6 +219,28 @@ class JobRunner:
         job_id = secrets.token_hex(16)
         await self.net.emit(JobSubmitted(job_id, job, bid_window_s))
         return {"job_id": job_id, "job_digest": job.digest}
+
+    async def _pin_image(self, spec: JobSpec, image_id: str) -> JobSpec:
+        """Name the image by its ID in this engine, and make it servable to the job's workers.
+
+        Raises ``JobSpecError`` for an image this engine lacks that is not pinned by digest,
+        and for an ID (from the file or the CLI) that this engine does not hold.
+        """
+        if self.bench_executor == "instant":
+            return spec  # the benchmark executor runs no image
+        want = image_id or spec.image_id
+        try:
+            if want:
+                found = await trio.to_thread.run_sync(self.images.images.image_id, want)
+                if found != want:
+                    raise ImageError(f"image_id: {want} is not in this node's Docker engine")
+            else:
+                want = await trio.to_thread.run_sync(self.images.resolve, spec.image)
+        except ImageError as exc:
+            raise JobSpecError([str(exc)]) from None
+        except ExecutorError as exc:
+            raise JobSpecError([f"image: {exc}"]) from None
+        return dataclasses.replace(spec, image_id=want)
 
     def _store_input(self, path: Path) -> InputRef:
         if path.is_dir():
@@ -218,11 +268,16 @@ class JobRunner:
         job_dir = self.work / eff.job_id
         in_dir = job_dir / "in"
         try:
+            if eff.image and self.bench_executor != "instant":
+                await self._get_image(eff)
             if job_dir.exists():
                 await trio.to_thread.run_sync(shutil.rmtree, job_dir)
             in_dir.mkdir(parents=True, mode=0o755)
             for name, digest, size, kind in eff.refs:
-                if not self.blobs.has(digest):
+                if self.blobs.has(digest):
+                    if await self.cache.touch(digest):
+                        self.cache.hits += 1
+                else:
                     writer = self.blobs.writer(digest, size)
                     try:
                         await self.wire.fetch(eff.requester, eff.addrs, digest, size, writer)
@@ -230,13 +285,54 @@ class JobRunner:
                     except BaseException:
                         writer.abort()
                         raise
+                    self.cache.misses += 1
+                    await self.cache.put(digest, "input", size)
+                self._hold(eff.job_id, [digest])
                 await trio.to_thread.run_sync(self._materialize, in_dir, name, digest, kind)
+        except ImageError as exc:
+            self.log("warning", "image not got", job=eff.job_id, error=str(exc))
+            await self._release(eff.job_id)
+            await self.net.emit(InputsFetched(eff.job_id, False, str(exc)[:200]))
+            return
         except (TransportError, ValidationError, PackingError, OSError) as exc:
+            await self._release(eff.job_id)
             if isinstance(exc, TransportError):
                 self.net.stats.count(self.net.stats.stream_errors, "fetch inputs")
             await self.net.emit(InputsFetched(eff.job_id, False, str(exc)[:200]))
             return
         await self.net.emit(InputsFetched(eff.job_id, True))
+
+    async def _get_image(self, eff: FetchInputs) -> None:
+        """The image first, as its own phase: its time is not the job's ``timeout_s``."""
+
+        async def progress(detail: str) -> None:
+            await self.net.emit(ImageProgress(eff.job_id, detail))
+
+        try:
+            ref = await self.images.ensure(
+                eff.job_id, eff.image, eff.image_id, eff.requester, eff.addrs, progress
+            )
+        except ExecutorError as exc:
+            raise ImageError(f"image {eff.image}: {exc}") from None
+        self._hold(eff.job_id, [ref])
+        await progress("image ready")
+
+    def _hold(self, job_id: str, keys: list[str]) -> None:
+        self.cache.hold(keys)
+        self._holds.setdefault(job_id, []).extend(keys)
+
+    async def _release(self, job_id: str) -> None:
+        """The job no longer needs its image and inputs: they may go, oldest first."""
+        self.cache.release(self._holds.pop(job_id, []))
+        if self.cache.store is None:
+            return
+        try:
+            gone = await self.cache.evict()
+        except (ExecutorError, OSError) as exc:
+            self.log("warning", "cache eviction failed", error=str(exc))
+            return
+        if gone:
+            self.log("info", "cache evicted", entries=len(gone))
 
     def _materialize(self, in_dir: Path, name: str, digest: str, kind: str) -> None:
         target = in_dir / name
@@ -257,7 +353,9 @@ class JobRunner:
         r = s.resources
         return ContainerSpec(
             name=f"p2pmesh-{job_id[:16]}-{self.short_id}",
-            image=s.image,
+            # By ID when the job names one: the bits the requester offered, whatever this
+            # engine's tag of that name means.
+            image=s.image_id or s.image,
             command=tuple(s.command),
             env=dict(s.env),
             cpus=r.millicpus / 1000,
@@ -323,6 +421,7 @@ class JobRunner:
                 outcome.error if outcome.status in ("out_refused", "out_too_large") else "",
             )
         finally:
+            await self._release(eff.job_id)
             began = self._running.pop(eff.job_id, None)
             if began is not None:
                 self.container_seconds_done += time.monotonic() - began

@@ -154,6 +154,8 @@ class Daemon:
                 fault_fork_ledger=settings.fault == "fork-ledger",
                 connection_grace_s=settings.connection_grace_s,
                 recover_window_s=settings.recover_window_s,
+                image_pull=settings.pull,
+                image_fetch=True,
                 swarm_key_fingerprint=(
                     fingerprint(settings.swarm_psk) if settings.swarm_psk is not None else None
                 ),
@@ -486,6 +488,7 @@ class Daemon:
         node["persist"] = dict(self.persist_stats)
         node["pid"] = os.getpid()
         node["http"] = self.http.url if self.http.port else None
+        node["cache"] = self.jobs.cache.view() if self.jobs else None
         return {
             "node": node,
             "peers": self.node.peers_json(now),
@@ -542,7 +545,10 @@ class Daemon:
                     f"this node is recovering its ledger from the mesh; offer again in {left} s"
                 )
             window = int(args.get("bid_window_s") or DEFAULT_BID_WINDOW_S)
-            return await self.jobs.submit(path, max(1, min(window, 600)))
+            image_id = args.get("image_id") or ""
+            if not isinstance(image_id, str):
+                raise ValueError("image_id must be text")
+            return await self.jobs.submit(path, max(1, min(window, 600)), image_id)
 
         async def jobs(args: dict[str, Any]) -> Any:
             return self.node.jobs(time.time())
@@ -772,6 +778,10 @@ class Daemon:
                     fault=self.settings.fault,
                     fault_after=self.settings.fault_after,
                     bench_executor=self.settings.bench_executor,
+                    store=self.store,
+                    tstore=self.tstore,
+                    pull=self.settings.pull,
+                    cache_bytes=int(self.settings.cache_gb * (1 << 30)),
                 )
                 self.services = ServiceRunner(
                     self.net, self.jobs.wire, self.node, self.log, self.node.peer_id[-8:]
@@ -824,6 +834,8 @@ class Daemon:
                     nursery.start_soon(self._ticker)
                     nursery.start_soon(self._reprofiler)
                     nursery.start_soon(self.natloop.run)
+                    assert self.jobs is not None
+                    nursery.start_soon(self.jobs.images.exporter)  # our images, on demand
                     if self.settings.work and (
                         "docker" in self.profile.executors or self.settings.bench_executor
                     ):

@@ -29,6 +29,8 @@ Config keys (all optional) mirror the flags of ``p2pmesh up``::
     relay_circuits = 32    # relayed connections through us at once
     relay_circuit_mb = 128  # MiB one relayed connection may carry
     relay_circuit_minutes = 30  # how long one relayed connection may last
+    pull = true            # a worker lacking a job's image may pull it from its registry
+    cache_gb = 10          # fetched images and input blobs kept for the next job (LRU)
 """
 
 from __future__ import annotations
@@ -75,6 +77,8 @@ class Settings:
     proof_exclusion: float = 0.5
     http: str = DEFAULT_HTTP  # HOST:PORT or "off"
     http_public: bool = False
+    pull: bool = True  # `up --no-pull`: never ask a registry; images come from the mesh only
+    cache_gb: float = 10.0
     swarm_key: Path | None = None  # the private mesh's key file; None: an open mesh
     swarm_psk: bytes | None = field(default=None, repr=False)  # its 32 bytes, read at start
     relay: str = "auto"  # core/reachability.py RELAY_MODES; `up --no-relay`: "off"
@@ -114,6 +118,8 @@ _KEYS: dict[str, type | tuple[type, ...]] = {
     "relay_circuits": int,
     "relay_circuit_mb": int,
     "relay_circuit_minutes": int,
+    "pull": bool,
+    "cache_gb": (float, int),
 }
 
 
@@ -144,6 +150,7 @@ FAULTS = (
     "fork-ledger",
     "withhold-outputs",
     "no-live-logs",  # serve no /p2pmesh/log/1.0.0, as a release before live logs
+    "tamper-image",  # serve our images to workers with one layer damaged (issue 17)
 )
 
 
@@ -293,6 +300,8 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
         http_public=bool(cfg.get("http_public", False)) or bool(flags.get("http_public", False)),
         relay="off" if flags.get("no_relay") else str(pick("relay", "relay", "auto")),
         relay_limits=_relay_limits(cfg),
+        pull=bool(cfg.get("pull", True)) and not flags.get("no_pull", False),
+        cache_gb=float(pick("cache_gb", "cache_gb", 10.0)),
         swarm_key=(key_path := _swarm_key_path(home, flags, cfg)),
         swarm_psk=read_swarm_key(key_path) if key_path is not None else None,
         fault=read_fault(dict(os.environ)),
@@ -320,6 +329,8 @@ def build_settings(home: Path, flags: dict[str, Any]) -> Settings:
         raise ConfigError("newcomer_checks must be in [0, 1000]")
     if not 0.0 <= s.hidden_replicas <= 1.0:
         raise ConfigError("hidden_replicas must be between 0 and 1")
+    if not 0.0 <= s.cache_gb <= 100_000:
+        raise ConfigError("cache_gb must be in [0, 100000]")
     if not 0.0 < s.proof_exclusion <= 100.0:
         raise ConfigError("proof_exclusion must be in (0, 100]")
     if len(s.allow_images) > 64 or any(not 0 < len(g) <= 256 for g in s.allow_images):

@@ -1,17 +1,20 @@
-"""A worker bids only for images its engine holds (issue 15): real daemons, a real engine.
+"""An image nobody can get is refused before it costs anyone anything (issues 15 and 17).
 
-Before, a worker that allowed an image but lacked it bid, won, failed "not present" and was
-replaced, so such a job was tried on worker after worker. Now it declines with the reason in
-its log, the requester gets no bid from it, and a job whose image it holds is bid for as before.
+Before issue 15 a worker that allowed an image but lacked it bid, won, failed "not present"
+and was replaced, so such a job was tried on worker after worker. Since issue 17 an offer names
+its image by ID and a worker that lacks it gets it from its registry or from the requester
+(tests/integration/test_image_transfer.py), so the refusal moved to where the image is missing
+for everyone: ``p2pmesh offer`` refuses a job whose image the requester's engine lacks (exit 2,
+nothing offered), unless it is pinned by digest. A worker that can get neither way still
+declines (test_image_transfer.py); a job whose image it holds is bid for as before.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from jobmesh import BUSYBOX, docker_missing, job_doc, request, write_job
+from jobmesh import BUSYBOX, docker_missing, job_doc, offer, request, write_job
 from mesh import wait_until
 from trustmesh import start_mesh
 
@@ -20,19 +23,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.docker]
 ABSENT = "p2pmesh/absent-on-purpose:1"
 
 
-def _declines(log_text: str) -> list[dict]:
-    out = []
-    for line in log_text.splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if entry.get("msg") == "not bidding":
-            out.append(entry)
-    return out
-
-
-def test_worker_without_the_image_declines_and_says_why(tmp_path: Path) -> None:
+def test_an_image_the_requester_lacks_is_refused_at_offer(tmp_path: Path) -> None:
     why = docker_missing()
     if why:
         pytest.skip(why)
@@ -40,18 +31,15 @@ def test_worker_without_the_image_declines_and_says_why(tmp_path: Path) -> None:
     try:
         requester, worker = mesh.nodes
         absent = write_job(tmp_path / "absent", doc=job_doc(name="absent", image=ABSENT))
-        sub = request(requester, "submit", {"job_file": str(absent), "bid_window_s": 1})
-        wait_until(
-            lambda: any(d.get("job") == sub["job_id"] for d in _declines(worker.log_text())),
-            30.0,
-            interval=0.5,
-            message=lambda: worker.log_tail(10),
-        )
-        [entry] = [d for d in _declines(worker.log_text()) if d.get("job") == sub["job_id"]]
-        assert entry["reason"] == f"image not present: {ABSENT} (this node does not pull images)"
-        doc = request(requester, "job", {"job_id": sub["job_id"]})
-        assert doc["bids_received"] == 0 and doc["workers"] == [], doc
-        request(requester, "cancel", {"job_id": sub["job_id"]})
+        res = offer(requester, absent)
+        assert res.rc == 2, res.describe()
+        assert f"image: {ABSENT} is not in this machine's Docker engine" in res.stderr
+        assert "pinned by digest" in res.stderr
+        assert request(requester, "jobs") == []  # nothing was offered
+
+        # The daemon refuses it too (a client that skips the CLI's check).
+        with pytest.raises(Exception, match="not in this node's Docker engine"):
+            request(requester, "submit", {"job_file": str(absent), "bid_window_s": 1})
 
         held = write_job(tmp_path / "held", doc=job_doc(name="held", image=BUSYBOX))
         sub2 = request(requester, "submit", {"job_file": str(held), "bid_window_s": 1})
@@ -60,5 +48,7 @@ def test_worker_without_the_image_declines_and_says_why(tmp_path: Path) -> None:
             return request(requester, "job", {"job_id": sub2["job_id"]})["state"] == "done"
 
         wait_until(done, 60.0, interval=0.5, message=lambda: mesh.log_tails(8))
+        doc = request(requester, "job", {"job_id": sub2["job_id"]})
+        assert doc["workers"][0]["peer_id"] == worker.peer_id
     finally:
         mesh.close()

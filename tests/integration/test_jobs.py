@@ -280,9 +280,9 @@ def test_refused_outputs_fail_the_job_with_the_reason(
 
 def test_image_nobody_allows_ends_no_bids_at_its_deadline(mesh3: Mesh, tmp_path: Path) -> None:
     deadline_s = 20
-    path = write_job(
-        tmp_path, image="otherorg/never-allowed:1", timeout_s=10, deadline_s=deadline_s
-    )
+    # Pinned by digest: the requester need not hold it (an image it lacks is refused at offer).
+    never = "otherorg/never-allowed@sha256:" + "0" * 64
+    path = write_job(tmp_path, image=never, timeout_s=10, deadline_s=deadline_s)
     res = offer(mesh3.nodes[0], path, "--wait", "--bid-window", "1", timeout=deadline_s + 30)
     assert res.rc == 1, res.describe()
     assert res.state == "no-bids", res.doc

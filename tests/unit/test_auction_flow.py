@@ -44,6 +44,7 @@ from p2pmesh.core.effects import (
 from p2pmesh.core.events import (
     CancelRequested,
     ContainerFinished,
+    ImageProgress,
     InputsFetched,
     JobSubmitted,
     MessageDelivered,
@@ -346,6 +347,7 @@ _EVENT_NAMES = {
     OutputsCompared: "outputs compared",
     CancelRequested: "cancel",
     InputsFetched: "inputs fetched",
+    ImageProgress: "image progress",
     ContainerFinished: "container finished",
     ProfileChanged: "profile changed",
     PeerDisconnected: "connection closed",

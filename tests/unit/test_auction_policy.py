@@ -141,7 +141,14 @@ def test_fits() -> None:
         (
             OFFER,
             replace(_ctx(), local_images=frozenset({"p2pmesh/busybox:1"})),
-            "image not present: p2pmesh/python:3 (this node does not pull images)",
+            "image not present: p2pmesh/python:3"
+            " (this node neither pulls images nor fetches them from peers)",
+        ),
+        (
+            OFFER,
+            replace(_ctx(), local_images=frozenset(), can_fetch_images=True),
+            "image not present: p2pmesh/python:3"
+            " (the offer names no image ID to fetch it by, and this node does not pull)",
         ),
     ],
 )
@@ -431,3 +438,22 @@ def test_a_held_image_is_bid_for_under_the_reference_the_engine_lists(
 def test_unknown_local_images_bid_as_before() -> None:
     assert replace(_ctx(), local_images=None).local_images is None
     assert decide_bid(OFFER, replace(_ctx(), local_images=None)).bid
+
+
+IMAGE_ID = "sha256:" + "cd" * 32
+
+
+def _offer_with_image_id(image_id: str) -> Any:
+    spec = replace(OFFER.job.spec, image_id=image_id)
+    return replace(OFFER, job=replace(OFFER.job, spec=spec))
+
+
+def test_a_worker_lacking_the_image_bids_when_it_can_get_it() -> None:
+    lacking = replace(_ctx(), local_images=frozenset({"p2pmesh/python:3"}))
+    named = _offer_with_image_id(IMAGE_ID)
+    # The name is here but means other bits: the ID decides.
+    assert not decide_bid(named, lacking).bid
+    assert decide_bid(named, replace(lacking, can_fetch_images=True)).bid
+    assert decide_bid(named, replace(lacking, can_pull=True)).bid
+    held = replace(_ctx(), local_images=frozenset({IMAGE_ID}))
+    assert decide_bid(named, held).bid

@@ -292,7 +292,7 @@ def test_conversion_follows_the_spec_rules(case: dict[str, Any]) -> None:
 
 def test_minimal_file_gets_every_default() -> None:
     wire = V["conversions"]["minimal_wire"]
-    assert wire["schema_version"] == 2  # the wire version; the file says 1
+    assert wire["schema_version"] == 3  # the wire version; the file says 1
     assert wire["resources"] == _expected("resources", {})
     assert wire["validation"] == _expected("validation", {"mode": "exact"})
     assert (wire["timeout_s"], wire["deadline_s"], wire["redundancy"]) == (600, 2400, 2)

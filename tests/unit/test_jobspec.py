@@ -434,7 +434,8 @@ def test_wire_form_shape() -> None:
     }
     assert wire["inputs"] == {"text.txt": {"digest": REF.digest, "size": 351, "kind": "file"}}
     assert wire["validation"] == {"mode": "exact", "target_error": [1, -4]}
-    assert wire["schema_version"] == WIRE_SCHEMA_VERSION == 2  # the file stays at 1
+    assert wire["schema_version"] == WIRE_SCHEMA_VERSION == 3  # the file stays at 1
+    assert wire["image_id"] == ""  # not resolved: built by code, not offered
     assert "data/text.txt" not in json.dumps(wire)  # local paths stay local
 
 
@@ -520,7 +521,7 @@ BAD_WIRE: list[tuple[str, Any, str]] = [
     ("name", "bad name", "name"),
     ("budget", 1, "budget"),
     ("schema_version", 0, "schema_version"),
-    ("schema_version", 3, "schema_version"),
+    ("schema_version", 4, "schema_version"),
     ("schema_version", True, "schema_version"),
 ]
 
@@ -654,7 +655,7 @@ def test_wire_refuses_oversized_dicts_handed_in_directly() -> None:
 
 # Pinned: a change here changes every job's identity on the mesh and needs a wire schema
 # version (2 since tolerances became integer decimals).
-WORD_COUNT_DIGEST = "sha256:f12f9b293c07dccf25550392e0452f4eeb62843d9d164f0996bd8eef538d2075"
+WORD_COUNT_DIGEST = "sha256:cbdbf76810526547f64a382a345fe1e5186393c32110070d2009275dce679156"
 
 
 def test_digest_is_pinned() -> None:
@@ -975,6 +976,7 @@ def test_wire_job_encoding_is_the_checked_wire_form_and_identifies_it() -> None:
 def _as_v1(wire: dict[str, Any]) -> dict[str, Any]:
     v1 = copy.deepcopy(wire)
     v1["schema_version"] = 1
+    del v1["image_id"]
     for key, value in v1["validation"].items():
         if key != "mode" and key != "files":
             v1["validation"][key] = repr(float(f"{value[0]}e{value[1]}") + 0.0)
@@ -993,7 +995,7 @@ def test_a_version_1_job_reads_and_keeps_its_bytes_and_digest() -> None:
     assert got.encoded == codec.encode(v1)  # ... in the bytes it came in
     assert got.digest == "sha256:" + hashlib.sha256(codec.encode(v1)).hexdigest()
     assert got.wire() == v1
-    assert job_to_wire(got.spec, got.input_refs) == v2  # what we write is version 2
+    assert job_to_wire(got.spec, got.input_refs) == v2  # what we write is the newest version
 
 
 def test_the_previous_release_job_vector_still_reads_with_its_digest() -> None:
@@ -1039,3 +1041,54 @@ def test_every_valid_wire_decimal_survives_the_round_trip(mantissa: int, exponen
     wire["validation"]["abs_tol"] = [mantissa, exponent]
     job = job_from_wire(wire)
     assert job_to_wire(job.spec, job.input_refs)["validation"]["abs_tol"] == [mantissa, exponent]
+
+
+# -- image_id (wire version 3) ------------------------------------------------------------------
+IMAGE_ID = "sha256:" + "ab" * 32
+
+
+def test_image_id_travels_in_version_3_and_is_part_of_the_digest() -> None:
+    spec = parse_job({**valid_doc(), "image_id": IMAGE_ID})
+    wire = job_to_wire(spec, {"text.txt": REF})
+    assert wire["schema_version"] == 3 and wire["image_id"] == IMAGE_ID
+    back = job_from_wire(codec.decode(codec.encode(wire)))
+    assert back.spec.image_id == IMAGE_ID
+    assert job_digest(spec, {"text.txt": REF}) != WORD_COUNT_DIGEST
+
+
+def test_a_version_2_job_reads_without_image_id_and_keeps_its_bytes() -> None:
+    v2 = wire_of()
+    v2["schema_version"] = 2
+    del v2["image_id"]
+    got = job_from_wire(codec.decode(codec.encode(v2)))
+    assert got.spec.image_id == ""
+    assert got.encoded == codec.encode(v2) and got.wire() == v2
+
+
+@pytest.mark.parametrize(
+    ("version", "image_id", "problem"),
+    [
+        (2, IMAGE_ID, "image_id: unknown field in wire version 2"),
+        (3, DELETE, "image_id: required"),
+        (3, "sha256:AB", "image_id: must be"),
+        (3, 7, "image_id: must be"),
+        (3, "ab" * 32, "image_id: must be"),
+    ],
+)
+def test_image_id_on_the_wire_is_checked(version: int, image_id: Any, problem: str) -> None:
+    wire = wire_of()
+    wire["schema_version"] = version
+    if image_id is DELETE:
+        del wire["image_id"]
+    else:
+        wire["image_id"] = image_id
+    with pytest.raises(JobSpecError) as err:
+        job_from_wire(wire)
+    assert any(p.startswith(problem) for p in err.value.problems), err.value.problems
+
+
+def test_a_job_file_may_pin_the_image_id() -> None:
+    assert parse_job({**valid_doc(), "image_id": IMAGE_ID}).image_id == IMAGE_ID
+    assert parse_job(valid_doc()).image_id == ""
+    with pytest.raises(JobSpecError):
+        parse_job({**valid_doc(), "image_id": "latest"})

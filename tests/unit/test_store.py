@@ -50,13 +50,42 @@ def test_a_home_of_the_previous_release_gains_the_proofs_table_and_keeps_its_led
     db.commit()
     db.close()
     store = Store(path)
-    assert store.schema_version == 4 == len(MIGRATIONS)
+    assert store.schema_version == len(MIGRATIONS)
     state = store.startup_state()
     assert state["blocks"] == [b"\x01"] and state["frauds"] == [b"\x02"]
     assert state["proofs"] == []
     store.put_proof("job/worker", b"\x03")
     store.put_proof("job/worker", b"\x04")  # one proof per key: the first stays
     assert store.proofs() == [b"\x03"]
+    store.close()
+
+
+def test_a_home_of_the_release_before_the_cache_gains_it_and_keeps_its_state(
+    tmp_path: Path,
+) -> None:
+    # Schema 4 is what the release before the cache (issue 17) wrote.
+    path = tmp_path / "state.db"
+    db = sqlite3.connect(path)
+    for step in MIGRATIONS[:4]:
+        db.executescript(step)
+    db.execute("PRAGMA user_version = 4")
+    db.execute("INSERT INTO proofs(key, proof) VALUES('j/w', x'05')")
+    db.execute(
+        "INSERT INTO jobs(job_id, role, state, doc, updated_at) "
+        "VALUES('j1', 'worker', 'reported', '{\"job_id\": \"j1\"}', 1.0)"
+    )
+    db.commit()
+    db.close()
+    store = Store(path)
+    assert store.schema_version == 5 == len(MIGRATIONS)
+    state = store.startup_state()
+    assert state["proofs"] == [b"\x05"] and [j["job_id"] for j in state["jobs"]] == ["j1"]
+    assert store.cache_entries() == []
+    store.cache_put("sha256:aa", "image", 10, 1.0, "p2pmesh/busybox:1")
+    store.cache_put("sha256:bb", "input", 5, 2.0)
+    assert store.cache_touch("sha256:aa", 3.0) and not store.cache_touch("sha256:cc", 3.0)
+    store.cache_remove("sha256:bb")
+    assert store.cache_entries() == [("sha256:aa", "image", 10, 3.0, "p2pmesh/busybox:1")]
     store.close()
 
 

@@ -448,3 +448,21 @@ def test_status_shows_jobs_and_credits_when_wide() -> None:
     assert "Credits  -3 cr" in out and "Jobs:" in out and "Address" in out  # the wide table
     narrow = render(dashboard(_busy_snapshot(2), NOW, width=80), width=80)
     assert "Address" not in narrow and max(len(x) for x in narrow.splitlines()) <= 80
+
+
+def test_cache_summary_says_use_limit_entries_and_hits() -> None:
+    cache = {
+        "used_bytes": 3 * (1 << 20),
+        "limit_bytes": 10 * (1 << 30),
+        "entries": 3,
+        "by_kind": {"image": 1, "input": 2},
+        "hits": 4,
+        "misses": 1,
+        "evicted": 0,
+    }
+    assert views.cache_summary(cache) == (
+        "3.0 MiB of 10.0 GiB, 3 entries (1 image, 2 input), 4 hit(s), 1 miss(es)"
+    )
+    assert views.cache_summary(None) == "" and views.cache_summary({"used_bytes": "x"}) == ""
+    text = render(node_panel({**node(), "cache": cache}, NOW))
+    assert "Cache" in text and "3.0 MiB of 10.0 GiB" in text

@@ -14,7 +14,7 @@ from p2pmesh.core.auction.strategies import BidContext, decide_bid, job_fits
 from p2pmesh.core.capability import Gpu, build_record, misfit
 from p2pmesh.core.crypto import Ed25519Signer
 from p2pmesh.core.effects import SendMessage
-from p2pmesh.core.events import RecordReceived, Ticked
+from p2pmesh.core.events import ImageProgress, RecordReceived, Ticked
 from p2pmesh.core.membership import no_bids_text, summarize_fit
 from tests.unit.test_auction_flow import JOB_ID, T0, Mesh, Script, caps_for, make_job
 
@@ -378,3 +378,23 @@ def test_jobs_table_has_a_phase_column(monkeypatch: pytest.MonkeyPatch, capsys: 
     assert jobs_cli.cmd_jobs(argparse.Namespace(json=False), Path("/nonexistent")) == 0
     out = capsys.readouterr().out
     assert "phase" in out and "fetching inputs" in out, out
+
+
+def test_phase_getting_image_from_the_workers_status_detail() -> None:
+    mesh = known_mesh()
+    mesh.scripts = {"B": Script(run_s=10, inputs_hang=True)}
+    mesh.submit("A", make_job(redundancy=1, budget=10))
+    mesh.run(2)
+    worker = next(n for n in ("B", "C") if mesh.workers().get(n) == "accepted")
+    mesh.run(2)  # past the progress rate limit since the "accepted" status
+    mesh.deliver(worker, ImageProgress(JOB_ID, "getting image: layer 1 of 2, 3.0 MiB"))
+    mesh.settle()
+    p = phase(mesh)
+    assert p["name"] == "getting image", p
+    assert p["text"] == "getting image: layer 1 of 2, 3.0 MiB"
+    doc = mesh.node("A").job(JOB_ID, now=float(mesh.now))
+    assert doc is not None and [w["phase"] for w in doc["workers"]] == ["getting image"]
+    # The image is in: the worker fetches its inputs (its next status says so).
+    mesh.deliver(worker, ImageProgress(JOB_ID, "image ready"))
+    mesh.settle()
+    assert phase(mesh)["name"] == "fetching inputs"

@@ -237,6 +237,8 @@ class DockerExecutor:
             images = self._client.images.list()
         refs: set[str] = set()
         for image in images:
+            if image.id:
+                refs.add(image.id)  # a job that names its image ID matches by it (§7.13)
             refs.update(image.tags)
             refs.update(image.attrs.get("RepoDigests") or ())
         return frozenset(refs)

@@ -791,7 +791,9 @@ class JobWire:
         try:
             peer = remote_peer(stream)
             req = codec.decode(await read_frame(stream, max_bytes=256, timeout_s=STREAM_TIMEOUT_S))
-            digest = req.get("digest") if isinstance(req, dict) else None
+            if not isinstance(req, dict):
+                req = {}
+            digest = req.get("digest")
             if not isinstance(digest, str) or not self._may_fetch(peer, digest):
                 await write_frame(
                     stream,
@@ -801,10 +803,17 @@ class JobWire:
                 return
             path = self._blob_path(digest)
             size = path.stat().st_size
-            await write_frame(
-                stream, codec.encode({"ok": True, "size": size}), timeout_s=STREAM_TIMEOUT_S
-            )
+            # A resumed transfer asks for the bytes from ``offset`` on (PROTOCOL.md §7.6); an
+            # offset we do not echo tells the fetcher that the whole blob follows.
+            offset = req.get("offset", 0)
+            head: dict[str, Any] = {"ok": True, "size": size}
+            if isinstance(offset, int) and not isinstance(offset, bool) and 0 < offset <= size:
+                head["offset"] = offset
+            else:
+                offset = 0
+            await write_frame(stream, codec.encode(head), timeout_s=STREAM_TIMEOUT_S)
             with open(path, "rb") as f:
+                f.seek(offset)
                 while chunk := f.read(BLOB_CHUNK):
                     await write_frame(stream, chunk, timeout_s=BLOB_TIMEOUT_S)
         except (TransportError, DecodeError, OSError) as exc:
@@ -845,6 +854,59 @@ class JobWire:
                     raise TransportError("empty chunk")
                 writer.write(chunk)
                 got += len(chunk)
+        except DecodeError as exc:
+            raise TransportError(f"bad blob header: {exc}") from None
+        except ValidationError as exc:
+            raise TransportError(str(exc)) from None
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.close()
+
+    async def fetch_from(
+        self,
+        peer_id: str,
+        addrs: tuple[str, ...],
+        digest: str,
+        *,
+        offset: int,
+        max_size: int,
+        sink: Callable[[bytes, int], None],
+    ) -> int:
+        """Stream a blob of a size not known beforehand (an image layer), from ``offset`` on.
+
+        ``sink(chunk, at)`` receives each chunk with its position in the blob: ``at`` restarts
+        at 0 when the peer sends the whole blob instead of resuming. Returns the blob's size.
+        Raises ``TransportError`` (also for a blob announced larger than ``max_size``).
+        """
+        pid = await self._connect(peer_id, addrs)
+        try:
+            with trio.fail_after(STREAM_TIMEOUT_S):
+                stream = await self.net.host.new_stream(pid, [BLOB_PROTOCOL])
+        except trio.TooSlowError:
+            raise TransportError("stream open timed out") from None
+        except Exception as exc:
+            raise TransportError(f"cannot open stream: {type(exc).__name__}"[:200]) from exc
+        try:
+            req: dict[str, Any] = {"digest": digest}
+            if offset:
+                req["offset"] = offset
+            await write_frame(stream, codec.encode(req), timeout_s=STREAM_TIMEOUT_S)
+            head = codec.decode(
+                await read_frame(stream, max_bytes=1024, timeout_s=STREAM_TIMEOUT_S)
+            )
+            if not isinstance(head, dict) or head.get("ok") is not True:
+                raise TransportError(f"peer refused blob: {head!r}"[:200])
+            size = head.get("size")
+            if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= max_size:
+                raise TransportError(f"peer announced a blob of {size!r} bytes, limit {max_size}")
+            at = offset if head.get("offset") == offset and offset else 0
+            while at < size:
+                chunk = await read_frame(stream, max_bytes=BLOB_CHUNK, timeout_s=BLOB_TIMEOUT_S)
+                if not chunk or at + len(chunk) > size:
+                    raise TransportError("blob chunk empty or past the announced size")
+                sink(chunk, at)
+                at += len(chunk)
+            return size
         except DecodeError as exc:
             raise TransportError(f"bad blob header: {exc}") from None
         except ValidationError as exc:

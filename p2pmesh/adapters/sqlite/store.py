@@ -65,6 +65,17 @@ MIGRATIONS: list[str] = [
     """
     CREATE TABLE proofs (key TEXT PRIMARY KEY, proof BLOB NOT NULL);
     """,
+    # 5: the cache (core/cache.py): input blobs, images p2pmesh loaded into its engine (never
+    # the owner's own: only what is listed here is ever removed) and blobs of exported images.
+    """
+    CREATE TABLE cache (
+        key TEXT PRIMARY KEY,            -- a blob's digest or an image's ID
+        kind TEXT NOT NULL,              -- 'input' | 'image' | 'export'
+        size INTEGER NOT NULL,
+        last_used REAL NOT NULL,
+        name TEXT NOT NULL DEFAULT ''    -- an image: the name it was loaded for
+    );
+    """,
 ]
 
 
@@ -252,6 +263,24 @@ class Store:
             "INSERT OR IGNORE INTO blobs(digest, size, kind, added_at) VALUES(?, ?, ?, ?)",
             (digest, size, kind, now),
         )
+
+    def cache_put(self, key: str, kind: str, size: int, now: float, name: str = "") -> None:
+        self._db.execute(
+            "INSERT INTO cache(key, kind, size, last_used, name) VALUES(?, ?, ?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET size = excluded.size, last_used = excluded.last_used",
+            (key, kind, size, now, name),
+        )
+
+    def cache_touch(self, key: str, now: float) -> bool:
+        cur = self._db.execute("UPDATE cache SET last_used = ? WHERE key = ?", (now, key))
+        return cur.rowcount > 0
+
+    def cache_remove(self, key: str) -> None:
+        self._db.execute("DELETE FROM cache WHERE key = ?", (key,))
+
+    def cache_entries(self) -> list[tuple[str, str, int, float, str]]:
+        rows = self._db.execute("SELECT key, kind, size, last_used, name FROM cache ORDER BY key")
+        return [(str(k), str(t), int(z), float(u), str(n)) for k, t, z, u, n in rows]
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:

@@ -41,6 +41,7 @@ ACTIVE = frozenset({"fetching", "running"})
 FINAL = frozenset({"reported", "cancelled", "expired"})
 MAX_TRACKED_OFFERS = 10_000
 RESEND_RESULT_S = 5
+IMAGE_STATUS_S = 2  # image progress reaches the requester at most this often
 # A restarted worker waits this long for the requester to say whether its award still stands;
 # no answer (an older requester) means resume, as before the question existed.
 AWARD_QUERY_WAIT_S = 10
@@ -60,10 +61,18 @@ class WorkerJob:
     detail: str = ""
     asked_at: int = 0  # restarted: asked the requester whether the award stands (0: not asking)
     session: svc.Session | None = None  # a service job's session while its container runs
+    image_detail: str = ""  # while the image is being got: its progress (status detail)
 
     @property
     def requester(self) -> str:
         return self.offer.requester
+
+
+def _fetch_inputs(j: WorkerJob, refs: tuple[tuple[str, str, int, str], ...]) -> FetchInputs:
+    spec = j.offer.job.spec
+    return FetchInputs(
+        j.job_id, j.requester, j.offer.addrs, refs, image=spec.image, image_id=spec.image_id
+    )
 
 
 class Provider:
@@ -86,6 +95,8 @@ class Provider:
         # Plugged in by the node: may we work for this requester at this price (ledger)?
         self.requester_allowed: Any = lambda requester, amount: True
         self.local_images: frozenset[str] | None = None  # what the engine holds (bid check)
+        self.can_pull = False  # set by the node from its config (bid check)
+        self.can_fetch_images = False
 
     def active_count(self) -> int:
         return sum(1 for j in self.jobs.values() if j.state in ACTIVE)
@@ -115,6 +126,8 @@ class Provider:
             requester_allowed=self.requester_allowed(offer.requester, offer.job.spec.max_price),
             local_images=self.local_images,
             service_refusal=self.service_refusal,
+            can_pull=self.can_pull,
+            can_fetch_images=self.can_fetch_images,
         )
         decision = decide_bid(offer, ctx)
         again = self.last_decision.get(offer.job_id) == decision.reason
@@ -197,15 +210,27 @@ class Provider:
         )
         return [
             *self._status(j, "accepted", now, ""),
-            FetchInputs(j.job_id, j.requester, j.offer.addrs, refs),
+            _fetch_inputs(j, refs),
             Log("info", "award accepted", {"job": j.job_id, "price": award.price}),
             self._persist(j, now),
         ]
+
+    def on_image_progress(self, job_id: str, detail: str, now: int) -> list[Effect]:
+        """The driver is getting the job's image: tell the requester (at most every
+        ``IMAGE_STATUS_S``, and at once when the image is done), so its view says so."""
+        j = self.jobs.get(job_id)
+        if j is None or j.state != "fetching":
+            return []
+        j.image_detail = detail[:200]
+        if now - j.last_status < IMAGE_STATUS_S and detail.startswith("getting image"):
+            return []
+        return self._status(j, "fetching", now, j.image_detail)
 
     def on_inputs_fetched(self, job_id: str, ok: bool, error: str, now: int) -> list[Effect]:
         j = self.jobs.get(job_id)
         if j is None or j.state != "fetching":
             return []
+        j.image_detail = ""
         if not ok:
             j.detail = f"inputs: {error}"
             return [
@@ -368,7 +393,7 @@ class Provider:
             elif alarm.what == "no-answer":
                 out += self._resume(j, "no answer from the requester")
             elif alarm.what == "heartbeat":
-                out += self._status(j, j.state, now, "")
+                out += self._status(j, j.state, now, j.image_detail)
             elif alarm.what == "session":
                 why = j.session.due(now) if j.session is not None else None
                 if why is not None:
@@ -437,7 +462,7 @@ class Provider:
         refs = tuple((n, r.digest, r.size, r.kind) for n, r in j.offer.job.input_refs.items())
         return [
             Log("info", "resuming job after restart", {"job": j.job_id, "because": why}),
-            FetchInputs(j.job_id, j.requester, j.offer.addrs, refs),
+            _fetch_inputs(j, refs),
         ]
 
     def on_award_answer(self, data: bytes, from_peer: str, now: int) -> list[Effect]:

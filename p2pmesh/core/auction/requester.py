@@ -106,6 +106,7 @@ class Replica:
     gone_at: int = 0  # our last connection to the worker closed then (0: connected or unknown)
     running_at: int = 0  # its first ``running`` status arrived then (0: not yet)
     reported_at: int = 0  # its result arrived then, by our clock (a service's bill)
+    detail: str = ""  # its last status's detail (e.g. "getting image: 3 of 9 MB"); not stored
 
 
 @dataclass(slots=True)
@@ -319,6 +320,7 @@ class Requester:
         rep.gone_at = 0  # it speaks, so it is reachable (perhaps over a new connection)
         if st.state == "declined":
             return self._lose(j, rep, now, f"declined: {st.detail}")
+        rep.detail = st.detail
         if st.state == rep.state:
             # A heartbeat: only last_heard changed, and a restart gives every replica a fresh
             # silence allowance anyway (from_doc), so there is nothing worth a write.
@@ -1239,6 +1241,7 @@ PHASES = (
     "offered",
     "bidding",
     "awarded",
+    "getting image",
     "fetching inputs",
     "running",
     "sending outputs",
@@ -1255,7 +1258,7 @@ def replica_phase(j: RequesterJob, r: Replica) -> str:
     if r.state == "reported":
         return "sending outputs" if r.worker in j.fetching else "reported"
     if r.state in ("accepted", "fetching"):
-        return "fetching inputs"
+        return "getting image" if r.detail.startswith("getting image") else "fetching inputs"
     return r.state  # awarded, running
 
 
@@ -1320,6 +1323,11 @@ def job_phase(j: RequesterJob, now: int | None = None) -> dict[str, Any]:
             out["text"] = f"running ({timeout} s timeout){tail}"
         return out
     if top == 1:
+        getting = [r for r in lead if r.detail.startswith("getting image")]
+        if getting and len(getting) == len(lead):
+            # The image is its own phase: it does not count against the job's timeout_s.
+            out.update(name="getting image", text=f"{getting[0].detail}{tail}")
+            return out
         out.update(name="fetching inputs", text=f"fetching inputs{tail}")
         return out
     since = min(r.awarded_at for r in lead)

@@ -27,6 +27,8 @@ class BidContext:
     local_images: frozenset[str] | None = None  # None: not known, every image counts as held
     # Why this node cannot forward a service's port ("": it can), e.g. not root (core/service.py)
     service_refusal: str = ""
+    can_pull: bool = False  # may this worker pull a missing image from its registry?
+    can_fetch_images: bool = False  # may it fetch a missing image from the mesh, by its ID?
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,12 +94,32 @@ def image_reference(image: str) -> str:
     return f"{image}:latest"
 
 
+def image_held(spec: Any, local_images: frozenset[str] | None) -> bool:
+    """Does the engine hold the job's image? By its ID when the job names one (the same
+    name may mean other bits here), else by name."""
+    if local_images is None:
+        return True
+    if spec.image_id:
+        return spec.image_id in local_images
+    return image_reference(spec.image) in local_images
+
+
 def _image_present(o: Offer, c: BidContext) -> str | None:
-    # A worker never pulls (today): bidding for an image it lacks wins work it can only fail,
-    # and the job is then tried on worker after worker.
-    if c.local_images is None or image_reference(o.job.spec.image) in c.local_images:
+    # Bidding for an image we lack and cannot get wins work we can only fail, and the job is
+    # then tried on worker after worker. Whether a pull or a transfer will work is only known
+    # by trying; a "no" here is for when neither may even be tried.
+    spec = o.job.spec
+    if image_held(spec, c.local_images):
         return None
-    return f"image not present: {o.job.spec.image} (this node does not pull images)"
+    if c.can_fetch_images and spec.image_id:
+        return None
+    if c.can_pull:
+        return None
+    if not c.can_fetch_images:
+        why = "this node neither pulls images nor fetches them from peers"
+    else:
+        why = "the offer names no image ID to fetch it by, and this node does not pull"
+    return f"image not present: {spec.image} ({why})"
 
 
 def _service(o: Offer, c: BidContext) -> str | None:

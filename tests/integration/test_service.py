@@ -241,3 +241,67 @@ def test_service_ends_after_idle_timeout(mesh: Mesh, engine: Any, tmp_path: Path
     assert pay["amount"] == PRICE  # one started minute
     wdoc = request(node_of(mesh, worker), "job", {"job_id": job_id})
     assert "idle" in wdoc.get("detail", ""), wdoc
+
+
+def test_service_on_a_worker_with_its_own_engine_gets_the_image_and_is_reached(
+    engine: Any, tmp_path: Path
+) -> None:
+    """Issue 17 item 4: the worker's engine is a second, empty one, so the service's image
+    travels from the requester first (no registry here: ``--no-pull``); then the session is
+    reached through ``connect`` and cancelled, and its container is gone from that engine."""
+    from engines import second_engine
+    from trustmesh import start_mesh
+
+    with second_engine("p2pm-svc") as worker_engine:
+        mesh = start_mesh(
+            tmp_path / "mesh",
+            2,
+            node_args={0: ["--no-work"], 1: ["--no-pull", "--price", str(PRICE)]},
+            node_env={1: worker_engine.env},
+        )
+        try:
+            requester, worker = mesh.nodes
+            job_id, runner = _start(mesh, _service_job(tmp_path, "httpd-elsewhere"))
+            assert runner == worker.peer_id
+            fetched = [
+                line
+                for line in worker.log_text().splitlines()
+                if "image fetched from the mesh" in line
+            ]
+            assert len(fetched) == 1, worker.log_tail(30)
+            port = _free_port()
+            tunnel = subprocess.Popen(
+                [
+                    *p2pmesh_cmd(),
+                    "connect",
+                    "--home",
+                    str(requester.home),
+                    job_id,
+                    "--listen",
+                    f"127.0.0.1:{port}",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                assert tunnel.stdout is not None
+                line = tunnel.stdout.readline()
+                assert f"listening on 127.0.0.1:{port}" in line, (line, mesh.log_tails(8))
+                assert _get(port) == PAGE
+                client = worker_engine.client()
+                running = containers(client, job=job_id)
+                assert [c.status for c in running] == ["running"], running
+                assert not containers(engine, job=job_id)  # not on the requester's engine
+                res = requester.cli("cancel", job_id, timeout=90)
+                assert res.returncode == 0, (res.stdout, res.stderr)
+                wait_until(lambda: not containers(client, job=job_id), 30, message="left over")
+                tunnel.wait(timeout=15)
+            finally:
+                if tunnel.poll() is None:
+                    tunnel.send_signal(signal.SIGINT)
+                    tunnel.wait(timeout=10)
+            doc = wait_job(requester, job_id, ("done",), timeout=30, mesh=mesh)
+            assert _paid(requester, job_id, worker.peer_id)["amount"] <= BUDGET, doc
+        finally:
+            mesh.close()

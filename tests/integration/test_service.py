@@ -120,6 +120,26 @@ def _start(mesh: Mesh, path: Path) -> tuple[str, str]:
     return got.job_id, doc["service"]["worker"]
 
 
+def _open_tunnel(requester: MeshNode, job_id: str) -> tuple[subprocess.Popen[str], int]:
+    """``p2pmesh connect ID --listen 127.0.0.1:PORT`` on the requester, left running."""
+    port = _free_port()
+    tunnel = subprocess.Popen(
+        [
+            *p2pmesh_cmd(),
+            "connect",
+            "--home",
+            str(requester.home),
+            job_id,
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return tunnel, port
+
+
 def _get(port: int, timeout: float = 30.0) -> str:
     """GET / through the tunnel; retried while httpd is still starting in its container."""
     last: list[str] = []
@@ -164,21 +184,7 @@ def test_service_reached_through_connect_and_cancelled(
 ) -> None:
     requester = mesh.nodes[0]
     job_id, worker = _start(mesh, _service_job(tmp_path, "httpd-service"))
-    port = _free_port()
-    tunnel = subprocess.Popen(
-        [
-            *p2pmesh_cmd(),
-            "connect",
-            "--home",
-            str(requester.home),
-            job_id,
-            "--listen",
-            f"127.0.0.1:{port}",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    tunnel, port = _open_tunnel(requester, job_id)
     try:
         assert tunnel.stdout is not None
         line = tunnel.stdout.readline()
@@ -269,21 +275,7 @@ def test_service_on_a_worker_with_its_own_engine_gets_the_image_and_is_reached(
                 if "image fetched from the mesh" in line
             ]
             assert len(fetched) == 1, worker.log_tail(30)
-            port = _free_port()
-            tunnel = subprocess.Popen(
-                [
-                    *p2pmesh_cmd(),
-                    "connect",
-                    "--home",
-                    str(requester.home),
-                    job_id,
-                    "--listen",
-                    f"127.0.0.1:{port}",
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
+            tunnel, port = _open_tunnel(requester, job_id)
             try:
                 assert tunnel.stdout is not None
                 line = tunnel.stdout.readline()

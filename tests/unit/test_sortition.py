@@ -54,18 +54,27 @@ def test_the_draw_is_about_the_size_wanted_and_nested_across_rounds() -> None:
     assert 3.5 < mean < 4.5, mean
 
 
+def _build_offer(select: int | None = None) -> m.Offer:
+    return m.build_offer(
+        REQ,
+        job_id=JOB_ID,
+        job=make_job(),
+        created_at=T0,
+        deadline_at=T0 + 60,
+        bid_window_s=1,
+        round_=0,
+        addrs=(),
+        select=select,
+    )
+
+
 def test_offer_select_field_limits() -> None:
+    from p2pmesh.core.envelope import seal
+
+    o = _build_offer()
+
     def offer(select: Any) -> bytes:
-        o = m.build_offer(
-            REQ,
-            job_id=JOB_ID,
-            job=make_job(),
-            created_at=T0,
-            deadline_at=T0 + 60,
-            bid_window_s=1,
-            round_=0,
-            addrs=(),
-        )
+        # Sealed by hand: build_offer itself never writes an out-of-range select.
         body = {
             "job_id": o.job_id,
             "job": o.job.wire(),
@@ -78,8 +87,6 @@ def test_offer_select_field_limits() -> None:
             "exclude": [],
             "select": select,
         }
-        from p2pmesh.core.envelope import seal
-
         return seal(REQ, "offer", body)
 
     assert m.parse_offer(offer(1)).select == 1
@@ -87,17 +94,7 @@ def test_offer_select_field_limits() -> None:
     for bad in (0, 2**32, -1, True, "7"):
         with pytest.raises(ValidationError, match="select"):
             m.parse_offer(offer(bad))
-    plain = m.build_offer(
-        REQ,
-        job_id=JOB_ID,
-        job=make_job(),
-        created_at=T0,
-        deadline_at=T0 + 60,
-        bid_window_s=1,
-        round_=0,
-        addrs=(),
-    )
-    assert plain.select is None and b"select" not in plain.raw
+    assert o.select is None and b"select" not in o.raw
 
 
 def _requester(fitting: list[str], *, sortition_on: bool = True) -> Requester:
@@ -170,17 +167,7 @@ def test_an_undrawn_worker_does_not_bid_and_counts_it_quietly() -> None:
     select = sortition.threshold(60, 2, 0)
     drawn = next(w for w in WORKERS if sortition.selected(JOB_ID, w.peer_id, select))
     undrawn = next(w for w in WORKERS if not sortition.selected(JOB_ID, w.peer_id, select))
-    offer = m.build_offer(
-        REQ,
-        job_id=JOB_ID,
-        job=make_job(),
-        created_at=T0,
-        deadline_at=T0 + 60,
-        bid_window_s=1,
-        round_=0,
-        addrs=(),
-        select=select,
-    )
+    offer = _build_offer(select)
     for worker, bids in ((drawn, True), (undrawn, False)):
         p = Provider(worker, allow_network=False)
         out = p.on_offer(offer.raw, caps_for(1), T0)

@@ -601,9 +601,26 @@ class JobWire:
         if log_chunk is not None:
             net.set_stream_handler(LOG_PROTOCOL, self._serve_log)
 
+    @contextlib.asynccontextmanager
+    async def _serving(self, stream: Any, what: str) -> AsyncIterator[None]:
+        """A stream handler's ending: whatever a peer's broken or hostile stream raises is
+        counted (``serve WHAT``) and logged at debug, never let out to stop the node, and the
+        stream is closed in every case."""
+        try:
+            yield
+        except (TransportError, DecodeError, OSError) as exc:
+            self.net.stats.count(self.net.stats.stream_errors, f"serve {what}")
+            log.debug("%s serve: %s", what, exc)
+        except Exception as exc:
+            self.net.stats.count(self.net.stats.stream_errors, f"serve {what}")
+            log.debug("%s serve failed: %r", what, exc)
+        finally:
+            with contextlib.suppress(Exception):
+                await stream.close()
+
     # -- live logs (PROTOCOL.md §7.5a) ----------------------------------------------------------
     async def _serve_log(self, stream: Any) -> None:
-        try:
+        async with self._serving(stream, "log"):
             peer = remote_peer(stream)
             frame = await read_frame(
                 stream, max_bytes=logs.MAX_LOG_REQUEST, timeout_s=STREAM_TIMEOUT_S
@@ -621,15 +638,6 @@ class JobWire:
                 else:
                     reply = logs.build_log_reply(got)
             await write_frame(stream, reply, timeout_s=STREAM_TIMEOUT_S)
-        except (TransportError, DecodeError) as exc:
-            self.net.stats.count(self.net.stats.stream_errors, "serve log")
-            log.debug("log serve: %s", exc)
-        except Exception as exc:
-            self.net.stats.count(self.net.stats.stream_errors, "serve log")
-            log.debug("log serve failed: %r", exc)
-        finally:
-            with contextlib.suppress(Exception):
-                await stream.close()
 
     async def log_request(
         self, peer_id: str, addrs: tuple[str, ...], job_id: str, offset: int
@@ -667,7 +675,7 @@ class JobWire:
                 await stream.close()
 
     async def _serve_ledger(self, stream: Any) -> None:
-        try:
+        async with self._serving(stream, "ledger"):
             req = codec.decode(await read_frame(stream, max_bytes=1024, timeout_s=STREAM_TIMEOUT_S))
             blocks: list[bytes] = []
             if isinstance(req, dict) and self._ledger_blocks is not None:
@@ -677,15 +685,6 @@ class JobWire:
                 codec.encode({"blocks": blocks}, max_bytes=MAX_LEDGER_REPLY),
                 timeout_s=STREAM_TIMEOUT_S,
             )
-        except (TransportError, DecodeError) as exc:
-            self.net.stats.count(self.net.stats.stream_errors, "serve ledger")
-            log.debug("ledger serve: %s", exc)
-        except Exception as exc:
-            self.net.stats.count(self.net.stats.stream_errors, "serve ledger")
-            log.debug("ledger serve failed: %r", exc)
-        finally:
-            with contextlib.suppress(Exception):
-                await stream.close()
 
     async def ledger_request(self, peer_id: str, request: dict[str, Any]) -> list[bytes]:
         """Ask a peer for ledger blocks (a range, or every head); raises ``TransportError``."""
@@ -750,7 +749,7 @@ class JobWire:
             raise TransportError(f"peer refused the message: {reply!r}"[:200])
 
     async def _serve_job(self, stream: Any) -> None:
-        try:
+        async with self._serving(stream, "job"):
             peer = remote_peer(stream)
             frame = await read_frame(stream, max_bytes=MAX_JOB_FRAME, timeout_s=STREAM_TIMEOUT_S)
             try:
@@ -777,18 +776,9 @@ class JobWire:
                 self.net.stats.count(self.net.stats.job_in, msg["kind"])
             reply = {"ok": True} if taken else {"ok": False, "error": "busy"}
             await write_frame(stream, codec.encode(reply), timeout_s=STREAM_TIMEOUT_S)
-        except (TransportError, DecodeError) as exc:
-            self.net.stats.count(self.net.stats.stream_errors, "serve job")
-            log.debug("job stream: %s", exc)
-        except Exception as exc:
-            self.net.stats.count(self.net.stats.stream_errors, "serve job")
-            log.debug("job stream failed: %r", exc)
-        finally:
-            with contextlib.suppress(Exception):
-                await stream.close()
 
     async def _serve_blob(self, stream: Any) -> None:
-        try:
+        async with self._serving(stream, "blob"):
             peer = remote_peer(stream)
             req = codec.decode(await read_frame(stream, max_bytes=256, timeout_s=STREAM_TIMEOUT_S))
             if not isinstance(req, dict):
@@ -816,15 +806,6 @@ class JobWire:
                 f.seek(offset)
                 while chunk := f.read(BLOB_CHUNK):
                     await write_frame(stream, chunk, timeout_s=BLOB_TIMEOUT_S)
-        except (TransportError, DecodeError, OSError) as exc:
-            self.net.stats.count(self.net.stats.stream_errors, "serve blob")
-            log.debug("blob serve: %s", exc)
-        except Exception as exc:
-            self.net.stats.count(self.net.stats.stream_errors, "serve blob")
-            log.debug("blob serve failed: %r", exc)
-        finally:
-            with contextlib.suppress(Exception):
-                await stream.close()
 
     async def fetch(
         self, peer_id: str, addrs: tuple[str, ...], digest: str, size: int, writer: Any

@@ -325,12 +325,18 @@ def test_a_peer_that_holds_the_image_serves_it_when_the_requester_cannot(
                 assert doc["state"] == "done" and doc["workers"][0]["peer_id"] == w1.peer_id
                 subprocess.run(["docker", "tag", name, alias], check=True, capture_output=True)
                 job = _job(tmp_path / "two", "two", alias)
+                # W2 is away while the job is offered and the requester loses the image: with
+                # W2 the only peer that fits, its bid would be awarded at once, and it could
+                # ask the requester before the image is gone. It comes back to the offer's
+                # next publication.
+                w2.stop()
                 sub = request(
-                    requester, "submit", {"job_file": str(job), "bid_window_s": 3}, timeout=120
+                    requester, "submit", {"job_file": str(job), "bid_window_s": 1}, timeout=120
                 )
                 # The requester can no longer serve it: gone from its engine and its blobs.
                 subprocess.run(["docker", "rmi", "-f", image_id], check=True, capture_output=True)
                 (requester.home / "blobs" / image_id[len("sha256:") :]).unlink()
+                w2.start()
                 doc = wait_job(requester, sub["job_id"], timeout=180, mesh=mesh)
                 assert doc["state"] == "done", doc
                 assert doc["workers"][0]["peer_id"] == w2.peer_id

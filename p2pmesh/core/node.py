@@ -590,7 +590,7 @@ class Node:
 
     def may_serve_image(self, peer: str, image_id: str) -> bool:
         """May ``peer`` fetch the blobs of image ``image_id`` from us? Only a worker awarded
-        one of our jobs that names it (PROTOCOL.md §7.13)."""
+        one of our jobs that names it (PROTOCOL.md §7.14)."""
         if not image_id:
             return False
         for j in self.requester.jobs.values():

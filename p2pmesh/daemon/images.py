@@ -1,6 +1,6 @@
 """Getting a job's image, serving ours, and the cache that remembers both (issue 17).
 
-A worker that lacks the image a job names (by its ID, PROTOCOL.md §7.13) gets it before the
+A worker that lacks the image a job names (by its ID, PROTOCOL.md §7.14) gets it before the
 inputs, as its own phase ("getting image", reported to the requester as status details):
 
 1. **registry** (unless ``up --no-pull``): ``docker pull`` of the name, within

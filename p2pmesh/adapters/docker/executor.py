@@ -238,7 +238,7 @@ class DockerExecutor:
         refs: set[str] = set()
         for image in images:
             if image.id:
-                refs.add(image.id)  # a job that names its image ID matches by it (§7.13)
+                refs.add(image.id)  # a job that names its image ID matches by it (§7.14)
             refs.update(image.tags)
             refs.update(image.attrs.get("RepoDigests") or ())
         return frozenset(refs)

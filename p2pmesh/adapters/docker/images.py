@@ -1,7 +1,7 @@
 """Images as content: export an engine's image into blobs, load blobs back, pull with a bound.
 
 Blocking, meant for a worker thread, like the executor. The mesh moves an image as the blobs
-its own engine's ``docker save`` is made of (docs/PROTOCOL.md §7.13):
+its own engine's ``docker save`` is made of (docs/PROTOCOL.md §7.14):
 
 * the **config** (JSON), whose sha256 is the image ID (``docker images --no-trunc``), and which
   lists the image's layers as ``rootfs.diff_ids``;

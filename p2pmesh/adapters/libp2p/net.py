@@ -396,6 +396,17 @@ class MeshNet:
                 continue
             self.inbound(make_event(topic, bytes(msg.data), sender), f"gossip {topic}")
 
+    async def open_stream(self, pid: Any, protocol: str) -> Any:
+        """A new stream to a connected peer for ``protocol``; ``TransportError`` (caused by the
+        library's error, so a caller can tell a peer without the protocol apart) otherwise."""
+        try:
+            with trio.fail_after(STREAM_TIMEOUT_S):
+                return await self.host.new_stream(pid, [protocol])
+        except trio.TooSlowError:
+            raise TransportError("stream open timed out") from None
+        except Exception as exc:
+            raise TransportError(f"cannot open stream: {type(exc).__name__}: {exc}"[:200]) from exc
+
     async def publish(self, topic: str, data: bytes) -> None:
         try:
             await self.pubsub.publish(topic, data)
@@ -649,15 +660,11 @@ class JobWire:
         """
         pid = await self._connect(peer_id, addrs)
         try:
-            # The worker may hold the request up to LOG_WAIT_S before it answers.
-            with trio.fail_after(STREAM_TIMEOUT_S):
-                stream = await self.net.host.new_stream(pid, [LOG_PROTOCOL])
-        except trio.TooSlowError:
-            raise TransportError("stream open timed out") from None
-        except Exception as exc:
+            stream = await self.net.open_stream(pid, LOG_PROTOCOL)
+        except TransportError as exc:
             if _protocol_refused(exc):
                 raise TransportError(OLD_PEER) from exc
-            raise TransportError(f"cannot open stream: {type(exc).__name__}"[:200]) from exc
+            raise
         try:
             await write_frame(
                 stream, logs.build_log_request(job_id, offset), timeout_s=STREAM_TIMEOUT_S
@@ -689,13 +696,7 @@ class JobWire:
     async def ledger_request(self, peer_id: str, request: dict[str, Any]) -> list[bytes]:
         """Ask a peer for ledger blocks (a range, or every head); raises ``TransportError``."""
         pid = await self._connect(peer_id, ())
-        try:
-            with trio.fail_after(STREAM_TIMEOUT_S):
-                stream = await self.net.host.new_stream(pid, [LEDGER_PROTOCOL])
-        except trio.TooSlowError:
-            raise TransportError("stream open timed out") from None
-        except Exception as exc:
-            raise TransportError(f"cannot open stream: {type(exc).__name__}"[:200]) from exc
+        stream = await self.net.open_stream(pid, LEDGER_PROTOCOL)
         try:
             await write_frame(stream, codec.encode(request), timeout_s=STREAM_TIMEOUT_S)
             reply = codec.decode(
@@ -726,13 +727,7 @@ class JobWire:
     async def send(self, peer_id: str, addrs: tuple[str, ...], kind: str, data: bytes) -> None:
         """Deliver one message; raises ``TransportError`` unless the peer acknowledged it."""
         pid = await self._connect(peer_id, addrs)
-        try:
-            with trio.fail_after(STREAM_TIMEOUT_S):
-                stream = await self.net.host.new_stream(pid, [JOB_PROTOCOL])
-        except trio.TooSlowError:
-            raise TransportError("stream open timed out") from None
-        except Exception as exc:
-            raise TransportError(f"cannot open stream: {type(exc).__name__}: {exc}"[:200]) from exc
+        stream = await self.net.open_stream(pid, JOB_PROTOCOL)
         try:
             await write_frame(
                 stream, codec.encode({"kind": kind, "data": data}), timeout_s=STREAM_TIMEOUT_S
@@ -812,13 +807,7 @@ class JobWire:
     ) -> None:
         """Stream a blob into ``writer`` (a ``BlobWriter``); raises ``TransportError``."""
         pid = await self._connect(peer_id, addrs)
-        try:
-            with trio.fail_after(STREAM_TIMEOUT_S):
-                stream = await self.net.host.new_stream(pid, [BLOB_PROTOCOL])
-        except trio.TooSlowError:
-            raise TransportError("stream open timed out") from None
-        except Exception as exc:
-            raise TransportError(f"cannot open stream: {type(exc).__name__}"[:200]) from exc
+        stream = await self.net.open_stream(pid, BLOB_PROTOCOL)
         try:
             await write_frame(stream, codec.encode({"digest": digest}), timeout_s=STREAM_TIMEOUT_S)
             head = codec.decode(
@@ -860,13 +849,7 @@ class JobWire:
         Raises ``TransportError`` (also for a blob announced larger than ``max_size``).
         """
         pid = await self._connect(peer_id, addrs)
-        try:
-            with trio.fail_after(STREAM_TIMEOUT_S):
-                stream = await self.net.host.new_stream(pid, [BLOB_PROTOCOL])
-        except trio.TooSlowError:
-            raise TransportError("stream open timed out") from None
-        except Exception as exc:
-            raise TransportError(f"cannot open stream: {type(exc).__name__}"[:200]) from exc
+        stream = await self.net.open_stream(pid, BLOB_PROTOCOL)
         try:
             req: dict[str, Any] = {"digest": digest}
             if offset:

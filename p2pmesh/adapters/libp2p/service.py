@@ -156,13 +156,7 @@ class ServiceWire:
     async def open(self, pid: Any, job_id: str, *, probe: bool) -> Any:
         """A stream to the service of ``job_id`` on peer ``pid``, admitted (for a probe: only
         checked, then closed); raises ``TransportError`` with the worker's reason otherwise."""
-        try:
-            with trio.fail_after(STREAM_TIMEOUT_S):
-                stream = await self.net.host.new_stream(pid, [SERVICE_PROTOCOL])
-        except trio.TooSlowError:
-            raise TransportError("stream open timed out") from None
-        except Exception as exc:
-            raise TransportError(f"cannot open stream: {type(exc).__name__}: {exc}"[:200]) from exc
+        stream = await self.net.open_stream(pid, SERVICE_PROTOCOL)
         try:
             await write_frame(
                 stream,
